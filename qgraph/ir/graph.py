@@ -1,0 +1,243 @@
+"""Walking and editing TorchScript graphs (``torch._C.Graph`` / ``Block``).
+
+Everything here is about IR structure only; nothing knows about quantization.
+Node wrappers handed out by ``torch._C`` are stable for the life of the node
+(the same Python object comes back for the same node, and a destroyed node
+raises "has been invalidated" when touched), so nodes can be kept in sets and
+dicts while a pass runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+Graph = torch._C.Graph
+Block = torch._C.Block
+Node = torch._C.Node
+Value = torch._C.Value
+TENSOR = torch._C.TensorType.get()
+
+__all__ = [
+    "walk",
+    "blocks_of",
+    "NodeIndex",
+    "uses_of",
+    "users_of",
+    "producer",
+    "is_alive",
+    "is_constant",
+    "constant_value",
+    "insert_op",
+    "insert_constant",
+        "replace_uses",
+    "erase_nodes",
+    "erase_dead",
+    "nodes_before",
+]
+
+
+def walk(graph_or_block: Graph | Block, *, into_blocks: bool = True) -> Iterator[Node]:
+    """Every node in program order; a node with blocks comes before their nodes."""
+    for node in list(graph_or_block.nodes()):
+        yield node
+        if into_blocks:
+            for block in node.blocks():
+                yield from walk(block)
+
+
+def blocks_of(graph_or_block: Graph | Block) -> Iterator[Block]:
+    """The graph's top block (or the block itself), then every nested block."""
+    top = graph_or_block.block() if isinstance(graph_or_block, Graph) else graph_or_block
+    yield top
+    for node in walk(top):
+        yield from node.blocks()
+
+
+class NodeIndex:
+    """Nodes of a graph grouped by kind, built with one walk.
+
+    Passes ask the index for the nodes of the kinds they rewrite instead of
+    rescanning the graph per match. Nodes added later can be registered with
+    ``add``; destroyed nodes are skipped when read.
+    """
+
+    def __init__(self, graph_or_block: Graph | Block):
+        self._by_kind: dict[str, list[Node]] = defaultdict(list)
+        for node in walk(graph_or_block):
+            self._by_kind[node.kind()].append(node)
+
+    def add(self, node: Node) -> None:
+        self._by_kind[node.kind()].append(node)
+
+    def of_kind(self, *kinds: str) -> list[Node]:
+        """Live nodes of the given kinds, each kind's nodes in the order seen."""
+        found: list[Node] = []
+        for kind in kinds:
+            live = [n for n in self._by_kind.get(kind, ()) if is_alive(n)]
+            self._by_kind[kind] = live
+            found.extend(live)
+        return found
+
+    def kinds(self) -> list[str]:
+        return [k for k, nodes in self._by_kind.items() if any(is_alive(n) for n in nodes)]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(self.of_kind(k)) for k in list(self._by_kind)}
+
+
+def is_alive(node: Node) -> bool:
+    try:
+        node.kind()
+    except RuntimeError:
+        return False
+    return True
+
+
+def uses_of(value: Value) -> list[tuple[Node, int]]:
+    """(user node, input offset) for each use of ``value``."""
+    return [(use.user, use.offset) for use in value.uses()]
+
+
+def users_of(value: Value) -> list[Node]:
+    """The distinct nodes that read ``value``, in use order."""
+    seen: dict[Node, None] = {}
+    for use in value.uses():
+        seen.setdefault(use.user, None)
+    return list(seen)
+
+
+def producer(value: Value) -> Node:
+    """The node that defines ``value`` (``prim::Param`` for block inputs)."""
+    return value.node()
+
+
+def is_constant(value: Value, expected: Any = ...) -> bool:
+    """Whether ``value`` is a ``prim::Constant`` (equal to ``expected`` if given)."""
+    node = value.node()
+    if node.kind() != "prim::Constant":
+        return False
+    if expected is ...:
+        return True
+    actual = value.toIValue()
+    if type(expected) is bool or type(actual) is bool:
+        return type(expected) is type(actual) and actual == expected
+    return actual == expected
+
+
+def constant_value(value: Value) -> Any:
+    """The Python value of a constant; raises ValueError for a non-constant."""
+    if value.node().kind() != "prim::Constant":
+        raise ValueError(f"%{value.debugName()} is not a constant")
+    return value.toIValue()
+
+
+def insert_op(
+    graph: Graph,
+    kind: str,
+    inputs: Sequence[Value | Any],
+    *,
+    before: Node | None = None,
+    after: Node | None = None,
+    n_outputs: int = 1,
+    output_types: Sequence[Any] | None = None,
+    source: Node | None = None,
+) -> Node:
+    """Create a node ``kind(*inputs)`` and place it before ``before`` or after ``after``.
+
+    Non-``Value`` inputs become constants. The interpreter binds the operator
+    overload from the input types when the graph runs, so no overload is
+    chosen here. Outputs are ``Tensor`` unless ``output_types`` says otherwise.
+    ``source`` copies source range and scope from another node. Without
+    ``before``/``after`` the node goes at the graph's insert point.
+    """
+    if before is not None and after is not None:
+        raise ValueError("give one of before= and after=")
+    # Constants go before ``after`` itself: they have no inputs, so any
+    # position before the new node is valid.
+    position = before if before is not None else after
+    with _InsertBefore(graph, position):
+        resolved = [v if isinstance(v, Value) else graph.insertConstant(v) for v in inputs]
+        node = graph.create(kind, resolved, n_outputs)
+        graph.insertNode(node)
+    if after is not None:
+        node.moveAfter(after)
+    types = output_types if output_types is not None else [TENSOR] * n_outputs
+    for out, ty in zip(node.outputs(), types):
+        out.setType(ty)
+    if source is not None:
+        node.copyMetadata(source)
+    return node
+
+
+class _InsertBefore:
+    def __init__(self, graph: Graph, node: Node | None):
+        self.graph, self.node = graph, node
+
+    def __enter__(self):
+        self.saved = self.graph.insertPoint()
+        if self.node is not None:
+            self.graph.setInsertPoint(self.node)
+        return self
+
+    def __exit__(self, *exc):
+        self.graph.setInsertPoint(self.saved)
+        return False
+
+
+def insert_constant(graph: Graph, value: Any, *, before: Node | None = None) -> Value:
+    """A ``prim::Constant`` for ``value`` placed before ``before`` (or at the insert point)."""
+    with _InsertBefore(graph, before):
+        return graph.insertConstant(value)
+
+
+def replace_uses(old: Value, new: Value, *, after: Node | None = None) -> None:
+    """Point the uses of ``old`` at ``new`` (only uses after ``after`` if given)."""
+    if after is None:
+        old.replaceAllUsesWith(new)
+    else:
+        old.replaceAllUsesAfterNodeWith(after, new)
+
+
+def erase_nodes(nodes: Iterable[Node]) -> None:
+    """Destroy nodes, users before producers; every output must be unused."""
+    pending = [n for n in nodes if is_alive(n)]
+    # Reverse program order destroys users first for nodes in one block; nodes
+    # from several blocks are retried until their outputs have no uses.
+    for _ in range(len(pending) + 1):
+        remaining = []
+        for node in reversed(pending):
+            if any(o.uses() for o in node.outputs()):
+                remaining.append(node)
+            else:
+                node.destroy()
+        if not remaining:
+            return
+        if len(remaining) == len(pending):
+            names = ", ".join(n.kind() for n in remaining)
+            raise RuntimeError(f"cannot erase nodes whose outputs are still used: {names}")
+        pending = list(reversed(remaining))
+
+
+def erase_dead(graph: Graph) -> None:
+    """Remove nodes whose results are unused and that have no side effects."""
+    torch._C._jit_pass_dce(graph)
+
+
+def nodes_before(end: Node, stop: Node | None) -> list[Node]:
+    """Nodes of ``end``'s block from just after ``stop`` up to ``end`` (excluded), in order.
+
+    Walks backwards from ``end``, so the cost is the number of nodes returned;
+    ``stop`` None means from the start of the block.
+    """
+    found: list[Node] = []
+    node = end.prev()
+    param = end.owningBlock().paramNode()
+    while node != param and (stop is None or node != stop):
+        found.append(node)
+        node = node.prev()
+    found.reverse()
+    return found
