@@ -1,0 +1,123 @@
+"""QConfigs for graph mode: scripting observers and resolving ``qconfig_dict``.
+
+A ``qconfig_dict`` maps dotted module paths to ``torch.ao.quantization.QConfig``
+(or None). ``""`` is the whole model; ``"sub"`` is the submodule ``sub`` and
+everything below it; the longest matching path wins, and None switches
+quantization off below that path::
+
+    {"": qconfig, "features.3": None, "head": other_qconfig}
+
+Observers are TorchScript modules: ``script_qconfig`` instantiates the
+QConfig's activation and weight constructors (plain classes or ``with_args``
+partials) and scripts them; observer insertion then copies those scripted
+modules, so every observer made from one QConfig shares a class type.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch.ao.quantization import QConfig
+
+from qgraph.ir.module import CppModule, as_cpp, named_modules
+
+__all__ = [
+    "script_qconfig",
+    "script_qconfig_dict",
+    "is_scripted_qconfig",
+    "check_qconfig_dict",
+    "resolve_qconfigs",
+]
+
+
+def is_scripted_qconfig(qconfig: Any) -> bool:
+    """Whether ``qconfig``'s activation and weight are already scripted observer modules."""
+    return isinstance(qconfig, QConfig) and all(
+        isinstance(part, (CppModule, torch.jit.ScriptModule)) for part in (qconfig.activation, qconfig.weight)
+    )
+
+
+def _script_observer(constructor: Any, role: str) -> CppModule:
+    if isinstance(constructor, (CppModule, torch.jit.ScriptModule)):
+        return as_cpp(constructor)
+    if not callable(constructor):
+        raise TypeError(f"QConfig.{role} must be an observer constructor, got {type(constructor).__name__}")
+    observer = constructor()
+    if not isinstance(observer, torch.nn.Module):
+        raise TypeError(f"QConfig.{role}() must build an nn.Module observer, got {type(observer).__name__}")
+    return torch.jit.script(observer)._c
+
+
+def script_qconfig(qconfig: QConfig) -> QConfig:
+    """A QConfig whose activation and weight are scripted observer instances.
+
+    ``QConfig(activation=MinMaxObserver.with_args(...), weight=...)`` becomes
+    ``QConfig(activation=<torch._C.ScriptModule>, weight=<torch._C.ScriptModule>)``.
+    Parts that are already scripted modules are kept as they are.
+    """
+    if not isinstance(qconfig, QConfig):
+        raise TypeError(f"expected a torch.ao.quantization.QConfig, got {type(qconfig).__name__}")
+    return QConfig(
+        activation=_script_observer(qconfig.activation, "activation"),
+        weight=_script_observer(qconfig.weight, "weight"),
+    )
+
+
+def script_qconfig_dict(qconfig_dict: dict) -> dict:
+    """``script_qconfig`` applied to every value; None values stay None."""
+    check_qconfig_dict(qconfig_dict)
+    return {key: None if qconfig is None else script_qconfig(qconfig) for key, qconfig in qconfig_dict.items()}
+
+
+def check_qconfig_dict(qconfig_dict: Any) -> None:
+    """Raise ValueError/TypeError when ``qconfig_dict`` is not a dict of str -> QConfig | None."""
+    if not isinstance(qconfig_dict, dict):
+        raise TypeError(f"qconfig_dict must be a dict, got {type(qconfig_dict).__name__}")
+    for key, qconfig in qconfig_dict.items():
+        if not isinstance(key, str):
+            raise ValueError(
+                f"qconfig_dict should only contain module names (str) as keys; got key {key!r} "
+                f"of type {type(key).__name__}"
+            )
+        if qconfig is not None and not isinstance(qconfig, QConfig):
+            raise TypeError(
+                f"qconfig_dict[{key!r}] must be a torch.ao.quantization.QConfig or None, "
+                f"got {type(qconfig).__name__}"
+            )
+
+
+def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | None]:
+    """The effective qconfig of every submodule instance, by dotted path (``""`` = root).
+
+    A module takes the entry for its own path if there is one, else its
+    parent's effective qconfig; so the longest matching dotted prefix wins
+    (``"sub"`` covers ``"sub"`` and ``"sub.x"``, not ``"subway"``), a None
+    entry turns quantization off below it, and a module no entry covers gets
+    None. This is the reference's rule.
+
+    A key that names no submodule is almost always a typo, but the reference
+    ignores such keys silently and models are often shared with configs
+    written for a sibling variant; so it is not an error: a ``UserWarning``
+    names the key and the key has no effect.
+    """
+    check_qconfig_dict(qconfig_dict)
+    root = as_cpp(module)
+    resolved: dict[str, QConfig | None] = {}
+    for path, _ in named_modules(root):
+        if path in qconfig_dict:
+            resolved[path] = qconfig_dict[path]
+        elif path:
+            parent = path.rpartition(".")[0]
+            resolved[path] = resolved[parent]
+        else:
+            resolved[path] = None
+    for key in qconfig_dict:
+        if key not in resolved:
+            warnings.warn(
+                f"qconfig_dict key {key!r} names no submodule of the model; it is ignored",
+                UserWarning,
+                stacklevel=2,
+            )
+    return resolved
