@@ -1,0 +1,115 @@
+"""qgraph's public entry points: a drop-in for torch.ao.quantization's JIT API.
+
+Each function checks its input, picks the quantization type and hands over to
+the pipelines in ``qgraph.prepare`` and ``qgraph.convert``; the passes they
+run, in order, are listed there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.ao.quantization.quant_type import QuantType
+
+import passes
+from qgraph import ir
+from qgraph.convert import convert
+from qgraph.prepare import check_script_module, prepare
+from qgraph.qconfig import script_qconfig, script_qconfig_dict
+
+__all__ = [
+    "fuse_conv_bn_jit",
+    "prepare_jit",
+    "convert_jit",
+    "quantize_jit",
+    "prepare_dynamic_jit",
+    "convert_dynamic_jit",
+    "quantize_dynamic_jit",
+    "script_qconfig",
+    "script_qconfig_dict",
+]
+
+
+def fuse_conv_bn_jit(model: torch.jit.ScriptModule, inplace: bool = False) -> torch.jit.ScriptModule:
+    """Fold each Conv{1,2,3}d -> BatchNorm{1,2,3}d submodule pair into the conv.
+
+    The model must be in eval mode (the batch norm's running statistics are
+    folded). ``inplace=False`` leaves ``model`` untouched.
+
+    Before::
+
+        %x1 = prim::CallMethod[name="forward"](%conv, %x)
+        %x2 = prim::CallMethod[name="forward"](%bn, %x1)
+
+    After::
+
+        %x1 = prim::CallMethod[name="forward"](%conv, %x)
+    """
+    check_script_module(model)
+    module_c = ir.as_cpp(model) if inplace else ir.clone_module(ir.as_cpp(model))
+    module_c = ir.as_cpp(passes.fold_conv_bn(module_c))
+    if inplace:
+        model._reconstruct(module_c)
+        return model
+    return ir.as_python(module_c)
+
+
+def prepare_jit(model: torch.jit.ScriptModule, qconfig_dict: dict, inplace: bool = False) -> torch.jit.ScriptModule:
+    """Insert observers for static quantization; run calibration data through the result next."""
+    return prepare(model, qconfig_dict, inplace, QuantType.STATIC)
+
+
+def prepare_dynamic_jit(
+    model: torch.jit.ScriptModule, qconfig_dict: dict, inplace: bool = False
+) -> torch.jit.ScriptModule:
+    """Insert weight observers for dynamic quantization (activations are quantized at run time)."""
+    return prepare(model, qconfig_dict, inplace, QuantType.DYNAMIC)
+
+
+def convert_jit(
+    model: torch.jit.ScriptModule,
+    inplace: bool = False,
+    debug: bool = False,
+    preserved_attrs: Sequence[str] | None = None,
+) -> torch.jit.ScriptModule:
+    """Turn a calibrated model into a quantized one (``debug=True``: quantize/dequantize around float ops)."""
+    return convert(model, inplace, debug, preserved_attrs, QuantType.STATIC)
+
+
+def convert_dynamic_jit(
+    model: torch.jit.ScriptModule,
+    inplace: bool = False,
+    debug: bool = False,
+    preserved_attrs: Sequence[str] | None = None,
+) -> torch.jit.ScriptModule:
+    """Dynamic counterpart of ``convert_jit``: int8 or fp16 weights, activations quantized at run time."""
+    return convert(model, inplace, debug, preserved_attrs, QuantType.DYNAMIC)
+
+
+def quantize_jit(
+    model: torch.jit.ScriptModule,
+    qconfig_dict: dict,
+    run_fn: Callable[..., Any],
+    run_args: Sequence[Any],
+    inplace: bool = False,
+    debug: bool = False,
+) -> torch.jit.ScriptModule:
+    """Prepare, calibrate with ``run_fn(model, *run_args)``, and convert."""
+    if not callable(run_fn):
+        raise ValueError("quantize_jit needs a calibration function run_fn(model, *run_args)")
+    if not run_args:
+        raise ValueError("quantize_jit needs calibration data: run_args is empty")
+    prepared = prepare_jit(model, qconfig_dict, inplace)
+    run_fn(prepared, *run_args)
+    # prepare already copied the model when inplace is False.
+    return convert_jit(prepared, True, debug)
+
+
+def quantize_dynamic_jit(
+    model: torch.jit.ScriptModule, qconfig_dict: dict, inplace: bool = False, debug: bool = False
+) -> torch.jit.ScriptModule:
+    """Prepare and convert for dynamic quantization in one call (no calibration needed)."""
+    prepared = prepare_dynamic_jit(model, qconfig_dict, inplace)
+    return convert_dynamic_jit(prepared, True, debug)
