@@ -30,8 +30,10 @@ used outside it, except the pattern's outputs.
 meaning: specific before general). Each rewrite visits the graph's nodes of
 its anchor kind once, from an index built with one walk of the graph, so a
 fixed table costs time linear in the graph. The replacement is inserted
-before the anchor, takes the anchor's source range, and the matched nodes are
-removed.
+before the anchor, takes the anchor's source range (or, with
+``Rewrite(source="name")``, the range of the node that produced ``%name``),
+its outputs keep the tensor types of the values they replace, and the matched
+nodes are removed.
 
 A replacement may also be a Python callable ``build(graph, match, before)``
 that inserts nodes before ``before`` and returns the output values, for
@@ -73,6 +75,9 @@ class Rewrite:
     pattern: str
     replacement: str | Builder
     filters: tuple[Filter, ...] = field(default=())
+    # Pattern value whose producer lends its source range and scope to the
+    # replacement; None means the anchor.
+    source: str | None = None
 
 
 class Pattern:
@@ -312,16 +317,26 @@ def _apply(graph: Graph, rw: Rewrite, match: Match) -> list[Node]:
             f"rewrite {rw.name!r}: replacement gives {len(new_outputs)} outputs, pattern has {len(old_outputs)}"
         )
     new_nodes = nodes_before(anchor, start)
+    origin = match.node(rw.source) if rw.source is not None else anchor
     for node in new_nodes:
-        node.copyMetadata(anchor)
+        node.copyMetadata(origin)
+    created = set(new_nodes)
     names = [old.debugName() for old in old_outputs]
     for old, new in zip(old_outputs, new_outputs):
+        # The replacement computes the same value, so what is known of the
+        # old tensor (dtype, shape from tracing) stays true of the new one.
+        if new.node() in created and _is_tensor(old) and _is_tensor(new):
+            new.setType(old.type())
         old.replaceAllUsesWith(new)
     erase_nodes(match.matched_nodes())
     for name, new in zip(names, new_outputs):
         if not name.isdigit() and new.debugName().isdigit():
             new.setDebugName(name)
     return new_nodes
+
+
+def _is_tensor(value: Value) -> bool:
+    return value.type().kind() == "TensorType"
 
 
 def rewrite(graph: Graph, rewrites: Sequence[Rewrite], index: NodeIndex | None = None) -> int:
