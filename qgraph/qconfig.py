@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.ao.quantization import QConfig
 
-from qgraph.ir.module import CppModule, as_cpp, named_modules
+from qgraph.ir.module import CppModule, as_cpp, children_of, named_modules
 
 __all__ = [
     "script_qconfig",
@@ -29,6 +29,7 @@ __all__ = [
     "is_scripted_qconfig",
     "check_qconfig_dict",
     "resolve_qconfigs",
+    "qconfig_paths_needing_own_type",
 ]
 
 
@@ -102,6 +103,18 @@ def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | Non
     written for a sibling variant; so it is not an error: a ``UserWarning``
     names the key and the key has no effect.
     """
+    resolved = _resolve(module, qconfig_dict)
+    for key in qconfig_dict:
+        if key not in resolved:
+            warnings.warn(
+                f"qconfig_dict key {key!r} names no submodule of the model; it is ignored",
+                UserWarning,
+                stacklevel=2,
+            )
+    return resolved
+
+
+def _resolve(module: Any, qconfig_dict: dict) -> dict[str, QConfig | None]:
     check_qconfig_dict(qconfig_dict)
     root = as_cpp(module)
     resolved: dict[str, QConfig | None] = {}
@@ -113,11 +126,38 @@ def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | Non
             resolved[path] = resolved[parent]
         else:
             resolved[path] = None
-    for key in qconfig_dict:
-        if key not in resolved:
-            warnings.warn(
-                f"qconfig_dict key {key!r} names no submodule of the model; it is ignored",
-                UserWarning,
-                stacklevel=2,
-            )
     return resolved
+
+
+def qconfig_paths_needing_own_type(module: Any, resolved: dict[str, QConfig | None]) -> list[str]:
+    """Instances that must get a class type of their own before observers go in.
+
+    Methods live on class types, so instances of one type must agree on the
+    qconfig of every module below them (not only their own): otherwise the
+    observers one of them needs would be inserted into the others' graphs.
+    For each class type, the instances that agree with its first instance
+    (in module order) keep the type; every other instance is listed.
+    """
+    root = as_cpp(module)
+    signatures: dict[str, tuple] = {}
+    types: dict[str, str] = {}
+
+    def visit(path: str, instance: CppModule) -> tuple:
+        parts = [("", id(resolved.get(path)))]
+        for name, child in children_of(instance):
+            child_path = f"{path}.{name}" if path else name
+            parts.extend((f"{name}.{rel}" if rel else name, q) for rel, q in visit(child_path, child))
+        signature = tuple(parts)
+        signatures[path] = signature
+        types[path] = instance._type().qualified_name()
+        return signature
+
+    visit("", root)
+    first_signature: dict[str, tuple] = {}
+    needing: list[str] = []
+    for path in signatures:
+        type_name = types[path]
+        expected = first_signature.setdefault(type_name, signatures[path])
+        if signatures[path] != expected:
+            needing.append(path)
+    return needing

@@ -1,0 +1,248 @@
+"""Which values observer insertion looks at: the op tables and the per-value rules.
+
+Everything here reads the graph and never changes it. The tables are the
+reference's (torch 2.x graph mode), grouped the way its rules use them:
+
+- quantizable ops: their Tensor inputs and outputs need an observer;
+- weight / bias argument positions: weights take the qconfig's weight
+  observer, biases are never observed;
+- general ops (shape or value), which pass "already observed" from their
+  input to their output, so a value is observed once however many
+  flatten/pool/view ops it flows through;
+- propagating ops (cat, add, mul) whose output is observed only when their
+  inputs are.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.ao.quantization.quant_type import QuantType
+
+from qgraph.ir.graph import Block, Node, Value
+
+STATIC_QUANTIZABLE_CALLS = frozenset(
+    {
+        "conv2d", "linear", "batch_norm", "hardswish", "elu", "celu",
+        "layer_norm", "group_norm", "instance_norm", "embedding_bag",
+    }
+)
+STATIC_QUANTIZABLE_ATEN = frozenset(
+    {
+        "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear",
+        "hardswish", "hardswish_", "elu", "elu_", "celu", "celu_",
+        "batch_norm", "layer_norm", "group_norm", "instance_norm", "embedding_bag",
+    }
+)
+DYNAMIC_QUANTIZABLE_CALLS = frozenset({"linear"})
+DYNAMIC_QUANTIZABLE_ATEN = frozenset({"linear"})
+# Only the weight of these is quantized; their output stays float.
+WEIGHT_ONLY_CALLS = frozenset({"embedding_bag"})
+WEIGHT_ONLY_ATEN = frozenset({"embedding_bag"})
+
+# Ops that only move or reshape data: the output is observed iff the input is.
+GENERAL_SHAPE_CALLS = frozenset({"_max_pool1d", "_max_pool2d", "_max_pool3d", "dropout", "relu"})
+GENERAL_SHAPE_ATEN = frozenset(
+    {
+        "max_pool1d", "max_pool2d", "max_pool3d", "flatten", "max", "min", "dropout",
+        "reshape", "resize_", "chunk", "view", "transpose", "contiguous", "permute",
+        "repeat", "repeat_interleave", "relu", "relu_", "squeeze", "squeeze_",
+        "unsqueeze", "unsqueeze_", "detach", "detach_", "stack", "__getitem__",
+    }
+)
+# Ops that compute on values but run on quantized tensors with the input's qparams.
+GENERAL_VALUE_CALLS = frozenset(
+    {
+        "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate", "upsample",
+        "upsample_bilinear", "upsample_nearest", "hardtanh", "leaky_relu",
+    }
+)
+GENERAL_VALUE_ATEN = frozenset(
+    {
+        "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "mean", "upsample_nearest1d",
+        "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d",
+        "upsample_bilinear2d", "upsample_trilinear3d", "upsample_bicubic2d", "clamp",
+        "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
+    }
+)
+# Fixed output range ops (sigmoid, tanh, ...) also pass observation through.
+FIXED_QPARAMS_ATEN = frozenset({"hardsigmoid", "hardsigmoid_", "sigmoid", "sigmoid_", "tanh", "tanh_"})
+
+PROPAGATE_SINGLE_INPUT_ATEN = frozenset({"cat"})
+PROPAGATE_BINARY_ATEN = frozenset({"add", "add_", "mul", "mul_"})
+
+# F.batch_norm: only the input (argument 1 of the call) is observed.
+OBSERVED_INPUT_OF_CALL = {"batch_norm": 1}
+
+WEIGHT_ARGS_ATEN = {
+    "conv1d": 1, "conv2d": 1, "conv3d": 1, "conv_transpose1d": 1, "conv_transpose2d": 1,
+    "linear": 1, "embedding_bag": 0,
+}
+WEIGHT_ARGS_CALL = {"linear": 2, "embedding_bag": 2}
+BIAS_ARGS_ATEN = {
+    "conv1d": 2, "conv2d": 2, "conv3d": 2, "conv_transpose1d": 2, "conv_transpose2d": 2, "linear": 2,
+}
+BIAS_ARGS_CALL = {"linear": 3}
+# aten::embedding_bag(weight, indices, offsets, ..., per_sample_weights, ...): offsets
+# and per-sample weights stay float.
+EMBEDDING_BAG_FLOAT_ARGS = frozenset({2, 6})
+
+_TENSOR = torch._C.TensorType.get()
+_TENSOR_LIST = torch._C.ListType.ofTensors()
+_NUMBER = torch._C.NumberType.get()
+
+
+def aten_name(node: Node) -> str | None:
+    kind = node.kind()
+    return kind[6:] if kind.startswith("aten::") else None
+
+
+def call_name(node: Node) -> str | None:
+    """The short name of the function a ``prim::CallFunction`` calls (``relu`` for F.relu)."""
+    if node.kind() != "prim::CallFunction":
+        return None
+    func_type = node.inputsAt(0).type()
+    if func_type.kind() != "FunctionType":
+        return None
+    return str(func_type).rsplit(".", 1)[-1]
+
+
+def _use_matches(user: Node, offset: int, aten_args: dict, call_args: dict) -> bool:
+    name = aten_name(user)
+    if name is not None and aten_args.get(name) == offset:
+        return True
+    name = call_name(user)
+    return name is not None and call_args.get(name) == offset
+
+
+def is_weight(value: Value) -> bool:
+    return any(_use_matches(u.user, u.offset, WEIGHT_ARGS_ATEN, WEIGHT_ARGS_CALL) for u in value.uses())
+
+
+def is_bias(value: Value) -> bool:
+    return any(_use_matches(u.user, u.offset, BIAS_ARGS_ATEN, BIAS_ARGS_CALL) for u in value.uses())
+
+
+def is_embedding_bag_float_arg(value: Value) -> bool:
+    return any(
+        u.user.kind() == "aten::embedding_bag" and u.offset in EMBEDDING_BAG_FLOAT_ARGS for u in value.uses()
+    )
+
+
+def is_tensor_or_tensor_list(value: Value) -> bool:
+    ty = value.type()
+    return ty.isSubtypeOf(_TENSOR) or ty.isSubtypeOf(_TENSOR_LIST)
+
+
+def is_scalar(value: Value) -> bool:
+    """A number, or a constant 0-dim tensor (add/mul with such an operand act as with a scalar)."""
+    ty = value.type()
+    if ty.isSubtypeOf(_NUMBER):
+        return True
+    if value.node().kind() == "prim::Constant" and ty.isSubtypeOf(_TENSOR):
+        constant = value.toIValue()
+        return isinstance(constant, torch.Tensor) and constant.dim() == 0
+    return False
+
+
+def is_general_call(node: Node) -> bool:
+    name = call_name(node)
+    return name is not None and (name in GENERAL_SHAPE_CALLS or name in GENERAL_VALUE_CALLS)
+
+
+def is_binary_with_scalar(node: Node) -> bool:
+    return aten_name(node) in PROPAGATE_BINARY_ATEN and is_scalar(node.inputsAt(1))
+
+
+def is_general_aten(node: Node) -> bool:
+    name = aten_name(node)
+    if name is None:
+        return False
+    return (
+        name in GENERAL_SHAPE_ATEN
+        or name in GENERAL_VALUE_ATEN
+        or name in FIXED_QPARAMS_ATEN
+        or is_binary_with_scalar(node)
+    )
+
+
+def is_propagating(node: Node) -> bool:
+    name = aten_name(node)
+    return name in PROPAGATE_SINGLE_INPUT_ATEN or name in PROPAGATE_BINARY_ATEN
+
+
+def is_weight_only(node: Node) -> bool:
+    return aten_name(node) in WEIGHT_ONLY_ATEN or call_name(node) in WEIGHT_ONLY_CALLS
+
+
+def is_quantizable(node: Node, quant_type: QuantType) -> bool:
+    dynamic = quant_type == QuantType.DYNAMIC
+    aten_ops = DYNAMIC_QUANTIZABLE_ATEN if dynamic else STATIC_QUANTIZABLE_ATEN
+    call_ops = DYNAMIC_QUANTIZABLE_CALLS if dynamic else STATIC_QUANTIZABLE_CALLS
+    return aten_name(node) in aten_ops or call_name(node) in call_ops
+
+
+def is_quantizable_use(user: Node, offset: int, quant_type: QuantType) -> bool:
+    if quant_type == QuantType.STATIC:
+        name = call_name(user)
+        if name in OBSERVED_INPUT_OF_CALL:
+            return offset == OBSERVED_INPUT_OF_CALL[name]
+    return is_quantizable(user, quant_type)
+
+
+def is_user_function_call(node: Node) -> bool:
+    """A call of a user's TorchScript function (not one of the known functionals)."""
+    if node.kind() != "prim::CallFunction":
+        return False
+    name = call_name(node)
+    return not is_general_call(node) and name not in STATIC_QUANTIZABLE_CALLS
+
+
+@functools.lru_cache(maxsize=None)
+def _function_by_name(qualified_name: str):
+    return torch.jit._state._python_cu.find_function(qualified_name)
+
+
+def function_graph(node: Node) -> torch._C.Graph | None:
+    """The graph of the TorchScript function a ``prim::CallFunction`` calls, if it can be found.
+
+    Functions compiled in this process live in the global compilation unit;
+    functions of a model loaded with ``torch.jit.load`` are not reachable
+    from Python, and such calls are treated as opaque.
+    """
+    function = _function_by_name(str(node.inputsAt(0).type()))
+    return None if function is None else function.graph
+
+
+def always_raises(block: Block) -> bool:
+    """Whether every path through ``block`` raises (such ``if`` branches are ignored)."""
+    for node in block.nodes():
+        if node.kind() == "prim::RaiseException":
+            return True
+        if node.kind() == "prim::If" and all(always_raises(b) for b in node.blocks()):
+            return True
+    return False
+
+
+def pass_through_inputs(value: Value) -> list[Value]:
+    """Values that must all be observed for ``value`` to count as observed without an observer."""
+    node = value.node()
+    kind = node.kind()
+    if is_general_call(node):
+        return [node.inputsAt(1)]
+    if is_general_aten(node) or (kind == "aten::sort" and value.offset() == 0):
+        return [node.inputsAt(0)]
+    if kind == "prim::If" and node.outputsSize() == 1:
+        return [next(b.outputs()) for b in node.blocks() if not always_raises(b)]
+    if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
+        return [node.inputsAt(0)] if value.type().isSubtypeOf(_TENSOR) else []
+    if kind == "prim::ListConstruct" and value.type().isSubtypeOf(_TENSOR_LIST):
+        return list(node.inputs())
+    if kind == "prim::TupleConstruct":
+        return [v for v in node.inputs() if v.type().isSubtypeOf(_TENSOR)]
+    if kind == "aten::append":
+        return list(node.inputs())
+    return []

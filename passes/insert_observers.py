@@ -1,0 +1,547 @@
+"""Insert observer modules after every value that quantization will need qparams for.
+
+Takes a script module whose method graphs are already preprocessed (Conv-BN
+folded, functional linear swapped, fork/wait inlined, linear fused, traced
+``aten::_convolution`` canonicalised; ``qgraph.prepare`` does all that) and a
+``qconfig_dict``. Leaves, after each observed value ``%v`` of a method graph,
+a call of a fresh observer submodule ``_observer_N`` of the module that owns
+the graph; later uses of ``%v`` read the observer's output::
+
+    %x = prim::CallMethod[name="forward"](%conv, %input)
+    %y = aten::flatten(%x, %1, %2)
+
+becomes::
+
+    %x = prim::CallMethod[name="forward"](%conv, %input)
+    %_observer_3 : MinMaxObserver = prim::GetAttr[name="_observer_3"](%self)
+    %x.1 = prim::CallMethod[name="forward"](%_observer_3, %x)
+    %y = aten::flatten(%x.1, %1, %2)
+
+and ``flatten``'s output gets no observer: observation passes through
+general ops.
+
+The rules are the reference's (``torch.ao.quantization.prepare_jit``):
+
+- a Tensor (or List[Tensor]) is observed when a quantizable op produces it
+  (static mode; also cat/add/mul when their inputs are observed) or a
+  quantizable op consumes it; conv/linear/embedding_bag weights get the
+  qconfig's weight observer, biases nothing (``_observed_values``);
+- ``{linear, conv, batch_norm, add, mul} -> relu``: the relu output is
+  observed instead of the value in between (``DELAYED_OBSERVATION``);
+- values crossing a method call are observed at the call site, in the
+  caller's graph: a callee's graph is shared by every instance of its class
+  type, so an observer there would be shared too; the observers are found by
+  mapping call-site values to the callee's inputs/outputs;
+- a value already observed (an observer output, or an output of a general
+  op whose inputs are observed, or a call output the callee observed, or an
+  ``if`` output observed in every branch that does not raise) gets no
+  second observer;
+- instances of one class type get the same observer names; each gets its
+  own observer instances;
+- nothing inside ``prim::Loop`` bodies is observed, as in the reference.
+
+A value that several calls see under different qconfigs (a model input read
+by submodules with different qconfigs) takes the observer of the first place
+that needs it, in this order: the call that produces it, then its consumers in
+program order. (The reference raises "Expecting all values in the graph only
+configured with one observer" there.)
+
+Cost: one walk per method graph for the analysis (callees first, shared graphs
+once) and one walk per call site for the insertion, since whether a callee's
+inputs arrive observed depends on the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from typing import Any
+
+import torch
+from torch.ao.quantization import QConfig
+from torch.ao.quantization.quant_type import QuantType
+
+from passes import _observed_values as rules
+from qgraph.ir.callgraph import call_graph, callees_first
+from qgraph.ir.clone import clone_module, unshare_types
+from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, walk
+from qgraph.ir.module import CppModule, as_cpp, as_python, getattr_path, method_graph, register_submodule
+from qgraph.pattern import Match, compile_pattern, find_matches
+from qgraph.qconfig import is_scripted_qconfig, qconfig_paths_needing_own_type, resolve_qconfigs, script_qconfig
+
+__all__ = ["insert_observers", "DELAYED_OBSERVATION", "parse_quant_type"]
+
+_MANGLE = re.compile(r"\.___torch_mangle_\d+")
+
+
+def _module_type_is(name: str, *class_names: str):
+    expected = {f"__torch__.{c}" for c in class_names}
+
+    def check(match: Match) -> bool:
+        ty = match[name].type()
+        if ty.kind() != "ClassType":
+            return False
+        return _MANGLE.sub("", ty.qualified_name()) in expected
+
+    return check
+
+
+def _calls_function(name: str, function: str):
+    def check(match: Match) -> bool:
+        ty = match[name].type()
+        return ty.kind() == "FunctionType" and str(ty).rsplit(".", 1)[-1] == function
+
+    return check
+
+
+def _constant_is(name: str, expected: int):
+    def check(match: Match) -> bool:
+        value = match[name]
+        return value.node().kind() == "prim::Constant" and type(value.toIValue()) is int and value.toIValue() == expected
+
+    return check
+
+
+# The op whose output would be observed, then the relu that follows it.
+# (IR lines, pattern inputs, filters).
+_FIRST_OPS = {
+    "nn_linear": ('%first_output = prim::CallMethod[name="forward"](%first, %input)', ["%input", "%first"],
+                  (_module_type_is("first", "torch.nn.modules.linear.Linear"),)),
+    "aten_linear": ("%first_output = aten::linear(%input, %weight, %bias)", ["%input", "%weight", "%bias"], ()),
+    "nn_conv": ('%first_output = prim::CallMethod[name="forward"](%first, %input)', ["%input", "%first"],
+                (_module_type_is("first", *(f"torch.nn.modules.conv.Conv{d}d" for d in (1, 2, 3))),)),
+    "add": ("%first_output = aten::add(%a, %b, %alpha)", ["%a", "%b", "%alpha"], (_constant_is("alpha", 1),)),
+    "add_": ("%first_output = aten::add_(%a, %b, %alpha)", ["%a", "%b", "%alpha"], (_constant_is("alpha", 1),)),
+    "nn_batch_norm": ('%first_output = prim::CallMethod[name="forward"](%first, %input)', ["%input", "%first"],
+                      (_module_type_is("first", *(f"torch.nn.modules.batchnorm.BatchNorm{d}d" for d in (2, 3))),)),
+    "mul": ("%first_output = aten::mul(%a, %b)", ["%a", "%b"], ()),
+    "mul_": ("%first_output = aten::mul_(%a, %b)", ["%a", "%b"], ()),
+}
+_RELU_OPS = {
+    "nn_relu": ('%second_output = prim::CallMethod[name="forward"](%relu, %first_output)', ["%relu"],
+                (_module_type_is("relu", "torch.nn.modules.activation.ReLU"),)),
+    "f_relu": ("%second_output = prim::CallFunction(%relu, %first_output, %inplace)", ["%relu", "%inplace"],
+               (_calls_function("relu", "relu"),)),
+    "aten_relu": ("%second_output = aten::relu(%first_output)", [], ()),
+    "aten_relu_": ("%second_output = aten::relu_(%first_output)", [], ()),
+}
+
+
+def _delay_pattern(first: str, second: str) -> tuple[str, Any, tuple]:
+    first_line, first_inputs, first_filters = _FIRST_OPS[first]
+    second_line, second_inputs, second_filters = _RELU_OPS[second]
+    inputs = ", ".join(first_inputs + second_inputs)
+    text = f"graph({inputs}):\n    {first_line}\n    {second_line}\n    return (%second_output)"
+    return f"{first}_{second}", compile_pattern(text), first_filters + second_filters
+
+
+# Values matched as %first_output are observed at %second_output instead, so
+# the fused op (e.g. quantized::conv2d_relu) gets the relu's output range.
+DELAYED_OBSERVATION = [_delay_pattern(first, second) for first in _FIRST_OPS for second in _RELU_OPS]
+
+
+def parse_quant_type(quant_type: Any) -> QuantType:
+    if isinstance(quant_type, QuantType):
+        return quant_type
+    if isinstance(quant_type, str) and quant_type.lower() in ("static", "dynamic"):
+        return QuantType.STATIC if quant_type.lower() == "static" else QuantType.DYNAMIC
+    if isinstance(quant_type, int) and not isinstance(quant_type, bool) and quant_type in (0, 1):
+        return QuantType(quant_type)
+    raise ValueError(f"quant_type must be QuantType.STATIC/DYNAMIC or 'static'/'dynamic', got {quant_type!r}")
+
+
+def _scripted(qconfig_dict: dict) -> dict:
+    return {
+        key: qconfig if qconfig is None or is_scripted_qconfig(qconfig) else script_qconfig(qconfig)
+        for key, qconfig in qconfig_dict.items()
+    }
+
+
+class _ObserverPlacement:
+    """The analysis state and the insertion walk over one module tree."""
+
+    def __init__(self, root: CppModule, qconfigs: dict[str, QConfig | None], quant_type: QuantType):
+        self.root = root
+        self.qconfigs = qconfigs
+        self.quant_type = quant_type
+        self.delayed: dict[Value, Value] = {}
+        self.observer_for_value: dict[Value, CppModule] = {}
+        # call-site value -> callee values (the callee's output first, then inputs of consumers)
+        self.boundary: dict[Value, list[Value]] = {}
+        self.pass_through: dict[Value, list[Value]] = {}
+        self.observed: set[Value] = set()  # observer outputs
+        self.observer_calls: set[Node] = set()
+        self.block_observers: dict[Block, list[tuple[str, CppModule]]] = {}
+        self.next_id = 0
+        self.warned_loop = False
+        self._keep: list[Any] = []  # graph/block wrappers used as keys stay alive
+
+    # ---- analysis -------------------------------------------------------
+
+    def analyze(self, method: str) -> None:
+        calls = call_graph(self.root, method)
+        self.call_graph = calls
+        analysed_functions: set[Graph] = set()
+        for key in callees_first(calls):
+            data = calls.nodes[key]
+            graph = data["graph"]
+            self._keep.append(graph)
+            self._find_delayed(graph)
+            qconfig = self.qconfigs.get(data["instances"][0]) if data["instances"] else None
+            if qconfig is not None:
+                self._fill_observers(graph, qconfig)
+            self._fill_pass_through(graph, analysed_functions)
+        for path, module, name in self._instance_methods(method):
+            self._fill_boundary(module, method_graph(module, name))
+
+    def _instance_methods(self, method: str):
+        """(path, instance, method) for every method call reachable from the root, each instance once."""
+        seen = set()
+        stack = [("", self.root, method)]
+        while stack:
+            path, module, name = stack.pop()
+            if (path, name) in seen:
+                continue
+            seen.add((path, name))
+            yield path, module, name
+            for node in walk(method_graph(module, name)):
+                if node.kind() == "prim::CallMethod":
+                    target = self._invoked(module, node)
+                    if target is not None:
+                        sub_path = ".".join(p for p in [path, *getattr_path(node.inputsAt(0))] if p)
+                        stack.append((sub_path, target, node.s("name")))
+
+    def _find_delayed(self, graph: Graph) -> None:
+        index = NodeIndex(graph)
+        for _, pattern, filters in DELAYED_OBSERVATION:
+            for match in find_matches(graph, pattern, index):
+                if all(check(match) for check in filters):
+                    self.delayed[match["first_output"]] = match["second_output"]
+
+    def _fill_observers(self, graph: Graph, qconfig: QConfig) -> None:
+        for value in graph.inputs():
+            if self._needs_observer(value, qconfig):
+                self.observer_for_value[value] = self._observer_module(value, qconfig)
+        for node in walk(graph):
+            for value in node.outputs():
+                if self._needs_observer(value, qconfig):
+                    self.observer_for_value[value] = self._observer_module(value, qconfig)
+
+    @staticmethod
+    def _observer_module(value: Value, qconfig: QConfig) -> CppModule:
+        return qconfig.weight if rules.is_weight(value) else qconfig.activation
+
+    def _needs_observer(self, value: Value, qconfig: QConfig) -> bool:
+        if (
+            rules.is_bias(value)
+            or not rules.is_tensor_or_tensor_list(value)
+            or rules.is_embedding_bag_float_arg(value)
+        ):
+            return False
+        node = value.node()
+        if self.quant_type == QuantType.STATIC:
+            if not rules.is_weight_only(node) and (
+                rules.is_quantizable(node, QuantType.STATIC) or rules.is_propagating(node)
+            ):
+                return True
+        else:
+            # fp16 dynamic quantization converts weights only.
+            observer = self._observer_module(value, qconfig)
+            if observer.hasattr("dtype") and observer.getattr("dtype") == torch.float16 and not rules.is_weight(value):
+                return False
+        return any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in value.uses())
+
+    def _fill_pass_through(self, graph: Graph, analysed_functions: set) -> None:
+        pending = [graph]
+        while pending:
+            current = pending.pop()
+            for node in walk(current):
+                if rules.is_user_function_call(node):
+                    callee = rules.function_graph(node)
+                    if callee is not None and callee not in analysed_functions:
+                        analysed_functions.add(callee)
+                        self._keep.append(callee)
+                        pending.append(callee)
+                for value in node.outputs():
+                    inputs = rules.pass_through_inputs(value)
+                    if inputs:
+                        self.pass_through[value] = inputs
+
+    def _fill_boundary(self, module: CppModule, graph: Graph) -> None:
+        for node in walk(graph):
+            kind = node.kind()
+            if kind == "prim::CallMethod" or rules.is_user_function_call(node):
+                callee_graph, offset = self._callee(module, node)
+                if callee_graph is None:
+                    continue
+                for out, ret in zip(node.outputs(), callee_graph.outputs()):
+                    self._link(out, ret)
+                for i, param in enumerate(callee_graph.inputs()):
+                    self._link(node.inputsAt(i + offset), param)
+            elif kind == "prim::If":
+                for block in node.blocks():
+                    for out, block_out in zip(node.outputs(), block.outputs()):
+                        self._link(out, block_out)
+
+    def _link(self, caller_value: Value, callee_value: Value) -> None:
+        targets = self.boundary.setdefault(caller_value, [])
+        if callee_value not in targets:
+            targets.append(callee_value)
+
+    def _invoked(self, module: CppModule, node: Node) -> CppModule | None:
+        path = getattr_path(node.inputsAt(0))
+        if path is None:
+            return None
+        target: Any = module
+        for name in path:
+            if not isinstance(target, CppModule) or not target.hasattr(name):
+                return None
+            target = target.getattr(name)
+        return target if isinstance(target, CppModule) else None
+
+    def _callee(self, module: CppModule, node: Node) -> tuple[Graph | None, int]:
+        if node.kind() == "prim::CallMethod":
+            target = self._invoked(module, node)
+            if target is None:
+                return None, 0
+            graph = method_graph(target, node.s("name"))
+            self._keep.append(graph)
+            return graph, 0
+        return rules.function_graph(node), 1
+
+    def observer_for(self, value: Value, visiting: frozenset = frozenset()) -> CppModule | None:
+        found = self.observer_for_value.get(value)
+        if found is not None:
+            return found
+        for target in self.boundary.get(value, ()):
+            if target in visiting:
+                continue
+            found = self.observer_for(target, visiting | {value})
+            if found is not None:
+                return found
+        return None
+
+    # ---- insertion ------------------------------------------------------
+
+    def is_observed(self, value: Value, observed: set) -> bool:
+        return value in observed or value in self.observed
+
+    def _record(self, value: Value, observer: CppModule, to_observe: dict, observed: set) -> None:
+        target = self.delayed.get(value, value)
+        to_observe[target] = observer
+        observed.add(target)
+
+    def _propagate(self, value: Value, observed: set) -> None:
+        inputs = self.pass_through.get(value)
+        if inputs and all(self.is_observed(v, observed) for v in inputs):
+            observed.add(value)
+
+    def _should_observe(self, node: Node, observed: set) -> bool:
+        for out in node.outputs():
+            if any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in out.uses()):
+                return True
+        name = rules.aten_name(node)
+        if name in rules.PROPAGATE_SINGLE_INPUT_ATEN:
+            return self.is_observed(node.inputsAt(0), observed)
+        if name in rules.PROPAGATE_BINARY_ATEN:
+            return self.is_observed(node.inputsAt(0), observed) and self.is_observed(node.inputsAt(1), observed)
+        return True
+
+    def observe_block(
+        self,
+        block: Block,
+        graph: Graph,
+        module: CppModule,
+        observed: set,
+        entry: bool = False,
+        in_function: bool = False,
+    ) -> tuple[list, list, list[int]]:
+        """Record and insert the observers ``block`` needs; tell the caller about its boundary.
+
+        Returns the observers wanted for the block's inputs and outputs (the
+        caller inserts those at the call site) and the indices of outputs
+        that leave the block already observed.
+        """
+        boundary: set[Value] = set()
+        input_observers: list = []
+        output_observers: list = []
+        if not entry:
+            boundary.update(graph.inputs())
+            boundary.update(graph.outputs())
+            boundary.update(block.outputs())
+            input_observers = [self.observer_for(v) for v in block.inputs()]
+            output_observers = [
+                None if self.is_observed(v, observed) else self.observer_for(v) for v in block.outputs()
+            ]
+        self._keep.append(block)
+        visited = block in self.block_observers
+        if visited:
+            # Another instance of the same class type: its observers have the
+            # same names, each instance its own copies.
+            for name, observer in self.block_observers[block]:
+                module.setattr(name, copy.deepcopy(observer))
+
+        to_observe: dict[Value, CppModule] = {}
+        for value in block.inputs():
+            if value not in boundary and value not in to_observe:
+                observer = self.observer_for(value)
+                if observer is not None:
+                    self._record(value, observer, to_observe, observed)
+
+        for node in list(block.nodes()):
+            if node in self.observer_calls:
+                continue
+            kind = node.kind()
+            if kind == "prim::CallMethod" or rules.is_user_function_call(node):
+                if not self._observe_call(node, graph, module, observed, boundary, to_observe, in_function):
+                    continue
+            elif kind == "prim::If":
+                self._observe_if(node, graph, module, observed, boundary, to_observe)
+            elif kind == "prim::Loop":
+                self._warn_loop(node)
+            for value in node.outputs():
+                self._propagate(value, observed)
+                if value not in boundary and not self.is_observed(value, observed):
+                    observer = self.observer_for(value)
+                    if observer is not None and self._should_observe(node, observed):
+                        self._record(value, observer, to_observe, observed)
+
+        observed_outputs = [i for i, v in enumerate(block.outputs()) if self.is_observed(v, observed)]
+        if not visited:
+            inserted: list[tuple[str, CppModule]] = []
+            for value, observer in to_observe.items():
+                if in_function:
+                    raise RuntimeError(
+                        f"value %{value.debugName()} inside a TorchScript function called from "
+                        f"{module._type().qualified_name()} needs an observer; observers can only be "
+                        "inserted in module methods (make the function a method or a submodule)"
+                    )
+                self._insert_observer(value, graph, module, observer, inserted)
+            self.block_observers[block] = inserted
+        return input_observers, output_observers, observed_outputs
+
+    def _observe_call(self, node, graph, module, observed, boundary, to_observe, in_function) -> bool:
+        if node.kind() == "prim::CallMethod":
+            callee = self._invoked(module, node)
+            if callee is None:
+                return False
+            callee_graph, offset, callee_in_function = method_graph(callee, node.s("name")), 0, in_function
+        else:
+            callee_graph, offset, callee_in_function = rules.function_graph(node), 1, True
+            callee = module
+            if callee_graph is None:
+                return True
+        self._keep.append(callee_graph)
+        params = list(callee_graph.inputs())
+        callee_observed = {
+            param for i, param in enumerate(params) if self.is_observed(node.inputsAt(i + offset), observed)
+        }
+        inputs_wanted, outputs_wanted, observed_outputs = self.observe_block(
+            callee_graph.block(), callee_graph, callee, callee_observed, False, callee_in_function
+        )
+        outputs = list(node.outputs())
+        for index in observed_outputs:
+            observed.add(outputs[index])
+        for i in range(len(params)):
+            value = node.inputsAt(i + offset)
+            if inputs_wanted[i] is not None and value not in boundary and not self.is_observed(value, observed):
+                self._record(value, inputs_wanted[i], to_observe, observed)
+        for value, wanted in zip(outputs, outputs_wanted):
+            if wanted is not None and value not in boundary and not self.is_observed(value, observed):
+                self._record(value, wanted, to_observe, observed)
+        return True
+
+    def _observe_if(self, node, graph, module, observed, boundary, to_observe) -> None:
+        agreed = None
+        for block in node.blocks():
+            if rules.always_raises(block):
+                continue
+            _, outputs_wanted, observed_outputs = self.observe_block(block, graph, module, observed)
+            block_outputs = list(block.outputs())
+            for value, wanted in zip(block_outputs, outputs_wanted):
+                if wanted is not None and value not in boundary and not self.is_observed(value, observed):
+                    self._record(value, wanted, to_observe, observed)
+            for index in observed_outputs:
+                observed.add(block_outputs[index])
+            state = [self.is_observed(v, observed) for v in block_outputs]
+            if agreed is not None and agreed != state:
+                raise RuntimeError(
+                    "branches for `if` should return values that are observed consistently, if node: "
+                    f"{str(node).strip().splitlines()[0]}"
+                )
+            agreed = state if agreed is None else agreed
+        for value, is_obs in zip(node.outputs(), agreed or []):
+            if is_obs:
+                observed.add(value)
+
+    def _warn_loop(self, node: Node) -> None:
+        if self.warned_loop:
+            return
+        self.warned_loop = True
+        warnings.warn(
+            "values inside prim::Loop bodies are not observed; ops in loops stay in float",
+            UserWarning,
+            stacklevel=4,
+        )
+
+    def _insert_observer(self, value, graph, module, template, inserted) -> None:
+        if value in self.observed:
+            return
+        observer = copy.deepcopy(template)
+        name = f"_observer_{self.next_id}"
+        self.next_id += 1
+        while module.hasattr(name):
+            name = f"_observer_{self.next_id}"
+            self.next_id += 1
+        register_submodule(module, name, observer)
+        inserted.append((name, observer))
+
+        self_value = next(graph.inputs())
+        get = graph.create("prim::GetAttr", [self_value], 1)
+        get.s_("name", name)
+        get.output().setType(observer._type())
+        get.insertAfter(value.node())
+        get.output().setDebugName(name)
+        call = graph.create("prim::CallMethod", [get.output(), value], 1)
+        call.s_("name", "forward")
+        call.insertAfter(get)
+        call.output().copyMetadata(value)
+        value.replaceAllUsesWith(call.output())
+        call.replaceInput(1, value)
+        self.observer_calls.add(call)
+        self.observed.add(call.output())
+
+
+def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace: bool, quant_type: Any) -> Any:
+    """Observe every value of ``module.<method_name>`` (and what it calls) that quantization needs.
+
+    ``module`` is a ScriptModule or its ``._c`` and comes back as the same
+    kind; ``qconfig_dict`` may hold QConfigs or scripted QConfigs
+    (``qgraph.script_qconfig``); ``quant_type`` is a ``QuantType`` or
+    ``"static"`` / ``"dynamic"``. With ``inplace=False`` the input is cloned
+    first (fresh class types, so the caller's graphs stay as they were).
+    Instances of one class type that resolve to different qconfigs get class
+    types of their own first.
+    """
+    root = as_cpp(module)
+    if not root._has_method(method_name):
+        raise ValueError(f"module {root._type().qualified_name()} has no method {method_name!r}")
+    kind = parse_quant_type(quant_type)
+    scripted = _scripted(qconfig_dict)
+    if not inplace:
+        root = clone_module(root)
+    qconfigs = resolve_qconfigs(root, scripted)
+    own_type = qconfig_paths_needing_own_type(root, qconfigs)
+    if own_type:
+        root = unshare_types(root, own_type)
+    placement = _ObserverPlacement(root, qconfigs, kind)
+    placement.analyze(method_name)
+    graph = method_graph(root, method_name)
+    placement.observe_block(graph.block(), graph, root, set(), entry=True)
+    if isinstance(module, torch.jit.ScriptModule):
+        if inplace:
+            module._reconstruct(root)
+            return module
+        return as_python(root)
+    return root
