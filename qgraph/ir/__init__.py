@@ -5,7 +5,7 @@ editing nodes by hand.
 """
 
 from qgraph.ir.callgraph import call_graph, callees_first, method_key
-from qgraph.ir.clone import clone_module, unshare_types
+from qgraph.ir.clone import clone_module, drop_attributes, unshare_types
 from qgraph.ir.graph import (
     TENSOR,
     NodeIndex,
@@ -13,6 +13,7 @@ from qgraph.ir.graph import (
     constant_value,
     erase_dead,
     erase_nodes,
+    hoist_before,
     insert_constant,
     insert_op,
     is_alive,

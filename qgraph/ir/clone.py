@@ -17,7 +17,7 @@ import torch
 from qgraph.ir.graph import walk
 from qgraph.ir.module import CppModule, children_of, method_graph, resolve_path
 
-__all__ = ["clone_module", "unshare_types"]
+__all__ = ["clone_module", "drop_attributes", "unshare_types"]
 
 
 def _clone(module: CppModule, ignored_attributes: list[str]) -> CppModule:
@@ -98,3 +98,72 @@ def _retype_child_reads(module: CppModule, new_children: dict[str, CppModule]) -
                 and node.output().type().kind() == "ClassType"
             ):
                 node.output().setType(new_children[node.s("name")]._type())
+
+
+def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppModule:
+    """A copy of ``root`` without the named attributes, which must be unused by every method.
+
+    ``names_by_type`` maps a class type's qualified name to the attribute
+    names to drop from it (a class-type property, so every instance of that
+    type loses them). Instances that shared a class type share the new one,
+    so one method graph keeps serving them all. The first instance of each
+    type is deep-copied; later instances of the same type reuse the original
+    attribute values. Returns the new root; the old one must not be used after.
+    """
+    new_types: dict[str, object] = {}
+    rebuilt = _drop(root, names_by_type, new_types)
+    by_name = {old: new for old, new in new_types.items()}
+    for _, module in _named_instances(rebuilt):
+        for method in module._method_names():
+            _retype_graph(method_graph(module, method), by_name)
+    return rebuilt
+
+
+def _drop(module: CppModule, names_by_type: dict[str, set[str]], new_types: dict[str, object]) -> CppModule:
+    old_name = module._type().qualified_name()
+    children = [(name, _drop(child, names_by_type, new_types)) for name, child in children_of(module)]
+    dropped = set(names_by_type.get(old_name, ()))
+    new_type = new_types.get(old_name)
+    if new_type is None:
+        declared = _declared_child_types(module)
+        fresh = _clone(module, [name for name, _ in children] + sorted(dropped))
+        for name, child in children:
+            type_ = declared.get(name)
+            if type_ is None or type_.kind() == "ClassType":
+                type_ = child._type()
+            fresh._register_attribute(name, type_, child)
+        new_types[old_name] = fresh._type()
+        return fresh
+    fresh = torch._C._create_module_with_type(new_type)
+    new_children = dict(children)
+    for name, value in torch._C._jit_debug_module_iterators(module)["named_attributes"]:
+        if name in dropped:
+            continue
+        fresh.setattr(name, new_children.get(name, value))
+    return fresh
+
+
+def _named_instances(module: CppModule, prefix: str = ""):
+    yield prefix, module
+    for name, child in children_of(module):
+        yield from _named_instances(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _retype_graph(graph, new_types: dict) -> None:
+    """Point every value typed with a replaced class type at its replacement."""
+
+    def retype(value):
+        ty = value.type()
+        if ty.kind() == "ClassType":
+            new = new_types.get(ty.qualified_name())
+            if new is not None and new is not ty:
+                value.setType(new)
+
+    for value in graph.inputs():
+        retype(value)
+    for node in walk(graph):
+        for value in node.outputs():
+            retype(value)
+        for block in node.blocks():
+            for value in block.inputs():
+                retype(value)

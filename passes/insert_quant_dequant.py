@@ -1,0 +1,438 @@
+"""Turn calibrated observers into quantize / dequantize pairs (convert, first half).
+
+Takes a module prepared by observer insertion and calibrated: every observed
+value ``%v`` of a method graph is followed by a call of an ``_observer_N``
+submodule of the module owning the graph. Each observer's qparams (from its
+``calculate_qparams``) become attributes of that module, named after the
+observed value (``<value>_scale_<k>``, ``<value>_zero_point_<k>``,
+``<value>_axis_<k>`` for per-channel, ``<value>_scalar_type_<k>``; ``k`` is
+the first index free on the module), and the observer call becomes a
+quantize / dequantize pair reading them::
+
+    %_observer_1 = prim::GetAttr[name="_observer_1"](%self)
+    %x.1 = prim::CallMethod[name="forward"](%_observer_1, %x)
+    %y = aten::conv2d(%x.1, ...)
+
+becomes::
+
+    %x_scale_0 : float = prim::GetAttr[name="x_scale_0"](%self)
+    %x_zero_point_0 : int = prim::GetAttr[name="x_zero_point_0"](%self)
+    %x_scalar_type_0 : int = prim::GetAttr[name="x_scalar_type_0"](%self)
+    %x.quant = aten::quantize_per_tensor(%x, %x_scale_0, %x_zero_point_0, %x_scalar_type_0)
+    %x.dequant.0 = aten::dequantize(%x.quant)
+    %y = aten::conv2d(%x.dequant.0, ...)
+
+Observer submodules are removed. Instances that share a class type share one
+rewritten graph; each keeps its own qparams values under the same names.
+
+Dynamic quantization (``QuantType.DYNAMIC``): weights are quantized with
+their observer's qparams (the weight observers run here, on the weights, so
+no calibration is needed); activations get ``aten::_choose_qparams_per_tensor``
+at run time; fp16 observers give ``aten::_saturate_weight_to_fp16`` instead;
+an embedding_bag weight observed by a ``PlaceholderObserver`` whose
+``custom_op_name`` is ``embedding_bag_byte`` / ``embedding_bag_4bit`` turns the
+bag into ``quantized::embedding_bag_{byte,4bit}_rowwise_offsets`` over a
+prepacked weight (in static mode too).
+
+Then ``forward`` is inlined and quantization is propagated through ops that
+need no observer of their own (see ``passes._quant_propagation``): shape ops
+run on the quantized tensor, value ops (avg pooling, clamp, ...) are
+requantized with their input's qparams, fixed-range ops (sigmoid, tanh) with
+fixed qparams, and a dequantize feeding only ``size``/``len``/``dim``/``numel``
+is dropped. The result is the ``debug=True`` model of convert: float ops
+between quantize / dequantize pairs, which finalize fuses into quantized ops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.ao.quantization.quant_type import QuantType
+
+from passes._observed_values import aten_name, call_name, is_weight
+from passes._quant_propagation import NodeBuilder, propagate_quantization
+from passes.swap_functional_linear import swap_functional_linear
+from qgraph.ir import (
+    CppModule,
+    as_cpp,
+    clone_module,
+    drop_attributes,
+    getattr_path,
+    like,
+    method_graph,
+    method_key,
+    named_modules,
+    resolve_path,
+)
+from qgraph.ir.graph import Graph, Node, Value
+
+__all__ = ["insert_quant_dequant"]
+
+OBSERVER_MARK = "_observer_"
+_TENSOR = torch._C.TensorType.get()
+_FLOAT = torch._C.FloatType.get()
+_INT = torch._C.IntType.get()
+
+# qparams whose attribute holds a tensor (per-channel) or a Python number.
+_PER_CHANNEL_SCHEMES = (torch.per_channel_affine, torch.per_channel_symmetric)
+
+# Embedding-bag weight-only quantization: observer custom_op_name -> (prepack op,
+# quantized op, extra prepack arguments). 4-bit prepacking takes
+# (optimized_qparams=False, nbins=200, ratio=0.16 as a float32) like the reference.
+EMBEDDING_BAG_OPS = {
+    "embedding_bag_byte": ("quantized::embedding_bag_byte_prepack", "quantized::embedding_bag_byte_rowwise_offsets", ()),
+    "embedding_bag_4bit": (
+        "quantized::embedding_bag_4bit_prepack",
+        "quantized::embedding_bag_4bit_rowwise_offsets",
+        (False, 200, float(torch.tensor(0.16, dtype=torch.float32))),
+    ),
+}
+
+
+def _quant_type(quant_type) -> QuantType:
+    if isinstance(quant_type, QuantType):
+        return quant_type
+    if isinstance(quant_type, str) and quant_type.lower() in ("static", "dynamic"):
+        return QuantType.STATIC if quant_type.lower() == "static" else QuantType.DYNAMIC
+    raise ValueError(f"quant_type must be QuantType.STATIC, QuantType.DYNAMIC, 'static' or 'dynamic', got {quant_type!r}")
+
+
+def observer_name(value: Value) -> str | None:
+    """The ``_observer_N`` attribute whose ``forward`` produced ``value``, if any."""
+    node = value.node()
+    if node.kind() != "prim::CallMethod" or node.s("name") != "forward":
+        return None
+    receiver = node.inputsAt(0).node()
+    if receiver.kind() == "prim::GetAttr" and OBSERVER_MARK in receiver.s("name"):
+        return receiver.s("name")
+    return None
+
+
+def _nodes_stack_order(graph: Graph) -> list[Node]:
+    """Nodes in the order the reference visits them: a block's nodes, then nested blocks last-first."""
+    order: list[Node] = []
+    stack = [graph.block()]
+    while stack:
+        block = stack.pop()
+        for node in block.nodes():
+            order.append(node)
+            stack.extend(node.blocks())
+    return order
+
+
+def _invoked_methods(module: CppModule, method: str) -> list[tuple[CppModule, str]]:
+    """(module, method) of every ``prim::CallMethod`` of a submodule (or self) that is not an observer."""
+    graph = method_graph(module, method)
+    self_value = next(graph.inputs())
+    invoked = []
+    for node in _nodes_stack_order(graph):
+        if node.kind() != "prim::CallMethod":
+            continue
+        receiver = node.inputsAt(0)
+        if receiver == self_value:
+            invoked.append((module, node.s("name")))
+        elif receiver.node().kind() == "prim::GetAttr" and OBSERVER_MARK not in receiver.node().s("name"):
+            path = getattr_path(receiver)
+            target = resolve_path(module, path) if path is not None else None
+            if isinstance(target, CppModule):
+                invoked.append((target, node.s("name")))
+    return invoked
+
+
+def _invoked_module(module: CppModule, call: Node) -> CppModule | None:
+    path = getattr_path(call.inputsAt(0))
+    if path is None:
+        return None
+    target = module
+    for name in path:
+        target = target.getattr(name)
+        if not isinstance(target, CppModule):
+            return None
+    return target
+
+
+def _is_weight(module: CppModule, value: Value) -> bool:
+    """Whether ``value`` is used as a weight, here or inside the methods it is passed to."""
+    if is_weight(value):
+        return True
+    result = None
+    for use in value.uses():
+        if use.user.kind() != "prim::CallMethod":
+            continue
+        callee = _invoked_module(module, use.user)
+        if callee is None:
+            return False
+        param = method_graph(callee, use.user.s("name")).inputsAt(use.offset)
+        found = _is_weight(callee, param)
+        if result is not None and found != result:
+            raise RuntimeError(
+                f"%{value.debugName()} is passed to methods that use it both as a weight and as an activation"
+            )
+        result = found
+    return bool(result)
+
+
+def _is_placeholder(observer_value: Value) -> bool:
+    ty = observer_value.type()
+    return ty.kind() == "ClassType" and "PlaceholderObserver" in ty.qualified_name()
+
+
+def _qparam_type(value):
+    if isinstance(value, torch.Tensor):
+        return _TENSOR
+    if isinstance(value, float):
+        return _FLOAT
+    return _INT
+
+
+class _QuantDequantInserter:
+    """State of one run: observers found per method graph, qparams attribute names per observer."""
+
+    def __init__(self, quant_type: QuantType):
+        self.quant_type = quant_type
+        self.observers: dict[tuple[str, str], list[Node]] = {}
+        self.attr_names: dict[Node, dict[str, str]] = {}
+        self.observer_attrs: dict[str, set[str]] = {}
+        self.doomed: list[Node] = []
+        self.weight_observer_fns: dict[Value, object] = {}
+
+    # -- dynamic: weight observers run on the weights themselves ------------
+
+    def run_weight_observers(self, module: CppModule, method: str) -> None:
+        for callee, name in _invoked_methods(module, method):
+            self.run_weight_observers(callee, name)
+        graph = method_graph(module, method)
+        self_value = next(graph.inputs())
+        weights = [
+            v
+            for node in _nodes_stack_order(graph)
+            for v in node.outputs()
+            if v.type().isSubtypeOf(_TENSOR) and observer_name(v) is not None and _is_weight(module, v)
+        ]
+        for value in weights:
+            function = self.weight_observer_fns.get(value)
+            if function is None:
+                function = _subgraph_function(self_value, value)
+                self.weight_observer_fns[value] = function
+            function(module)
+
+    # -- observers to quantize / dequantize --------------------------------
+
+    def run(self, module: CppModule, method: str) -> None:
+        for callee, name in _invoked_methods(module, method):
+            self.run(callee, name)
+        key = method_key(module, method)
+        graph = method_graph(module, method)
+        if key in self.observers:
+            # Another instance of this class type: the graph is rewritten
+            # already, only this instance's qparams values are new.
+            for observer in self.observers[key]:
+                _, qparams = self.qparams(module, observer)
+                names = self.attr_names[observer]
+                for suffix, value in qparams:
+                    module.setattr(names[suffix], value)
+            return
+        found = []
+        for node in _nodes_stack_order(graph):
+            for value in node.outputs():
+                if value.type().isSubtypeOf(_TENSOR) and (name := observer_name(value)) is not None:
+                    found.append(node)
+                    self.observer_attrs.setdefault(module._type().qualified_name(), set()).add(name)
+                    self.doomed.extend([node, node.inputsAt(0).node()])
+        if not found:
+            return
+        self.observers[key] = found
+        self_value = next(graph.inputs())
+        for observer in found:
+            per_channel, qparams = self.qparams(module, observer)
+            original = observer.inputsAt(1)
+            names = {}
+            for suffix, value in qparams:
+                uid = 0
+                while module.hasattr(name := f"{original.debugName()}{suffix}_{uid}"):
+                    uid += 1
+                module._register_attribute(name, _qparam_type(value), value)
+                names[suffix] = name
+            self.attr_names[observer] = names
+            self.insert_ops(module, graph, self_value, observer, per_channel, names)
+
+    def qparams(self, module: CppModule, observer: Node) -> tuple[bool, list[tuple[str, object]]]:
+        """(per-channel?, [(attribute suffix, value)]) in quantize-op argument order."""
+        obs = module.getattr(observer_name(observer.output()))
+        dtype = obs.getattr("dtype")
+        if _is_placeholder(observer.inputsAt(0)):
+            if obs.hasattr("is_dynamic") and obs.getattr("is_dynamic"):
+                return False, [("_scalar_type", dtype)]
+            return False, []
+        if dtype == torch.float16:
+            return False, []
+        result = obs._get_method("calculate_qparams")()
+        if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)):
+            raise RuntimeError(
+                f"calculate_qparams of observer {observer_name(observer.output())!r} must return "
+                f"a tuple of two tensors (scale, zero_point), got {result!r}"
+            )
+        scale = result[0].to(torch.float)
+        zero_point = result[1].to(torch.int)
+        qscheme = obs.getattr("qscheme")
+        if qscheme in _PER_CHANNEL_SCHEMES:
+            return True, [
+                ("_scale", scale),
+                ("_zero_point", zero_point),
+                ("_axis", obs.getattr("ch_axis")),
+                ("_scalar_type", dtype),
+            ]
+        return False, [("_scale", scale.item()), ("_zero_point", zero_point.item()), ("_scalar_type", dtype)]
+
+    def insert_ops(self, module, graph, self_value, observer, per_channel, names) -> None:
+        observed = observer.output()
+        original = observer.inputsAt(1)
+        obs = module.getattr(observer_name(observed))
+        cursor = NodeBuilder(graph, after=observer)
+        quantize = "aten::quantize_per_channel" if per_channel else "aten::quantize_per_tensor"
+
+        custom_op = obs.getattr("custom_op") if obs.hasattr("custom_op") else None
+        if custom_op is not None and _is_placeholder(observer.inputsAt(0)) and "embedding_bag_" in custom_op:
+            if _is_weight(module, observed):
+                _quantize_embedding_bag(graph, cursor, observed, custom_op)
+            observed.replaceAllUsesWith(original)
+            return
+
+        dequant: Node
+        if self.quant_type == QuantType.DYNAMIC and obs.getattr("dtype") == torch.float16:
+            dequant = cursor.op("aten::_saturate_weight_to_fp16", [observed])
+        elif self.quant_type == QuantType.DYNAMIC and not _is_weight(module, observed):
+            if obs.getattr("dtype") not in (torch.quint8, torch.qint8):
+                observed.replaceAllUsesWith(original)
+                return
+            dtype = cursor.get_attr(self_value, names["_scalar_type"], _INT)
+            dequant = cursor.choose_qparams_quant_dequant(observed, dtype, quantize)
+        else:
+            inputs = [observed]
+            for name in names.values():
+                inputs.append(cursor.get_attr(self_value, name, _qparam_type(module.getattr(name))))
+            quant = cursor.op(quantize, inputs, name=f"{original.debugName()}.quant", type_=_TENSOR)
+            dequant = cursor.dequantize(quant.output(), original)
+        observed.replaceAllUsesWith(original)
+        original.replaceAllUsesAfterNodeWith(dequant, dequant.output())
+
+    def remove_observer_calls(self) -> None:
+        for node in self.doomed:
+            node.removeAllInputs()
+        for node in self.doomed:
+            node.destroy()
+        self.doomed.clear()
+
+
+def _quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op_name: str) -> None:
+    """Replace the embedding_bag reading ``weight`` with its prepacked, quantized form."""
+    if op_name not in EMBEDDING_BAG_OPS:
+        raise RuntimeError(
+            f"embedding_bag weight-only quantization supports custom_op_name in {sorted(EMBEDDING_BAG_OPS)}, got {op_name!r}"
+        )
+    prepack_op, quantized_op, extra = EMBEDDING_BAG_OPS[op_name]
+    bag = None
+    for use in weight.uses():
+        if (use.user.kind() == "aten::embedding_bag" and use.offset == 0) or (
+            call_name(use.user) == "embedding_bag" and use.offset == 2
+        ):
+            bag = use.user
+    if bag is None:
+        raise RuntimeError(f"%{weight.debugName()} is observed as an embedding_bag weight but no embedding_bag reads it")
+    extra_values = [cursor.constant(v) for v in extra]
+    prepack = cursor.op(prepack_op, [weight, *extra_values], type_=_TENSOR)
+    args = list(bag.inputs())
+    none = cursor.constant(None)
+    zero = cursor.constant(0)
+    pruned = cursor.constant(False)
+    is_aten = aten_name(bag) == "embedding_bag"
+    if is_aten:
+        if len(args) != 9:
+            raise RuntimeError(f"expected aten::embedding_bag to have 9 inputs, got {len(args)}")
+        # indices, offsets, scale_grad_by_freq, mode, pruned_weights (sparse is a
+        # training flag; at inference its slot says whether rows were pruned), per_sample_weights
+        q_args = [prepack.output(), *args[1:5], pruned, args[6]]
+    else:
+        if len(args) != 12:
+            raise RuntimeError(f"expected F.embedding_bag to have 12 inputs, got {len(args)}")
+        q_args = [prepack.output(), args[1], args[3], args[6], zero, pruned, args[9]]
+    q_args += [none, args[-2]]
+    padding_idx = args[-1]
+    if padding_idx.type().kind() != "NoneType":
+        raise RuntimeError("Expected aten::embedding_bag padding_idx input to be None")
+    quantized = graph.create(quantized_op, q_args, 1)
+    quantized.output().setType(_TENSOR)
+    if is_aten:
+        quantized.insertBefore(bag)
+        for extra_output in list(bag.outputs())[1:]:
+            if extra_output.uses():
+                raise RuntimeError("Expected aten::embedding_bag to only have use for its first output.")
+    else:
+        cursor.place(quantized)
+    bag.outputsAt(0).replaceAllUsesWith(quantized.output())
+    bag.removeAllInputs()
+    bag.destroy()
+
+
+def _subgraph_function(self_value: Value, value: Value):
+    """A TorchScript function of ``self`` recomputing ``value`` (a weight observer call and what feeds it)."""
+    nodes: list[Node] = []
+    seen: set[Node] = set()
+
+    def collect(v: Value) -> None:
+        node = v.node()
+        if node in seen:
+            return
+        seen.add(node)
+        for input_value in node.inputs():
+            if input_value.node().kind() == "prim::Param":
+                if input_value != self_value:
+                    raise RuntimeError(
+                        f"the weight observed as %{value.debugName()} depends on %{input_value.debugName()}, "
+                        "not only on module attributes"
+                    )
+                continue
+            collect(input_value)
+        nodes.append(node)
+
+    collect(value)
+    sub = torch._C.Graph()
+    remap = {self_value: sub.addInput()}
+    remap[self_value].setType(self_value.type())
+    for node in nodes:
+        clone = sub.createClone(node, lambda v: remap[v])
+        sub.insertNode(clone)
+        for old, new in zip(node.outputs(), clone.outputs()):
+            remap[old] = new
+    sub.registerOutput(remap[value])
+    return torch._C._create_function_from_graph("observer_subgraph", sub)
+
+
+def insert_quant_dequant(module, method_name: str = "forward", inplace: bool = False, debug: bool = False,
+                         quant_type=QuantType.STATIC):
+    """Replace calibrated observers by quantize/dequantize ops; see the module docstring.
+
+    ``module`` is a ScriptModule (or its ``._c``) after observer insertion and
+    calibration; the result is the same kind of object. With ``inplace=False``
+    the input is left untouched. ``debug`` only matters for warnings (the
+    graph produced is the debug model either way).
+    """
+    quant_type = _quant_type(quant_type)
+    cpp = as_cpp(module)
+    if not cpp._has_method(method_name):
+        raise ValueError(f"module has no method {method_name!r} to convert")
+    work = cpp if inplace else clone_module(cpp)
+    inserter = _QuantDequantInserter(quant_type)
+    if quant_type == QuantType.DYNAMIC:
+        inserter.run_weight_observers(work, method_name)
+    inserter.run(work, method_name)
+    inserter.remove_observer_calls()
+    for _, instance in named_modules(work):
+        for name in instance._method_names():
+            swap_functional_linear(method_graph(instance, name))
+    graph = method_graph(work, "forward")
+    torch._C._jit_pass_inline(graph)
+    torch._C._jit_pass_constant_propagation(graph)
+    propagate_quantization(graph, debug=debug)
+    result = drop_attributes(work, inserter.observer_attrs)
+    return like(result, module)
+
