@@ -33,7 +33,8 @@ __all__ = [
     "constant_value",
     "insert_op",
     "insert_constant",
-        "replace_uses",
+    "replace_uses",
+    "hoist_before",
     "erase_nodes",
     "erase_dead",
     "nodes_before",
@@ -200,6 +201,43 @@ def replace_uses(old: Value, new: Value, *, after: Node | None = None) -> None:
         old.replaceAllUsesWith(new)
     else:
         old.replaceAllUsesAfterNodeWith(after, new)
+
+
+def hoist_before(values: Iterable[Value], before: Node) -> bool:
+    """Move what computes ``values`` up to just before ``before``, so they are defined there.
+
+    ``values`` must be visible to some node after ``before`` in its block.
+    Producers already before ``before`` (or in enclosing blocks) stay; the
+    others, with their own inputs, move there dependencies first. Returns False, and
+    moves nothing, when a value depends on ``before`` itself or on a node
+    with nested blocks. Moved nodes are not checked for side effects against
+    the nodes they move past.
+    """
+    block = before.owningBlock()
+    to_move: list[Node] = []
+    placed: set[Node] = set()
+
+    def collect(value: Value) -> bool:
+        node = value.node()
+        if node in placed or node.owningBlock() != block or node == block.paramNode():
+            return True
+        if node == before:
+            return False
+        if node.isBefore(before):
+            return True
+        if list(node.blocks()):
+            return False
+        if not all(collect(v) for v in node.inputs()):
+            return False
+        placed.add(node)
+        to_move.append(node)
+        return True
+
+    if not all(collect(v) for v in values):
+        return False
+    for node in to_move:
+        node.moveBefore(before)
+    return True
 
 
 def erase_nodes(nodes: Iterable[Node]) -> None:
