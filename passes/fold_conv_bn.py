@@ -1,0 +1,377 @@
+"""Fold eval-mode BatchNorm submodule calls into the convolution that feeds them.
+
+Takes a script module whose method graphs call a ``torch.nn.Conv{1,2,3}d``
+submodule and pass its output, and nothing else, to a
+``torch.nn.BatchNorm{1,2,3}d`` submodule of the same dimensionality. Leaves
+the conv call alone, removes the BatchNorm call (its uses now read the conv
+output) and rewrites the conv's weight and bias so that the conv computes
+what the pair computed::
+
+    before                                              after
+    %conv = prim::GetAttr[name="conv"](%self)           %conv = prim::GetAttr[name="conv"](%self)
+    %bn = prim::GetAttr[name="bn"](%self)               %y = prim::CallMethod[name="forward"](%conv, %x)
+    %y = prim::CallMethod[name="forward"](%conv, %x)    return (%y)
+    %z = prim::CallMethod[name="forward"](%bn, %y)
+    return (%z)
+
+with, per output channel ``c`` (the same float operations, in the same order,
+as PyTorch's own folding, so the results agree bit for bit)::
+
+    rsqrt = torch.rsqrt(running_var + eps)
+    weight' = weight * (bn_weight * rsqrt).reshape(-1, 1, ...)
+    bias' = (bias - running_mean) * rsqrt * bn_weight + bn_bias
+
+A conv without bias gets one: a ``bias`` attribute (``Optional[Tensor]``) is
+added to its class type when the type has none (traced convs), and the
+convolution in the conv's ``forward`` reads it instead of the constant None.
+Missing BatchNorm affine parameters count as ones and zeros. The BatchNorm
+submodule stays an attribute of its parent; only its call goes away.
+
+Where a class type has several instances (two blocks of one class, scripted),
+their method graph is one graph: it is rewritten once, and only when every
+instance can fold; each instance's conv is then folded with its own
+BatchNorm's statistics.
+
+A pair stays as it is when:
+- the conv output has another use, or anything sits between the two calls;
+- the classes are not exactly torch.nn's (a user module named ``Conv2d`` or a
+  subclass of ``nn.Conv2d`` may compute something else);
+- the BatchNorm is in training mode (its ``training`` flag, or the flag a
+  traced ``aten::batch_norm`` recorded): it normalises with batch statistics,
+  which no fixed weight reproduces. PyTorch folds it anyway;
+- the conv instance is used anywhere else (called twice, its weight read):
+  folding would change that other use. PyTorch folds it anyway;
+- the BatchNorm has no running statistics (``track_running_stats=False``) or
+  its parameters cannot be read.
+
+Dead traced code: tracing a forward that calls a conv and a BatchNorm but
+discards the result leaves a BatchNorm ``forward`` that computes nothing and
+returns None (PyTorch's folding reads past the end of its match list there
+and crashes the process). Such a pair, whose BatchNorm call returns an unused
+value, is removed from the graph: both calls go, the weights stay.
+
+PyTorch folds Conv2d/3d only; qgraph folds Conv1d+BatchNorm1d too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+
+from qgraph.ir import (
+    CppModule,
+    NodeIndex,
+    as_cpp,
+    call_graph,
+    callees_first,
+    erase_nodes,
+    getattr_path,
+    is_constant,
+    is_instance_of,
+    like,
+    method_graph,
+    register_attribute,
+    replace_uses,
+    resolve_path,
+    walk,
+)
+from qgraph.ir.graph import Graph, Node, Value, insert_op
+from qgraph.pattern import Match, Pattern, compile_pattern, find_matches
+
+__all__ = ["fold_conv_bn"]
+
+# The conv call's output must feed only the BatchNorm call: the matcher
+# rejects a match whose inner value (%conv_out) is used outside it.
+CONV_BN_CALLS = """graph(%conv, %batchnorm, %input):
+    %conv_out = prim::CallMethod[name="forward"](%conv, %input)
+    %bn_out = prim::CallMethod[name="forward"](%batchnorm, %conv_out)
+    return (%bn_out)"""
+
+FOLDABLE_PAIRS = (
+    (torch.nn.Conv1d, torch.nn.BatchNorm1d),
+    (torch.nn.Conv2d, torch.nn.BatchNorm2d),
+    (torch.nn.Conv3d, torch.nn.BatchNorm3d),
+)
+
+# Convolution ops a conv's forward may run, with the bias as third input.
+CONVOLUTION_KINDS = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::convolution")
+BIAS_INPUT = 2
+
+# aten::batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled)
+BN_WEIGHT, BN_BIAS, BN_TRAINING, BN_EPS = 1, 2, 5, 7
+
+_OPTIONAL_TENSOR = torch._C.OptionalType(torch._C.TensorType.get())
+
+
+# --- filters on a match, for one instance of the graph's class type ---------
+
+
+def is_conv_bn_pair(conv: Any, bn: Any) -> bool:
+    """Exactly torch.nn's Conv{n}d followed by BatchNorm{n}d, same n."""
+    return any(is_instance_of(conv, c) and is_instance_of(bn, b) for c, b in FOLDABLE_PAIRS)
+
+
+def receivers_are_submodules(match: Match) -> bool:
+    """Both calls go to submodules reached from ``%self`` (not to values passed in)."""
+    return getattr_path(match["conv"]) is not None and getattr_path(match["batchnorm"]) is not None
+
+
+@dataclass
+class BatchNormParameters:
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    eps: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+def batch_norm_parameters(bn: CppModule) -> BatchNormParameters | None:
+    """What folding needs from an eval-mode BatchNorm, or None when it cannot be had.
+
+    Attributes come first; a traced BatchNorm has no ``eps`` (and no
+    ``weight``/``bias`` when not affine), so those are read from the
+    constants its ``aten::batch_norm`` was traced with.
+    """
+    running_mean, running_var = _tensor_attr(bn, "running_mean"), _tensor_attr(bn, "running_var")
+    if running_mean is None or running_var is None:
+        return None
+    if bn.hasattr("training") and bn.getattr("training"):
+        return None
+    calls = [n for n in walk(method_graph(bn)) if n.kind() == "aten::batch_norm"]
+    if len(calls) > 1:
+        return None
+    traced = calls[0] if calls else None
+    if traced is not None and not is_constant(traced.inputsAt(BN_TRAINING), False):
+        return None
+
+    def read(name: str, offset: int) -> Any:
+        if bn.hasattr(name):
+            return bn.getattr(name)
+        if traced is None or not is_constant(traced.inputsAt(offset)):
+            return _UNREADABLE
+        return traced.inputsAt(offset).toIValue()
+
+    eps, weight, bias = read("eps", BN_EPS), read("weight", BN_WEIGHT), read("bias", BN_BIAS)
+    if any(v is _UNREADABLE for v in (eps, weight, bias)):
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, int | float):
+        return None
+    return BatchNormParameters(
+        running_mean=running_mean,
+        running_var=running_var,
+        eps=float(eps),
+        weight=weight if isinstance(weight, torch.Tensor) else torch.ones_like(running_mean),
+        bias=bias if isinstance(bias, torch.Tensor) else torch.zeros_like(running_mean),
+    )
+
+
+def folded_weight_and_bias(
+    conv_weight: torch.Tensor, conv_bias: torch.Tensor | None, bn: BatchNormParameters
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv weight and bias that absorb ``bn``, computed as PyTorch's folding does."""
+    with torch.no_grad():
+        bias = conv_bias if conv_bias is not None else torch.zeros_like(bn.running_mean)
+        var_rsqrt = torch.rsqrt(bn.running_var + bn.eps)
+        shape = [-1] + [1] * (conv_weight.dim() - 1)
+        weight = conv_weight * (bn.weight * var_rsqrt).reshape(shape)
+        bias = (bias - bn.running_mean) * var_rsqrt * bn.weight + bn.bias
+    # Leaves, trainable as the tensors they replace, with no autograd history
+    # keeping the old weights alive.
+    return weight.requires_grad_(conv_weight.requires_grad), bias.requires_grad_(conv_weight.requires_grad)
+
+
+# --- the pass ---------------------------------------------------------------
+
+
+@dataclass
+class _Method:
+    graph: Graph
+    instances: dict[str, CppModule] = field(default_factory=dict)
+
+
+@dataclass
+class _Fold:
+    conv: CppModule
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+def fold_conv_bn(module: Any) -> Any:
+    """Fold Conv{1,2,3}d -> BatchNorm{1,2,3}d submodule calls; in place, and returned.
+
+    ``module`` is a ``torch.jit.ScriptModule`` or its ``._c``; the result is the
+    same object, of the same kind. Every method reachable from the root's
+    methods is visited once per class type. Does not clone: callers that must
+    keep the original clone first (``qgraph.fuse_conv_bn_jit`` does).
+    """
+    if not isinstance(module, torch.jit.ScriptModule | CppModule):
+        raise TypeError(f"fold_conv_bn expects a TorchScript module, got {type(module).__name__}")
+    root = as_cpp(module)
+    methods, order = _methods_of(root)
+    module_uses = _module_use_counts(methods)
+    pattern = compile_pattern(CONV_BN_CALLS)
+
+    folds: list[_Fold] = []
+    to_fold: list[Match] = []
+    to_drop: list[Match] = []
+    for key in order:
+        method = methods[key]
+        for match in find_matches(method.graph, pattern, NodeIndex(method.graph)):
+            if not receivers_are_submodules(match):
+                continue
+            pairs = [_submodules(match, instance) for instance in method.instances.values()]
+            if not all(is_conv_bn_pair(conv, bn) for conv, bn in pairs):
+                continue
+            if _is_dead_pair(match, pairs):
+                to_drop.append(match)
+                continue
+            planned = [_plan_fold(conv, bn, module_uses) for conv, bn in pairs]
+            if all(p is not None for p in planned):
+                folds.extend(planned)
+                to_fold.append(match)
+
+    # All new weights are computed before any is written: a BatchNorm or conv
+    # read by one fold must not see another fold's result.
+    for fold in folds:
+        _ensure_bias_attribute(fold.conv, methods)
+    for fold in folds:
+        fold.conv.setattr("weight", fold.weight)
+        fold.conv.setattr("bias", fold.bias)
+    for match in to_fold:
+        _remove_batch_norm_call(match)
+    for match in to_drop:
+        _remove_dead_pair(match)
+    return like(root, module)
+
+
+def _methods_of(root: CppModule) -> tuple[dict[tuple[str, str], _Method], list[tuple[str, str]]]:
+    """Each (class type, method) reachable from the root's methods, with its instances; callees first."""
+    methods: dict[tuple[str, str], _Method] = {}
+    calls = nx.DiGraph()
+    for name in root._method_names():
+        graph = call_graph(root, name)
+        calls.add_edges_from(graph.edges)
+        calls.add_nodes_from(graph.nodes)
+        for key, data in graph.nodes(data=True):
+            method = methods.setdefault(key, _Method(data["graph"]))
+            for path in data["instances"]:
+                method.instances.setdefault(path, resolve_path(root, path))
+    return methods, callees_first(calls)
+
+
+def _module_use_counts(methods: dict[tuple[str, str], _Method]) -> dict[CppModule, int]:
+    """How many times each submodule instance is read (called, or an attribute taken) in all graphs."""
+    counts: dict[CppModule, int] = {}
+    for method in methods.values():
+        reads = []
+        for node in NodeIndex(method.graph).of_kind("prim::GetAttr"):
+            value = node.output()
+            if value.type().kind() != "ClassType":
+                continue
+            path = getattr_path(value)
+            if path is not None:
+                reads.append((path, len(value.uses())))
+        for instance in method.instances.values():
+            for path, uses in reads:
+                target = resolve_path(instance, path)
+                if isinstance(target, CppModule):
+                    counts[target] = counts.get(target, 0) + uses
+    return counts
+
+
+def _submodules(match: Match, instance: CppModule) -> tuple[Any, Any]:
+    return resolve_path(instance, getattr_path(match["conv"])), resolve_path(instance, getattr_path(match["batchnorm"]))
+
+
+def _plan_fold(conv: CppModule, bn: CppModule, module_uses: dict[CppModule, int]) -> _Fold | None:
+    if module_uses.get(conv, 0) != 1:
+        return None  # the matched call is not its only use
+    weight = _tensor_attr(conv, "weight")
+    if weight is None:
+        return None
+    if conv.hasattr("bias"):
+        bias = conv.getattr("bias")
+        if bias is not None and not isinstance(bias, torch.Tensor):
+            return None
+    else:
+        if not _convolutions_without_bias(method_graph(conv)):
+            return None  # no place to read a new bias from
+        bias = None
+    parameters = batch_norm_parameters(bn)
+    if parameters is None or parameters.running_mean.shape != (weight.shape[0],):
+        return None
+    new_weight, new_bias = folded_weight_and_bias(weight, bias, parameters)
+    return _Fold(conv, new_weight, new_bias)
+
+
+def _is_dead_pair(match: Match, pairs: list[tuple[Any, Any]]) -> bool:
+    """A BatchNorm call whose result nobody reads, to a forward that computes nothing (traced dead code)."""
+    if match["bn_out"].uses():
+        return False
+    return all(_computes_nothing(method_graph(bn)) for _, bn in pairs)
+
+
+def _computes_nothing(graph: Graph) -> bool:
+    return all(node.kind() in ("prim::Constant", "prim::GetAttr") for node in walk(graph))
+
+
+def _ensure_bias_attribute(conv: CppModule, methods: dict[tuple[str, str], _Method]) -> None:
+    """Give a conv type without ``bias`` an ``Optional[Tensor]`` one that its convolution reads."""
+    if conv.hasattr("bias"):
+        return
+    register_attribute(conv, "bias", None, _OPTIONAL_TENSOR)
+    # Other instances of the type got the slot but no value.
+    key = (conv._type().qualified_name(), "forward")
+    for twin in methods[key].instances.values() if key in methods else ():
+        twin.setattr("bias", None)
+    graph = method_graph(conv)
+    self_value = next(graph.inputs())
+    for node in _convolutions_without_bias(graph):
+        read = insert_op(graph, "prim::GetAttr", [self_value], before=node, output_types=[_OPTIONAL_TENSOR], source=node)
+        read.s_("name", "bias")
+        read.output().setDebugName("bias")
+        none = node.inputsAt(BIAS_INPUT)
+        node.replaceInput(BIAS_INPUT, read.output())
+        if is_constant(none) and not none.uses():
+            erase_nodes([none.node()])
+
+
+def _convolutions_without_bias(graph: Graph) -> list[Node]:
+    return [
+        node
+        for node in NodeIndex(graph).of_kind(*CONVOLUTION_KINDS)
+        if node.inputsSize() > BIAS_INPUT and node.inputsAt(BIAS_INPUT).type().kind() == "NoneType"
+    ]
+
+
+def _remove_batch_norm_call(match: Match) -> None:
+    bn_call = match.node("bn_out")
+    replace_uses(match["bn_out"], match["conv_out"])
+    erase_nodes([bn_call])
+    _erase_unused_getattr_chain(match["batchnorm"])
+
+
+def _remove_dead_pair(match: Match) -> None:
+    erase_nodes([match.node("bn_out"), match.node("conv_out")])
+    _erase_unused_getattr_chain(match["batchnorm"])
+    _erase_unused_getattr_chain(match["conv"])
+
+
+def _erase_unused_getattr_chain(value: Value) -> None:
+    """Remove ``value``'s ``prim::GetAttr`` and, up the chain, each read left unused."""
+    node = value.node()
+    while node.kind() == "prim::GetAttr" and not node.output().uses():
+        parent = node.input()
+        erase_nodes([node])
+        node = parent.node()
+
+
+def _tensor_attr(module: CppModule, name: str) -> torch.Tensor | None:
+    value = module.getattr(name) if module.hasattr(name) else None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+_UNREADABLE = object()
