@@ -20,10 +20,31 @@ from qgraph.ir.module import CppModule, children_of, method_graph, resolve_path
 __all__ = ["clone_module", "drop_attributes", "unshare_types"]
 
 
-def _clone(module: CppModule, ignored_attributes: list[str]) -> CppModule:
+def _clone(module: CppModule, ignored_attributes: list[str], readded: bool = False) -> CppModule:
     # The one binding of C++ Module::clone(inplace=false), which remaps every
     # class type in the tree to a fresh one while keeping sharing intact.
-    return torch._C._hack_do_not_use_clone_module_with_class(module, [], ignored_attributes)
+    if not ignored_attributes or not readded:
+        return torch._C._hack_do_not_use_clone_module_with_class(module, [], ignored_attributes)
+    # Module::clone refuses to drop an attribute that a method reads, and it
+    # recognises such reads by the receiver being named "self". Children
+    # dropped here are registered again right after, so the reads stay valid:
+    # hide the name for the duration of the clone.
+    renamed = []
+    for name in module._method_names():
+        receiver = next(method_graph(module, name).inputs())
+        if receiver.debugName() == "self":
+            receiver.setDebugName("self_module")
+            renamed.append(receiver)
+    try:
+        clone = torch._C._hack_do_not_use_clone_module_with_class(module, [], ignored_attributes)
+    finally:
+        for receiver in renamed:
+            receiver.setDebugName("self")
+    for name in clone._method_names():
+        receiver = next(method_graph(clone, name).inputs())
+        if receiver.debugName().startswith("self_module"):
+            receiver.setDebugName("self")
+    return clone
 
 
 def clone_module(module: CppModule) -> CppModule:
@@ -57,7 +78,7 @@ def _rebuild(module: CppModule, changes: dict, whole: bool) -> CppModule:
         return clone_module(module)
     children = children_of(module)
     declared = _declared_child_types(module)
-    fresh = _clone(module, [name for name, _ in children])
+    fresh = _clone(module, [name for name, _ in children], readded=True)
     for name, child in children:
         if name in changes:
             sub = changes[name]
@@ -121,8 +142,10 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
 
 def _drop(module: CppModule, names_by_type: dict[str, set[str]], new_types: dict[str, object]) -> CppModule:
     old_name = module._type().qualified_name()
-    children = [(name, _drop(child, names_by_type, new_types)) for name, child in children_of(module)]
     dropped = set(names_by_type.get(old_name, ()))
+    children = [
+        (name, _drop(child, names_by_type, new_types)) for name, child in children_of(module) if name not in dropped
+    ]
     new_type = new_types.get(old_name)
     if new_type is None:
         declared = _declared_child_types(module)
