@@ -69,6 +69,15 @@ def _bias_is_tensor(match: Match) -> bool:
     return match["bias"].type().kind() == "TensorType"
 
 
+def _add_keeps_product_shape(match: Match) -> bool:
+    # An out-of-place add may broadcast the product up to the bias's shape;
+    # aten::linear cannot. Traced graphs record both shapes; where they are
+    # unknown (scripted) the caller's fuse_add=True vouches for the bias.
+    product = match["output"].type().varyingSizes()
+    result = match["res"].type().varyingSizes()
+    return product is None or result is None or product == result
+
+
 _alpha_is_one = _int_constant("alpha", 1)
 _beta_is_one = _int_constant("beta", 1)
 
@@ -84,6 +93,7 @@ _LINEAR_OF_TRANSPOSE = """graph(%input, %weight_t, %bias{extra}):
 
 def _matmul_add_rewrites(add: str) -> list[Rewrite]:
     """matmul + bias add, for ``add`` in (``add_``, ``add``); the linear keeps the matmul's source range."""
+    bias_filters = (_bias_is_tensor,) if add == "add_" else (_bias_is_tensor, _add_keeps_product_shape)
     return [
         Rewrite(
             name=f"matmul_{add}_to_linear",
@@ -93,7 +103,7 @@ def _matmul_add_rewrites(add: str) -> list[Rewrite]:
                 %res = aten::{add}(%output, %bias, %alpha)
                 return (%res)""",
             replacement=_LINEAR.format(extra=", %alpha"),
-            filters=(_alpha_is_one, _bias_is_tensor),
+            filters=(_alpha_is_one, *bias_filters),
             source="output",
         ),
         # aten::t(w) has other users, so it must stay; t(t(w)) is the weight.
@@ -104,7 +114,7 @@ def _matmul_add_rewrites(add: str) -> list[Rewrite]:
                 %res = aten::{add}(%output, %bias, %alpha)
                 return (%res)""",
             replacement=_LINEAR_OF_TRANSPOSE.format(extra=", %alpha"),
-            filters=(_weight_is_transposed, _alpha_is_one, _bias_is_tensor),
+            filters=(_weight_is_transposed, _alpha_is_one, *bias_filters),
             source="output",
         ),
     ]
@@ -193,8 +203,9 @@ def fuse_linear(graph: Graph, *, fuse_add: bool = False) -> int:
     number of rewrites made. ``fuse_add=True`` also folds an out-of-place
     ``aten::add`` of a tensor bias (``x @ w.t() + b``); the reference leaves
     that add separate, so the default keeps its graph. With ``fuse_add`` the
-    bias must broadcast to the linear's output shape without growing it, as
-    ``aten::linear`` requires.
+    add is folded only if it does not broadcast the product to a larger
+    shape, which ``aten::linear`` cannot do: checked where the graph records
+    shapes (traced graphs), assumed of the caller's bias elsewhere.
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"fuse_linear expects a torch._C.Graph, got {type(graph).__name__}")

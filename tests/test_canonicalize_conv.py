@@ -112,7 +112,9 @@ def test_scripted_conv_is_already_canonical():
 
 class RuntimeStride(torch.nn.Module):
     def forward(self, x, weight, stride: List[int]):
-        return torch._convolution(x, weight, None, stride, [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True)
+        return torch._convolution(
+            x, weight, None, stride, [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True
+        )
 
 
 def test_convolution_with_run_time_arguments_stays():
@@ -134,7 +136,8 @@ LEGACY_CONVOLUTION = """graph(%x : Tensor, %w : Tensor, %b : Tensor):
     %output_padding : int[] = prim::Constant[value=[0, 0]]()
     %groups : int = prim::Constant[value=1]()
     %flag : bool = prim::Constant[value=0]()
-    %r : Tensor = aten::_convolution(%x, %w, %b, %stride, %padding, %dilation, %transposed, %output_padding, %groups, %flag, %flag, %flag)
+    %r : Tensor = aten::_convolution(%x, %w, %b, %stride, %padding, %dilation, %transposed,
+                                     %output_padding, %groups, %flag, %flag, %flag)
     return (%r)"""
 
 

@@ -115,16 +115,40 @@ def test_scripted_out_of_place_bias_add_stays_separate_by_default():
     assert torch.equal(run_graph(graph, model._c, x), model(x))
 
 
-def test_fuse_add_option_folds_out_of_place_bias_add():
+@pytest.mark.parametrize("capture", ["script", "trace"])
+def test_fuse_add_option_folds_out_of_place_bias_add(capture):
     torch.manual_seed(0)
-    model = torch.jit.script(MatmulOutOfPlaceBias())
+    x = torch.randn(2, 3)
+    eager = MatmulOutOfPlaceBias()
+    model = torch.jit.script(eager) if capture == "script" else torch.jit.trace(eager, x)
     graph = model.graph.copy()
 
     assert fuse_linear(graph, fuse_add=True) == 1
     FileCheck().check("aten::linear").check_not("aten::add").check_not("aten::matmul").run(str(graph))
-    x = torch.randn(2, 3)
     # The bias is added inside addmm instead of by a separate add.
     torch.testing.assert_close(run_graph(graph, model._c, x), model(x))
+
+
+class MatmulPlusBroadcastingBias(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(4, 3))
+        self.bias = torch.nn.Parameter(torch.randn(2, 5, 4))
+
+    def forward(self, x):
+        return x @ self.weight.t() + self.bias
+
+
+def test_fuse_add_option_keeps_an_add_that_broadcasts_the_result_up():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+    model = torch.jit.trace(MatmulPlusBroadcastingBias(), x)
+    graph = model.graph.copy()
+
+    # The add turns the (5, 4) product into (2, 5, 4); aten::linear could not.
+    assert fuse_linear(graph, fuse_add=True) == 1
+    FileCheck().check("prim::Constant()").check_next("aten::linear").check("aten::add(").run(str(graph))
+    assert torch.equal(run_graph(graph, model._c, x), model(x))
 
 
 class MatmulResultReadAfterInplaceAdd(torch.nn.Module):

@@ -79,15 +79,15 @@ def test_functions_whose_name_only_ends_in_linear_stay_calls():
     assert dataflow_signature(graph) == dataflow_signature(reference)
 
 
-class ScaleNamedLinear(torch.nn.Module):
-    def forward(self, x, weight, bias):
-        return scale_module.linear(x, weight, bias)
-
-
-class scale_module:  # noqa: N801 - a namespace standing in for a user's module
+class ScaleOps:
     @staticmethod
     def linear(x, weight, bias):
         return x * 2.0
+
+
+class ScaleNamedLinear(torch.nn.Module):
+    def forward(self, x, weight, bias):
+        return ScaleOps.linear(x, weight, bias)
 
 
 def test_any_three_argument_function_named_linear_is_swapped():

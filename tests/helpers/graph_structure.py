@@ -15,7 +15,10 @@ import torch
 
 
 def dataflow_signature(graph: torch._C.Graph) -> list[str]:
-    """Sorted descriptions of every node plus the graph's outputs; constants are inlined, unused ones dropped."""
+    """Sorted descriptions of every node and of the graph's outputs.
+
+    Constants are described where they are used; unused ones are dropped.
+    """
     describe = _Describer()
     block = graph.block()
     for i, value in enumerate(block.inputs()):
