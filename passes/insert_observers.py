@@ -141,6 +141,17 @@ def _delay_pattern(first: str, second: str) -> tuple[str, Any, tuple]:
 DELAYED_OBSERVATION = [_delay_pattern(first, second) for first in _FIRST_OPS for second in _RELU_OPS]
 
 
+# Observer modules hold their dtype as a ScalarType, which reads back as its number.
+_SCALAR_TYPES = {5: torch.float16, 12: torch.qint8, 13: torch.quint8, 14: torch.qint32, 6: torch.float32}
+
+
+def _observer_dtype(observer: CppModule) -> torch.dtype | None:
+    if not observer.hasattr("dtype"):
+        return None
+    dtype = observer.getattr("dtype")
+    return _SCALAR_TYPES.get(dtype) if isinstance(dtype, int) else dtype
+
+
 def parse_quant_type(quant_type: Any) -> QuantType:
     if isinstance(quant_type, QuantType):
         return quant_type
@@ -247,8 +258,7 @@ class _ObserverPlacement:
                 return True
         else:
             # fp16 dynamic quantization converts weights only.
-            observer = self._observer_module(value, qconfig)
-            if observer.hasattr("dtype") and observer.getattr("dtype") == torch.float16 and not rules.is_weight(value):
+            if _observer_dtype(self._observer_module(value, qconfig)) == torch.float16 and not rules.is_weight(value):
                 return False
         return any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in value.uses())
 
