@@ -146,7 +146,11 @@ class NodeBuilder:
 
     def constant(self, value) -> Value:
         constant = self.graph.insertConstant(value)
-        constant.node().moveBefore(self.before) if self.before is not None else self.place(constant.node())
+        if self.before is not None:
+            constant.node().moveBefore(self.before)
+        else:
+            constant.node().moveAfter(self.last)
+            self.last = constant.node()
         return constant
 
     def get_attr(self, obj: Value, field: str, type_) -> Value:

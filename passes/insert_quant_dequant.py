@@ -72,8 +72,9 @@ _TENSOR = torch._C.TensorType.get()
 _FLOAT = torch._C.FloatType.get()
 _INT = torch._C.IntType.get()
 
-# qparams whose attribute holds a tensor (per-channel) or a Python number.
-_PER_CHANNEL_SCHEMES = (torch.per_channel_affine, torch.per_channel_symmetric)
+# Per-channel qschemes (TorchScript stores a qscheme attribute as its enum
+# code). per_channel_affine_float_qparams is not among them, as in the reference.
+_PER_CHANNEL_SCHEMES = (torch.per_channel_affine, torch.per_channel_symmetric, 1, 3)
 
 # Embedding-bag weight-only quantization: observer custom_op_name -> (prepack op,
 # quantized op, extra prepack arguments). 4-bit prepacking takes
@@ -86,6 +87,14 @@ EMBEDDING_BAG_OPS = {
         (False, 200, float(torch.tensor(0.16, dtype=torch.float32))),
     ),
 }
+
+
+# TorchScript keeps dtype attributes as c10::ScalarType codes.
+_SCALAR_TYPE_CODES = {torch.float16: 5, torch.float32: 6, torch.qint8: 12, torch.quint8: 13, torch.qint32: 14}
+
+
+def _is_dtype(value, *dtypes) -> bool:
+    return any(value == dtype or value == _SCALAR_TYPE_CODES[dtype] for dtype in dtypes)
 
 
 def _quant_type(quant_type) -> QuantType:
@@ -161,7 +170,7 @@ def _is_weight(module: CppModule, value: Value) -> bool:
         callee = _invoked_module(module, use.user)
         if callee is None:
             return False
-        param = method_graph(callee, use.user.s("name")).inputsAt(use.offset)
+        param = list(method_graph(callee, use.user.s("name")).inputs())[use.offset]
         found = _is_weight(callee, param)
         if result is not None and found != result:
             raise RuntimeError(
@@ -263,7 +272,7 @@ class _QuantDequantInserter:
             if obs.hasattr("is_dynamic") and obs.getattr("is_dynamic"):
                 return False, [("_scalar_type", dtype)]
             return False, []
-        if dtype == torch.float16:
+        if _is_dtype(dtype, torch.float16):
             return False, []
         result = obs._get_method("calculate_qparams")()
         if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)):
@@ -298,10 +307,10 @@ class _QuantDequantInserter:
             return
 
         dequant: Node
-        if self.quant_type == QuantType.DYNAMIC and obs.getattr("dtype") == torch.float16:
+        if self.quant_type == QuantType.DYNAMIC and _is_dtype(obs.getattr("dtype"), torch.float16):
             dequant = cursor.op("aten::_saturate_weight_to_fp16", [observed])
         elif self.quant_type == QuantType.DYNAMIC and not _is_weight(module, observed):
-            if obs.getattr("dtype") not in (torch.quint8, torch.qint8):
+            if not _is_dtype(obs.getattr("dtype"), torch.quint8, torch.qint8):
                 observed.replaceAllUsesWith(original)
                 return
             dtype = cursor.get_attr(self_value, names["_scalar_type"], _INT)
@@ -426,13 +435,16 @@ def insert_quant_dequant(module, method_name: str = "forward", inplace: bool = F
         inserter.run_weight_observers(work, method_name)
     inserter.run(work, method_name)
     inserter.remove_observer_calls()
-    for _, instance in named_modules(work):
+    # Dropping the observers rebuilds the module with new class types, hence
+    # new method objects: inlining below must not see call targets whose
+    # optimized graphs were cached (by calibration runs) before the rewrite.
+    result = drop_attributes(work, inserter.observer_attrs)
+    for _, instance in named_modules(result):
         for name in instance._method_names():
             swap_functional_linear(method_graph(instance, name))
-    graph = method_graph(work, "forward")
+    graph = method_graph(result, "forward")
     torch._C._jit_pass_inline(graph)
     torch._C._jit_pass_constant_propagation(graph)
     propagate_quantization(graph, debug=debug)
-    result = drop_attributes(work, inserter.observer_attrs)
     return like(result, module)
 

@@ -1,0 +1,81 @@
+"""convert: a calibrated, observed model to its quantized form, as pipeline stages.
+
+``convert`` runs ``insert-quant-dequant`` (observers become quantize /
+dequantize pairs; with ``debug=True`` the model stops here and computes the
+quantized numerics with float ops) and, unless ``debug``, ``finalize``
+(quantized ops, prepacked weights, frozen module). Constant propagation and
+DCE on ``forward`` close both paths, as in the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.ao.quantization.quant_type import QuantType
+
+from passes.insert_quant_dequant import insert_quant_dequant
+from qgraph.ir import CppModule, as_python, clone_module
+from qgraph.pipeline import Pipeline, Stage
+
+__all__ = ["convert"]
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(f"input must be a script module, got: {type(model)}")
+    if not model._c._has_method("forward"):
+        raise ValueError("input script module does not have a forward method")
+
+
+def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> list[Stage]:
+    def quant_dequant(module: CppModule) -> CppModule:
+        # convert cloned the caller's model already (or was given it with inplace=True).
+        return insert_quant_dequant(module, "forward", True, debug, quant_type)
+
+    def finalize(module: CppModule) -> CppModule:
+        from passes.finalize import finalize as finalize_pass
+
+        return finalize_pass(module, quant_type, preserved_attrs)
+
+    def clean_forward(module: CppModule) -> None:
+        graph = module._get_method("forward").graph
+        torch._C._jit_pass_constant_propagation(graph)
+        torch._C._jit_pass_dce(graph)
+
+    stages = [Stage("insert-quant-dequant", quant_dequant)]
+    if not debug:
+        stages.append(Stage("finalize", finalize))
+    stages.append(Stage("constant-propagation-dce", clean_forward))
+    return stages
+
+
+def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=None,
+            quant_type: QuantType = QuantType.STATIC) -> torch.jit.ScriptModule:
+    """Quantize a model prepared with observers and calibrated.
+
+    ``debug=True`` returns the reference model (float ops between
+    ``aten::quantize_per_tensor`` / ``aten::dequantize``); otherwise the
+    frozen model running quantized kernels. ``preserved_attrs`` names
+    attributes freezing must keep. ``inplace=True`` rewrites ``model`` itself
+    and returns it; otherwise ``model`` is left unchanged.
+    """
+    _check_model(model)
+    if isinstance(quant_type, str):
+        quant_type = {"static": QuantType.STATIC, "dynamic": QuantType.DYNAMIC}.get(quant_type.lower(), quant_type)
+    if quant_type not in (QuantType.STATIC, QuantType.DYNAMIC):
+        raise ValueError(f"quant_type must be QuantType.STATIC or QuantType.DYNAMIC, got {quant_type!r}")
+    if preserved_attrs is None:
+        preserved_attrs = []
+    module_c = model._c if inplace else clone_module(model._c)
+    # Convert produces an inference model: eval mode decides the graph of
+    # dropout and batch norm that freezing and fusion see.
+    as_python(module_c).eval()
+    if not debug:
+        # Quantized kernels run on CPU.
+        as_python(module_c).cpu()
+    pipeline = Pipeline("convert", _stages(debug, quant_type, list(preserved_attrs)))
+    result = pipeline.run(module_c)
+    if inplace:
+        model._reconstruct(result)
+        return model
+    return as_python(result)
+
