@@ -216,12 +216,22 @@ def _constants_equal(p: Node, g: Node) -> bool:
         return not g_has  # None matches None
     if not g_has:
         return False
-    a, b = pv.toIValue(), gv.toIValue()
+    a, b = _pattern_constant(p), gv.toIValue()
     if type(a) is not type(b):
         return False
     if isinstance(a, torch.Tensor):
         return False
     return a == b
+
+
+def _pattern_constant(node: Node) -> Any:
+    # parse_ir types an unannotated value as Tensor, so for
+    # ``%one = prim::Constant[value=1]()`` toIValue looks for a tensor; the
+    # attribute itself says what was written.
+    kind = node.kindOf("value")
+    if node.output().type().kind() == "TensorType" and kind != "t":
+        return getattr(node, kind)("value")
+    return node.output().toIValue()
 
 
 def match_at(pattern: Pattern, anchor: Node) -> Match | None:
