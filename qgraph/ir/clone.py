@@ -149,7 +149,7 @@ def _drop(module: CppModule, names_by_type: dict[str, set[str]], new_types: dict
     new_type = new_types.get(old_name)
     if new_type is None:
         declared = _declared_child_types(module)
-        fresh = _clone(module, [name for name, _ in children] + sorted(dropped))
+        fresh = _clone(module, [name for name, _ in children] + sorted(dropped), readded=True)
         for name, child in children:
             type_ = declared.get(name)
             if type_ is None or type_.kind() == "ClassType":
