@@ -14,8 +14,8 @@ what the pair computed::
     %z = prim::CallMethod[name="forward"](%bn, %y)
     return (%z)
 
-with, per output channel ``c`` (the same float operations, in the same order,
-as PyTorch's own folding, so the results agree bit for bit)::
+with (the same float operations, in the same order, as PyTorch's own
+folding, so the results agree bit for bit)::
 
     rsqrt = torch.rsqrt(running_var + eps)
     weight' = weight * (bn_weight * rsqrt).reshape(-1, 1, ...)
@@ -24,8 +24,10 @@ as PyTorch's own folding, so the results agree bit for bit)::
 A conv without bias gets one: a ``bias`` attribute (``Optional[Tensor]``) is
 added to its class type when the type has none (traced convs), and the
 convolution in the conv's ``forward`` reads it instead of the constant None.
-Missing BatchNorm affine parameters count as ones and zeros. The BatchNorm
-submodule stays an attribute of its parent; only its call goes away.
+(PyTorch registers it as a parameter; the Python bindings can only add plain
+attributes, so it does not show in ``named_parameters``.) Missing BatchNorm
+affine parameters count as ones and zeros. The BatchNorm submodule stays an
+attribute of its parent; only its call goes away.
 
 Where a class type has several instances (two blocks of one class, scripted),
 their method graph is one graph: it is rewritten once, and only when every
@@ -51,6 +53,12 @@ and crashes the process). Such a pair, whose BatchNorm call returns an unused
 value, is removed from the graph: both calls go, the weights stay.
 
 PyTorch folds Conv2d/3d only; qgraph folds Conv1d+BatchNorm1d too.
+
+The pass edits the module it is given. TorchScript compiles a method on its
+first run from a copy of its graph and keeps that copy, so a module that
+already ran (``torch.jit.trace`` runs the traced module to check it) goes on
+running its old graphs: fold a fresh clone (``qgraph.ir.clone_module``), as
+``qgraph.fuse_conv_bn_jit`` does.
 """
 
 from __future__ import annotations
@@ -79,12 +87,16 @@ from qgraph.ir import (
     walk,
 )
 from qgraph.ir.graph import Graph, Node, Value, insert_op
-from qgraph.pattern import Match, Pattern, compile_pattern, find_matches
+from qgraph.pattern import Match, compile_pattern, find_matches
 
 __all__ = ["fold_conv_bn"]
 
 # The conv call's output must feed only the BatchNorm call: the matcher
-# rejects a match whose inner value (%conv_out) is used outside it.
+# rejects a match whose inner value (%conv_out) is used outside it. Matches
+# are found with the pattern but applied here rather than by
+# qgraph.pattern.rewrite: the conv call node must survive as it is (a
+# replacement would be a new node), and whether a match may fold depends on
+# every instance of the graph's class type and on uses in other graphs.
 CONV_BN_CALLS = """graph(%conv, %batchnorm, %input):
     %conv_out = prim::CallMethod[name="forward"](%conv, %input)
     %bn_out = prim::CallMethod[name="forward"](%batchnorm, %conv_out)
@@ -106,7 +118,7 @@ BN_WEIGHT, BN_BIAS, BN_TRAINING, BN_EPS = 1, 2, 5, 7
 _OPTIONAL_TENSOR = torch._C.OptionalType(torch._C.TensorType.get())
 
 
-# --- filters on a match, for one instance of the graph's class type ---------
+# --- what folds ---------------------------------------------------------------
 
 
 def is_conv_bn_pair(conv: Any, bn: Any) -> bool:
@@ -203,9 +215,9 @@ def fold_conv_bn(module: Any) -> Any:
     """Fold Conv{1,2,3}d -> BatchNorm{1,2,3}d submodule calls; in place, and returned.
 
     ``module`` is a ``torch.jit.ScriptModule`` or its ``._c``; the result is the
-    same object, of the same kind. Every method reachable from the root's
-    methods is visited once per class type. Does not clone: callers that must
-    keep the original clone first (``qgraph.fuse_conv_bn_jit`` does).
+    same module, as the same kind of object. Every method graph reachable from
+    the root's methods is visited once per class type. Does not clone: callers
+    that must keep the original clone first (``qgraph.fuse_conv_bn_jit`` does).
     """
     if not isinstance(module, torch.jit.ScriptModule | CppModule):
         raise TypeError(f"fold_conv_bn expects a TorchScript module, got {type(module).__name__}")

@@ -14,7 +14,8 @@ CALL = 'prim::CallMethod[name="forward"]'
 
 
 def capture(model, example, tracing):
-    return torch.jit.trace(model, example) if tracing else torch.jit.script(model)
+    # check_trace re-runs the model twice; these models have no data-dependent control flow.
+    return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
 
 
 def fold(model):
@@ -77,6 +78,8 @@ def test_conv_bn_folds_like_the_reference(dim, bias, tracing):
     FileCheck().check('prim::GetAttr[name="conv"]').check_next(CALL).check_next("return").run(forward_text(folded))
     FileCheck().check_not('prim::GetAttr[name="bn"]').run(forward_text(folded))
     assert folded._c.hasattr("bn")  # the BatchNorm stays as an attribute
+    torch._C._jit_pass_lint(folded.graph)
+    torch._C._jit_pass_lint(folded.conv.graph)
     assert torch.equal(folded(x), reference(x))
     assert torch.equal(folded.conv.weight, reference.conv.weight)
     assert torch.equal(folded.conv.bias, reference.conv.bias)
@@ -102,7 +105,7 @@ def test_traced_conv_without_bias_gets_a_bias_attribute_its_convolution_reads():
     torch.manual_seed(0)
     eager = ConvBn(2, bias=False).eval()
     x = example_input(2)
-    model = torch.jit.trace(eager, x)
+    model = capture(eager, x, tracing=True)
     assert not model.conv._c.hasattr("bias")
 
     folded = fold(model)
@@ -110,6 +113,7 @@ def test_traced_conv_without_bias_gets_a_bias_attribute_its_convolution_reads():
     FileCheck().check('prim::GetAttr[name="bias"]').check("aten::_convolution(%x, %weight").check_same(
         "%bias"
     ).run(str(folded.conv.graph))
+    torch._C._jit_pass_lint(folded.conv.graph)
     bias = folded.conv._c.getattr("bias")
     assert isinstance(bias, torch.Tensor) and bias.shape == (4,)
     torch.testing.assert_close(folded(x), eager(x))
@@ -254,6 +258,29 @@ def test_batchnorm_in_training_mode_is_not_folded(tracing):
     FileCheck().check_count(CALL, 2, exactly=True).run(forward_text(folded))
 
 
+class BatchNormWithoutRunningStats(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3)
+        self.bn = nn.BatchNorm2d(2, track_running_stats=False)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
+def test_batchnorm_without_running_statistics_is_not_folded(tracing):
+    torch.manual_seed(0)
+    eager = BatchNormWithoutRunningStats().eval()
+    x = example_input(2)
+    model = capture(eager, x, tracing)
+
+    folded = fold(model)
+
+    FileCheck().check_count(CALL, 2, exactly=True).run(forward_text(folded))
+    torch.testing.assert_close(folded(x), eager(x))
+
+
 class Inner(nn.Module):
     def __init__(self):
         super().__init__()
@@ -301,13 +328,11 @@ class SequentialBlocks(nn.Module):
 
 
 @pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
-@pytest.mark.parametrize(
-    "dim,bias,affine", [(2, True, True), (2, False, False), (3, False, True), (3, True, False), (1, False, True)]
-)
+@pytest.mark.parametrize("dim,bias,affine", [(2, True, True), (3, False, False), (1, False, True)])
 def test_several_blocks_in_a_sequential_fold(dim, bias, affine, tracing):
     torch.manual_seed(0)
-    eager = SequentialBlocks(dim, 3, bias, affine).eval().double()
-    x = example_input(dim, channels=4, size=5).double()
+    eager = SequentialBlocks(dim, 3, bias, affine).eval().double()  # double, as the seed's complex case
+    x = example_input(dim, channels=4, size=4).double()
     model = capture(eager, x, tracing)
     FileCheck().check_count(CALL, 6, exactly=True).run(str(model.layers.graph))
     reference = reference_fold(model) if dim > 1 else None
@@ -473,7 +498,7 @@ def test_traced_dead_conv_bn_pair_is_dropped(model_class):
     torch.manual_seed(0)
     eager = model_class().eval()
     x = example_input(2)
-    model = torch.jit.trace(eager, x)
+    model = capture(eager, x, tracing=True)
     dead_graph = model.body.graph if model_class is UnusedSequential else model.graph
     FileCheck().check("NoneType = " + CALL).run(str(dead_graph))
 
@@ -504,11 +529,12 @@ def test_scripted_dead_conv_bn_pair_folds_like_the_reference():
     assert torch.equal(folded(x), eager(x))
 
 
-def test_works_in_place_on_the_module_it_is_given_and_keeps_its_kind():
+@pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
+def test_works_in_place_on_the_module_it_is_given_and_keeps_its_kind(tracing):
     torch.manual_seed(0)
     eager = ConvBn(2).eval()
     x = example_input(2)
-    model = torch.jit.script(eager)
+    model = capture(eager, x, tracing)  # never run, so no stale compiled plan
 
     cpp_result = fold_conv_bn(model._c)
 
