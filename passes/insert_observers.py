@@ -530,7 +530,9 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
     kind; ``qconfig_dict`` may hold QConfigs or scripted QConfigs
     (``qgraph.script_qconfig``); ``quant_type`` is a ``QuantType`` or
     ``"static"`` / ``"dynamic"``. With ``inplace=False`` the input is cloned
-    first (fresh class types, so the caller's graphs stay as they were).
+    first (fresh class types, so the caller's graphs stay as they were);
+    with ``inplace=True`` a ``torch._C.ScriptModule`` is changed in place and
+    a Python ScriptModule is re-pointed at a prepared clone.
     Instances of one class type that resolve to different qconfigs get class
     types of their own first.
     """
@@ -539,7 +541,10 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
         raise ValueError(f"module {root._type().qualified_name()} has no method {method_name!r}")
     kind = parse_quant_type(quant_type)
     scripted = _scripted(qconfig_dict)
-    if not inplace:
+    if not inplace or isinstance(module, torch.jit.ScriptModule):
+        # A Python wrapper is re-pointed at the result, so even in place the
+        # observers go to fresh class types and the types that scripting
+        # caches for later instances of the same Python class stay clean.
         root = clone_module(root)
     qconfigs = resolve_qconfigs(root, scripted)
     own_type = qconfig_paths_needing_own_type(root, qconfigs)

@@ -136,7 +136,9 @@ def prepare(
 
     ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.qconfig``).
     With ``inplace=False`` the caller's model is left exactly as it was;
-    with ``inplace=True`` the same Python object is returned, now prepared.
+    with ``inplace=True`` the same Python object is returned, now prepared
+    (its tensors are copies: the rewrites never touch the class types the
+    model shares with other instances).
     """
     check_script_module(model)
     if not model._c._has_method("forward"):
@@ -144,7 +146,11 @@ def prepare(
     check_qconfig_dict(qconfig_dict)
     kind = parse_quant_type(quant_type)
     scripted = script_qconfig_dict(qconfig_dict)
-    module = as_cpp(model) if inplace else clone_module(as_cpp(model))
+    # Even in place, the rewrites go to fresh class types: scripting caches
+    # class types, and a type changed here would leak into every later
+    # instance of the same Python class. The caller's object is then pointed
+    # at the result.
+    module = clone_module(as_cpp(model))
     module = prepare_pipeline(scripted, kind).run(module)
     if inplace:
         model._reconstruct(module)

@@ -1,0 +1,520 @@
+"""passes.insert_observers and qgraph.prepare: where observers go, one behaviour per test."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.ao.quantization import (
+    default_dynamic_qconfig,
+    default_qconfig,
+    float16_dynamic_qconfig,
+    prepare_dynamic_jit,
+    prepare_jit,
+)
+from torch.ao.quantization.quant_type import QuantType
+from torch.testing import FileCheck
+
+from passes.insert_observers import insert_observers
+from qgraph.pipeline import inspect
+from qgraph.prepare import prepare
+from qgraph.qconfig import script_qconfig_dict
+from tests.helpers.observers import graph_texts, observed_values, observer_names
+
+OBSERVER = 'Observer = prim::GetAttr[name="_observer_'
+
+
+def capture(model, example, tracing):
+    torch.manual_seed(0)
+    model = model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model, example) if tracing else torch.jit.script(model)
+
+
+both = pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
+
+
+class ConvOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@both
+def test_conv_input_output_and_weight_observed(tracing):
+    model = capture(ConvOnly(), torch.randn(1, 3, 6, 6), tracing)
+    prepared = prepare(model, {"": default_qconfig})
+    assert len(observer_names(prepared)) == 2
+    assert len(observer_names(prepared.conv)) == 1
+    FileCheck().check(OBSERVER).check('prim::GetAttr[name="conv"]').check("prim::CallMethod").check(
+        OBSERVER
+    ).run(str(prepared.graph))
+
+
+def test_observer_output_replaces_later_uses():
+    model = capture(ConvOnly(), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    graph = str(prepared.graph)
+    # The conv reads the observer's output, and the graph returns the output observer's result.
+    FileCheck().check_count('prim::CallMethod[name="forward"](%_observer_', 2).run(graph)
+    returned = next(prepared.graph.outputs())
+    assert returned.node().kind() == "prim::CallMethod"
+    assert returned.node().inputsAt(0).node().s("name").startswith("_observer_")
+
+
+@both
+def test_inplace_false_leaves_model_unchanged(tracing):
+    torch.manual_seed(0)
+    model = capture(ConvOnly(), torch.randn(1, 3, 6, 6), tracing)
+    x = torch.randn(1, 3, 6, 6)
+    before_graphs, before_out = graph_texts(model), model(x)
+    prepare(model, {"": default_qconfig})
+    assert graph_texts(model) == before_graphs
+    assert torch.equal(model(x), before_out)
+    assert observer_names(model) == []
+
+
+def test_inplace_true_returns_the_same_object():
+    model = capture(ConvOnly(), None, False)
+    prepared = prepare(model, {"": default_qconfig}, inplace=True)
+    assert prepared is model
+    assert len(observer_names(model)) == 2
+
+
+def test_weight_observer_uses_weight_dtype():
+    class ConvRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return F.relu(self.conv(x))
+
+    prepared = prepare(capture(ConvRelu(), None, False), {"": default_qconfig})
+    activation = {prepared._c.getattr(n).getattr("dtype") for n in observer_names(prepared)}
+    weight = {prepared.conv._c.getattr(n).getattr("dtype") for n in observer_names(prepared.conv)}
+    assert len(activation) == 1 and len(weight) == 1 and activation != weight
+
+
+def test_reused_functional_weight_observed_once_bias_never():
+    class TwoConvsOneWeight(nn.Module):
+        def forward(self, x, y, weight, bias):
+            return F.conv2d(x, weight, bias) + F.conv2d(y, weight, bias)
+
+    prepared = prepare(capture(TwoConvsOneWeight(), None, False), {"": default_qconfig})
+    # x, y, weight, both conv outputs, the add; not the bias.
+    assert len(observer_names(prepared)) == 6
+    assert all(entry[1] != "input4" for entry in observed_values(prepared)[""])
+
+
+@both
+def test_general_ops_pass_observation_through(tracing):
+    class ConvFlattenConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 3, 3)
+            self.pool = nn.AdaptiveAvgPool2d((2, 2))
+            self.conv2 = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            x = self.pool(F.max_pool2d(self.conv1(x), 1))
+            x = x.reshape(x.size(0), 3, 2, 2).contiguous()
+            return torch.flatten(self.conv2(x), 1)
+
+    prepared = prepare(capture(ConvFlattenConv(), torch.randn(1, 3, 6, 6), tracing), {"": default_qconfig})
+    assert len(observer_names(prepared)) == 3
+    FileCheck().check(OBSERVER).check("conv1").check(OBSERVER).check_not(OBSERVER).check("conv2").check(
+        OBSERVER
+    ).check_not(OBSERVER).run(str(prepared.graph))
+
+
+class LinearReluModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.fc(x))
+
+
+class LinearReluFunctional(LinearReluModule):
+    def forward(self, x):
+        return F.relu(self.fc(x))
+
+
+class LinearReluAten(LinearReluModule):
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+class LinearReluInplace(LinearReluModule):
+    def forward(self, x):
+        return self.fc(x).relu_()
+
+
+@pytest.mark.parametrize(
+    "model_class,relu_kind",
+    [
+        (LinearReluModule, "call:forward"),
+        (LinearReluFunctional, "call_function:relu"),
+        (LinearReluAten, "aten::relu"),
+        (LinearReluInplace, "aten::relu_"),
+    ],
+)
+def test_linear_relu_observes_relu_output(model_class, relu_kind):
+    prepared = prepare(capture(model_class(), None, False), {"": default_qconfig})
+    kinds = [entry[1] for entry in observed_values(prepared)[""]]
+    assert kinds == ["input1", relu_kind]
+    # One observer after the linear: the relu's, none in between.
+    FileCheck().check('prim::GetAttr[name="fc"]').check("prim::CallMethod").check_count(
+        OBSERVER, 1, exactly=True
+    ).run(str(prepared.graph))
+
+
+def test_add_relu_observes_relu_output_and_add_needs_observed_inputs():
+    class AddRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x, y):
+            a = F.relu(self.conv(x) + self.conv(x))
+            b = x + y  # neither input observed: stays float, no observer
+            return a, b
+
+    prepared = prepare(capture(AddRelu(), None, False), {"": default_qconfig})
+    kinds = [entry[1] for entry in observed_values(prepared)[""]]
+    assert "aten::add" not in kinds
+    assert kinds.count("call_function:relu") == 1
+
+
+def test_helper_function_propagates_observed():
+    def shuffle(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.size()
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+    class WithShuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 4, 1)
+            self.conv2 = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.conv2(shuffle(self.conv1(x)))
+
+    globals()["shuffle"] = shuffle  # scripting resolves the helper by name
+    prepared = prepare(capture(WithShuffle(), None, False), {"": default_qconfig})
+    assert len(observer_names(prepared)) == 3
+
+
+class Sub(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class ConvThenSub(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3)
+        self.sub = Sub()
+
+    def forward(self, x):
+        return self.sub(self.conv(x))
+
+
+def test_child_qconfig_observes_at_call_site():
+    prepared = prepare(capture(ConvThenSub(), None, False), {"sub.fc": default_qconfig})
+    assert len(observer_names(prepared)) == 2
+    assert observer_names(prepared.conv) == []
+    assert observer_names(prepared.sub) == []
+    assert len(observer_names(prepared.sub.fc)) == 1
+
+
+def test_none_turns_quantization_off_below_path():
+    prepared = prepare(capture(ConvThenSub(), None, False), {"": default_qconfig, "sub": None})
+    assert observer_names(prepared.sub.fc) == []
+    assert len(observer_names(prepared.conv)) == 1
+
+
+class TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, 3)
+        self.conv2 = nn.Conv2d(3, 3, 3)
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x))
+
+
+def test_shared_class_type_same_observer_names_own_instances():
+    prepared = prepare(capture(TwoConvs(), None, False), {"": default_qconfig})
+    names1, names2 = observer_names(prepared.conv1), observer_names(prepared.conv2)
+    assert names1 == names2 and len(names1) == 1
+    prepared(torch.randn(1, 3, 8, 8))
+    first = prepared.conv1._c.getattr(names1[0])
+    second = prepared.conv2._c.getattr(names2[0])
+    assert not torch.equal(first.getattr("min_val"), second.getattr("min_val"))
+
+
+def test_traced_instances_have_own_types_as_in_reference():
+    model = capture(TwoConvs(), torch.randn(1, 3, 8, 8), True)
+    prepared = prepare(model, {"": default_qconfig})
+    assert observed_values(prepared) == observed_values(prepare_jit(model, {"": default_qconfig}))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.inner = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.inner(self.conv(x))
+
+
+class TwoBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = Block()
+        self.b = Block()
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+@both
+def test_child_of_one_shared_instance_configured_differently(tracing):
+    # The reference fails on the scripted model ("... is not compatible with the type ...").
+    model = capture(TwoBlocks(), torch.randn(1, 3, 4, 4), tracing)
+    prepared = prepare(model, {"": default_qconfig, "a.inner": None})
+    assert observer_names(prepared.a.inner) == []
+    assert len(observer_names(prepared.b.inner)) == 1
+    assert len(observer_names(prepared.a.conv)) == 1
+    prepared(torch.randn(1, 3, 4, 4))
+
+
+class Branches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.other = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, flag: bool):
+        x = self.conv(x)
+        if flag:
+            y = self.other(x)
+        else:
+            y = torch.flatten(x, 2)
+        return y
+
+
+def test_if_branches_observed_once_and_consistently():
+    prepared = prepare(capture(Branches(), None, False), {"": default_qconfig})
+    # input, conv output (shared by both branches), the other conv's output
+    assert len(observer_names(prepared)) == 3
+    reference = prepare_jit(capture(Branches(), None, False), {"": default_qconfig})
+    assert observed_values(prepared) == observed_values(reference)
+
+
+def test_branch_that_raises_is_ignored():
+    class RaisingBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, flag: bool):
+            if flag:
+                y = self.conv(x)
+            else:
+                raise RuntimeError("unsupported")
+            return y
+
+    model = capture(RaisingBranch(), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    assert observed_values(prepared) == observed_values(prepare_jit(model, {"": default_qconfig}))
+
+
+def test_inconsistent_if_branches_raise_clear_error():
+    class Inconsistent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x, flag: bool):
+            if flag:
+                y = self.conv(x)
+            else:
+                y = torch.exp(x)
+            return y
+
+    with pytest.raises(RuntimeError, match="observed consistently"):
+        prepare(capture(Inconsistent(), None, False), {"": default_qconfig})
+
+
+class Stages(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([Sub() for _ in range(2)])
+
+    def forward(self, x):
+        states = []
+        for layer in self.layers:
+            states.append(layer(x))
+        return torch.cat(states)
+
+
+def test_module_list_loop_matches_reference():
+    model = capture(Stages(), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    assert observed_values(prepared) == observed_values(prepare_jit(model, {"": default_qconfig}))
+    layers = prepared._c.getattr("layers")
+    assert all(len(observer_names(layers.getattr(str(i)).getattr("fc"))) == 1 for i in range(2))
+
+
+@torch.jit.interface
+class Operator(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pass
+
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * 2
+
+
+class HoldsInterface(nn.Module):
+    op: Operator
+
+    def __init__(self):
+        super().__init__()
+        self.op = Scale()
+
+    def forward(self, x):
+        return self.op(x)
+
+
+def test_interface_typed_submodule():
+    model = capture(HoldsInterface(), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    assert observed_values(prepared) == observed_values(prepare_jit(model, {"": default_qconfig}))
+    assert len(observer_names(prepared.op.fc)) == 1
+
+
+class Forked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+
+    def forward(self, x):
+        future = torch.jit._fork(self.fc, x)
+        return torch.jit._wait(future)
+
+
+def test_fork_wait_inlined_and_observed():
+    model = capture(Forked(), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    assert "prim::fork" not in str(prepared.graph)
+    assert len(observer_names(prepared)) == 2
+    assert len(observer_names(prepared.fc)) == 1
+
+
+def test_dynamic_observes_linear_weights_and_inputs_only():
+    class ConvLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).permute(0, 2, 3, 1))
+
+    model = capture(ConvLinear(), None, False)
+    prepared = prepare(model, {"": default_dynamic_qconfig}, quant_type="dynamic")
+    assert observer_names(prepared.conv) == []
+    assert len(observer_names(prepared.fc)) == 1
+    assert observed_values(prepared) == observed_values(prepare_dynamic_jit(model, {"": default_dynamic_qconfig}))
+
+
+def test_dynamic_fp16_observes_weights_only():
+    prepared = prepare(capture(Sub(), None, False), {"": float16_dynamic_qconfig}, quant_type=QuantType.DYNAMIC)
+    assert observer_names(prepared) == []
+    assert len(observer_names(prepared.fc)) == 1
+
+
+def test_input_read_under_two_qconfigs_takes_first_consumer():
+    class TwoConsumers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Linear(4, 4)
+            self.second = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.first(x) + self.second(x)
+
+    other = default_qconfig._replace(activation=torch.ao.quantization.HistogramObserver)
+    prepared = prepare(capture(TwoConsumers(), None, False), {"first": default_qconfig, "second": other})
+    entries = observed_values(prepared)[""]
+    assert entries[0][1] == "input1" and entries[0][2] == "MinMaxObserver"
+
+
+def test_pass_takes_scripted_or_plain_qconfigs_and_quant_type_strings():
+    model = capture(ConvOnly(), None, False)
+    plain = insert_observers(model, "forward", {"": default_qconfig}, False, "static")
+    scripted = insert_observers(model._c, "forward", script_qconfig_dict({"": default_qconfig}), False, QuantType.STATIC)
+    assert isinstance(plain, torch.jit.ScriptModule) and isinstance(scripted, torch._C.ScriptModule)
+    assert observed_values(plain) == observed_values(scripted)
+    with pytest.raises(ValueError, match="quant_type"):
+        insert_observers(model, "forward", {"": default_qconfig}, False, "weird")
+
+
+def test_loop_body_is_left_unobserved_with_a_warning():
+    class Looping(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x, n: int):
+            for _ in range(n):
+                x = self.fc(x)
+            return x
+
+    with pytest.warns(UserWarning, match="prim::Loop"):
+        prepared = prepare(capture(Looping(), None, False), {"": default_qconfig})
+    assert observer_names(prepared) == []
+
+
+def test_prepare_input_checks():
+    with pytest.raises(ValueError, match="script it"):
+        prepare(ConvOnly(), {"": default_qconfig})
+    with pytest.raises(ValueError, match="1"):
+        prepare(capture(ConvOnly(), None, False), {1: default_qconfig})
+
+    class NoForward(nn.Module):
+        @torch.jit.export
+        def run(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="forward"):
+        prepare(torch.jit.script(NoForward()), {"": default_qconfig})
+
+
+def test_pipeline_can_dump_every_prepare_stage(tmp_path):
+    with inspect(dump_dir=str(tmp_path), count_nodes=True) as report:
+        prepare(capture(ConvOnly(), None, False), {"": default_qconfig})
+    stages = [record.stage for record in report.stages if record.pipeline == "prepare"]
+    assert stages[0] == "fold-conv-bn" and stages[-1] == "insert-observers"
+    assert len(list(tmp_path.iterdir())) >= len(stages)
