@@ -206,7 +206,7 @@ def _capture(model_class, shape, tracing):
     example = torch.randn(shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.trace(model, example) if tracing else torch.jit.script(model)
+        return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
 
 
 def _assert_same(reference, ours, shape):
@@ -215,10 +215,12 @@ def _assert_same(reference, ours, shape):
     for path in expected:
         assert got[path] == expected[path], f"observers of {path!r} differ"
     torch.manual_seed(1)
-    for _ in range(3):
-        x = torch.randn(shape) * 3
-        reference(x)
-        ours(x)
+    # Calibration only needs the interpreter; skipping graph optimisation keeps the test fast.
+    with torch.jit.optimized_execution(False):
+        for _ in range(3):
+            x = torch.randn(shape) * 3
+            reference(x)
+            ours(x)
     expected_states, got_states = observer_states(reference), observer_states(ours)
     assert expected_states.keys() == got_states.keys()
     for key, state in expected_states.items():
