@@ -518,3 +518,60 @@ def test_pipeline_can_dump_every_prepare_stage(tmp_path):
     stages = [record.stage for record in report.stages if record.pipeline == "prepare"]
     assert stages[0] == "fold-conv-bn" and stages[-1] == "insert-observers"
     assert len(list(tmp_path.iterdir())) >= len(stages)
+
+
+class ListBuilding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        pieces = [x]
+        pieces.append(x + 1)
+        pieces[0] = x * 2
+        after_call = []
+        after_call.append(self.fc(x))
+        in_loop = []
+        for _ in range(2):
+            in_loop.append(x)
+        return torch.cat(pieces), torch.cat(after_call), torch.cat(in_loop)
+
+
+def test_list_mutation_folded_where_the_reference_folds_it():
+    from passes._remove_list_mutation import remove_list_mutation
+
+    model = capture(ListBuilding(), None, False)
+    ours, reference = model.graph.copy(), model.graph.copy()
+    folded = remove_list_mutation(ours)
+    torch._C._jit_pass_remove_mutation(reference)
+    assert folded == 2
+    assert str(ours).count("aten::append") == str(reference).count("aten::append") == 2
+    assert sorted(n.kind() for n in ours.nodes()) == sorted(n.kind() for n in reference.nodes())
+    x = torch.randn(2, 4)
+    expected = model(x)
+    check = torch._C._create_function_from_graph("check_list_folding", ours)
+    for got, want in zip(check(model._c, x), expected):
+        assert torch.equal(got, want)
+
+
+def test_embedding_bag_weight_only_matches_reference():
+    from torch.ao.quantization import PlaceholderObserver, PerChannelMinMaxObserver, QConfig
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.EmbeddingBag(10, 4, mode="sum")
+
+        def forward(self, indices, offsets):
+            return self.emb(indices, offsets)
+
+    weight_only = QConfig(
+        activation=PlaceholderObserver.with_args(dtype=torch.float),
+        weight=PerChannelMinMaxObserver.with_args(
+            dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0
+        ),
+    )
+    model = capture(Bag(), None, False)
+    prepared = prepare(model, {"": weight_only})
+    assert observed_values(prepared) == observed_values(prepare_jit(model, {"": weight_only}))
+    assert len(observer_names(prepared.emb)) == 1
