@@ -11,7 +11,7 @@ attributes. Outputs equal eager's bit for bit, because the weights go through
 the same steps: a fresh weight observer per weight, ``calculate_qparams``,
 quantize, ``linear_prepack`` (int8) or ``linear_prepack_fp16`` (fp16).
 
-Graph shapes (scripted ``nn.LSTM``, its ``forward__0`` method)::
+Graph shapes (scripted ``nn.LSTM`` with 2 layers, its ``forward__0`` method)::
 
     %_flat_weights : Tensor[] = prim::GetAttr[name="_flat_weights"](%self)
     %out, %h, %c = aten::lstm(%input, %hx, %_flat_weights, %true, %layers,
@@ -19,11 +19,16 @@ Graph shapes (scripted ``nn.LSTM``, its ``forward__0`` method)::
 
 becomes::
 
-    %params : __torch__.torch.classes.rnn.CellParamsBase[] =
-        prim::GetAttr[name="_packed_cell_params"](%self)
+    %cell0 = prim::GetAttr[name="_packed_cell_params_0"](%self)
+    %cell1 = prim::GetAttr[name="_packed_cell_params_1"](%self)
+    %params : __torch__.torch.classes.rnn.CellParamsBase[] = prim::ListConstruct(%cell0, %cell1)
     %out, %h, %c = aten::quantized_lstm(%input, %hx, %params, %true, %layers,
                                         %dropout, %training, %bidirectional,
                                         %batch_first, %dtype, %use_dynamic)
+
+with one cell-params object per layer and direction, as eager's
+``_all_weight_values`` holds them (freezing folds single packed objects, not
+lists of them).
 
 Traced modules pass the weights as a ``prim::ListConstruct`` of
 ``prim::GetAttr`` values instead of ``_flat_weights``; both forms are found
@@ -247,18 +252,70 @@ def _plan_for(module: torch._C.ScriptModule, qconfig: Any) -> _Plan:
     return _Plan(dtype, weight_observer=observer)
 
 
+def _is_scripted(observer: Any) -> bool:
+    return isinstance(observer, (torch._C.ScriptModule, torch.jit.ScriptModule))
+
+
 def _observer_dtype(observer: Any) -> Any:
-    if isinstance(observer, (torch._C.ScriptModule, torch.jit.ScriptModule)):
-        return as_python(observer).dtype
+    if _is_scripted(observer):
+        return _ScriptedWeightObserver(observer).dtype
     return observer().dtype
+
+
+@functools.lru_cache(maxsize=None)
+def _script_code(value: Any) -> int:
+    """The number TorchScript stores for a dtype or qscheme attribute."""
+    graph = torch._C.Graph()
+    return graph.insertConstant(value).toIValue()
+
+
+_QSCHEMES = (
+    torch.per_tensor_affine,
+    torch.per_channel_affine,
+    torch.per_tensor_symmetric,
+    torch.per_channel_symmetric,
+    torch.per_channel_affine_float_qparams,
+)
+_DTYPES = (torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.float16, torch.float32)
+
+
+def _from_code(value: Any, choices: tuple) -> Any:
+    if not isinstance(value, int):
+        return value
+    for choice in choices:
+        if _script_code(choice) == value:
+            return choice
+    return value
+
+
+class _ScriptedWeightObserver:
+    """A fresh copy of a scripted observer, read back with torch dtypes and qschemes.
+
+    TorchScript keeps ``dtype`` and ``qscheme`` attributes as enum numbers;
+    eager's weight quantization compares them with ``torch.qint8``,
+    ``torch.per_tensor_symmetric``, ...
+    """
+
+    def __init__(self, template: Any):
+        # A scripted observer in a QConfig is a template instance: copy it,
+        # so each weight starts from the template's state.
+        self.module = copy.deepcopy(as_python(as_cpp(template)))
+        self.dtype = _from_code(self.module.dtype, _DTYPES)
+        self.qscheme = _from_code(self.module.qscheme, _QSCHEMES)
+        self.ch_axis = getattr(self.module, "ch_axis", None)
+        self.quant_min = self.module.quant_min
+        self.quant_max = self.module.quant_max
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def calculate_qparams(self):
+        return self.module.calculate_qparams()
 
 
 def _fresh_observer(observer: Any) -> Any:
     """A new observer instance, as eager makes one per weight."""
-    if isinstance(observer, (torch._C.ScriptModule, torch.jit.ScriptModule)):
-        # A scripted observer is a template instance: copy it, state and all.
-        return copy.deepcopy(as_python(as_cpp(observer)))
-    return observer()
+    return _ScriptedWeightObserver(observer) if _is_scripted(observer) else observer()
 
 
 def _quantized_weight(weight: torch.Tensor, plan: _Plan) -> torch.Tensor:
@@ -495,22 +552,24 @@ def _build_fused(ctx: _Context, op: _RnnOp, graph, match: Match, before) -> list
     layers = match.constant("num_layers")
     directions = 2 if match.constant("bidirectional") else 1
     has_biases = match.constant("has_biases")
+    per_cell = 4 if has_biases else 2
     for owner in ctx.owners(site):
         plan = ctx.plans[owner]
         weights = _tensors(ctx.root, owner, site, match[op.params])
-
-        def make(weights=weights, plan=plan):
-            per_cell = 4 if has_biases else 2
-            cells = []
-            for k in range(layers * directions):
-                group = weights[k * per_cell : (k + 1) * per_cell]
-                w_ih, w_hh = group[0], group[1]
-                b_ih, b_hh = (group[2], group[3]) if has_biases else (None, None)
-                cells.append(_cell_params(w_ih, w_hh, b_ih, b_hh, plan))
-            return cells
-
-        _set_packed(ctx, owner, PACKED_CELL_PARAMS, make)
-    params = _attr_value(ctx, graph, site, PACKED_CELL_PARAMS, before)
+        for k in range(layers * directions):
+            group = weights[k * per_cell : (k + 1) * per_cell]
+            w_ih, w_hh = group[0], group[1]
+            b_ih, b_hh = (group[2], group[3]) if has_biases else (None, None)
+            make = functools.partial(_cell_params, w_ih, w_hh, b_ih, b_hh, plan)
+            _set_packed(ctx, owner, f"{PACKED_CELL_PARAMS}_{k}", make)
+    # One attribute per cell, listed in the graph: freezing folds single
+    # packed objects but cannot inspect a list of them.
+    cells = [
+        _attr_value(ctx, graph, site, f"{PACKED_CELL_PARAMS}_{k}", before) for k in range(layers * directions)
+    ]
+    params = insert_op(
+        graph, "prim::ListConstruct", cells, before=before, output_types=[torch._C.ListType(cells[0].type())]
+    ).output()
     family = "lstm" if op.name.startswith("lstm") else "gru"
     inputs = match.inputs()
     at = [v.debugName() for v in match.pattern.inputs].index(op.params)
@@ -673,7 +732,9 @@ def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
     """Quantize the LSTM / GRU modules and cells of ``module`` dynamically, in place.
 
     ``module`` is a ScriptModule or its ``._c``; the result is the same kind
-    (the same Python object for a ScriptModule). ``qconfig_dict`` maps dotted
+    (the same object for a scripted ``RecursiveScriptModule``). Run it on a
+    clone that has not executed yet: a method that already ran keeps the
+    plan its executor compiled. ``qconfig_dict`` maps dotted
     module paths to QConfigs (longest prefix wins, None turns quantization
     off); an RNN instance is quantized when its weight observer's dtype is
     ``torch.qint8`` or ``torch.float16``. Before / after, in an
