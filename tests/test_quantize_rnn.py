@@ -99,12 +99,20 @@ class GRUModel(nn.Module):
         return self.rnn(x, state)
 
 
-RNN_OPTIONS = [
-    dict(num_layers=1),
-    dict(num_layers=2, bidirectional=True),
-    dict(num_layers=3, batch_first=True),
-    dict(num_layers=2, bidirectional=True, batch_first=True),
+# Each option set once per dtype would double the run time for little: the
+# dtypes alternate over the option sets instead.
+RNN_CASES = [
+    (dict(num_layers=1), "int8"),
+    (dict(num_layers=1), "fp16"),
+    (dict(num_layers=2, bidirectional=True), "int8"),
+    (dict(num_layers=3, batch_first=True), "fp16"),
+    (dict(num_layers=2, bidirectional=True, batch_first=True), "int8"),
 ]
+
+
+def _case_id(case) -> str:
+    options, quant = case
+    return "-".join([f"{k}={v}" for k, v in options.items()] + [quant])
 
 
 def _rnn_inputs(model_cls, options):
@@ -117,11 +125,11 @@ def _rnn_inputs(model_cls, options):
 
 
 @pytest.mark.parametrize("how", ["script", "trace"])
-@pytest.mark.parametrize("quant", ["int8", "fp16"])
-@pytest.mark.parametrize("options", RNN_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("case", RNN_CASES, ids=_case_id)
 @pytest.mark.parametrize("model_cls", [LSTMModel, GRUModel], ids=["lstm", "gru"])
-def test_fused_rnn_matches_eager_quantize_dynamic(model_cls, options, quant, how):
+def test_fused_rnn_matches_eager_quantize_dynamic(model_cls, case, how):
     torch.manual_seed(0)
+    options, quant = case
     dtype, qconfig = QCONFIGS[quant]
     model = model_cls(**options).eval()
     example = _rnn_inputs(model_cls, options)
@@ -160,9 +168,12 @@ def test_lstm_int8_graph_passes_dtype_and_use_dynamic():
     assert node.inputsAt(3).toIValue() is True  # has_biases
 
 
-@pytest.mark.parametrize("quant", ["int8", "fp16"])
-@pytest.mark.parametrize("model_cls", [LSTMModel, GRUModel], ids=["lstm", "gru"])
-def test_rnn_without_bias_is_quantized_like_zero_biases(model_cls, quant):
+@pytest.mark.parametrize(
+    "model_cls, quant, how",
+    [(LSTMModel, "int8", "script"), (LSTMModel, "fp16", "trace"), (GRUModel, "int8", "trace"), (GRUModel, "fp16", "script")],
+    ids=["lstm-int8-script", "lstm-fp16-trace", "gru-int8-trace", "gru-fp16-script"],
+)
+def test_rnn_without_bias_is_quantized_like_zero_biases(model_cls, quant, how):
     # Eager asserts bias=True; here bias-free weights are packed without one,
     # which equals eager on the same weights with zero biases.
     torch.manual_seed(0)
@@ -171,9 +182,8 @@ def test_rnn_without_bias_is_quantized_like_zero_biases(model_cls, quant):
     model = model_cls(bias=False, **options).eval()
     example = _rnn_inputs(model_cls, options)
     expected = _eager(_with_zero_biases(model, bias=True, **options), qconfig, dtype)(*example)
-    for how in ("script", "trace"):
-        quantized = quantize_rnn(_capture(model, example, how), {"": qconfig})
-        _assert_equal(quantized(*example), expected)
+    quantized = quantize_rnn(_capture(model, example, how), {"": qconfig})
+    _assert_equal(quantized(*example), expected)
 
 
 class LSTMNoState(nn.Module):
@@ -195,16 +205,15 @@ class GRUNoState(nn.Module):
         return self.rnn(x)
 
 
-@pytest.mark.parametrize("how", ["script", "trace"])
+@pytest.mark.parametrize("how, quant", [("script", "int8"), ("trace", "fp16")])
 @pytest.mark.parametrize("model_cls", [LSTMNoState, GRUNoState])
-def test_rnn_without_initial_state(model_cls, how):
+def test_rnn_without_initial_state(model_cls, how, quant):
     torch.manual_seed(0)
     model = model_cls().eval()
     x = torch.randn(5, 2, 4)
-    for quant in ("int8", "fp16"):
-        dtype, qconfig = QCONFIGS[quant]
-        quantized = quantize_rnn(_capture(model, (x,), how), {"": qconfig})
-        _assert_equal(quantized(x), _eager(model, qconfig, dtype)(x))
+    dtype, qconfig = QCONFIGS[quant]
+    quantized = quantize_rnn(_capture(model, (x,), how), {"": qconfig})
+    _assert_equal(quantized(x), _eager(model, qconfig, dtype)(x))
 
 
 def test_per_channel_weight_observer():
@@ -295,8 +304,7 @@ def _cell_case(name: str, with_state: bool):
 
 
 @pytest.mark.parametrize("how", ["script", "trace"])
-@pytest.mark.parametrize("quant", ["int8", "fp16"])
-@pytest.mark.parametrize("with_state", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("with_state, quant", [(True, "int8"), (False, "fp16")], ids=["hx-int8", "no_hx-fp16"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_cell_matches_eager_quantize_dynamic(name, with_state, quant, how):
     torch.manual_seed(0)
@@ -338,14 +346,14 @@ class BiasFreeCell(nn.Module):
         return self.cell(x, h)
 
 
-def test_cell_without_bias_is_quantized_like_zero_biases():
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_cell_without_bias_is_quantized_like_zero_biases(how):
     torch.manual_seed(0)
     model = BiasFreeCell(bias=False).eval()
     example = (torch.randn(3, 4), torch.randn(3, 6))
     expected = _eager(_with_zero_biases(model, bias=True), default_dynamic_qconfig, torch.qint8)(*example)
-    for how in ("script", "trace"):
-        quantized = quantize_rnn(_capture(model, example, how), {"": default_dynamic_qconfig})
-        _assert_equal(quantized(*example), expected)
+    quantized = quantize_rnn(_capture(model, example, how), {"": default_dynamic_qconfig})
+    _assert_equal(quantized(*example), expected)
 
 
 # --- qconfig scope, type sharing, float reasons ----------------------------------
