@@ -1,34 +1,32 @@
 """qgraph's rewrites of TorchScript IR, one module per pass, each usable alone.
 
-Attributes load on first use, so ``import passes`` stays cheap and a user
-who needs one pass does not import the others.
+Each name here is the pass function (not its module): importing a pass
+module that imports another would otherwise rebind the package attribute to
+the module object.
 """
 
-import importlib
+from passes.canonicalize_conv import canonicalize_conv
+from passes.dedup_module_uses import dedup_module_uses
+from passes.finalize import finalize
+from passes.fold_conv_bn import fold_conv_bn
+from passes.fuse_linear import fuse_linear
+from passes.insert_observers import insert_observers
+from passes.insert_quant_dequant import insert_quant_dequant
+from passes.quantize_rnn import quantize_rnn
+from passes.replicate_dequantize import replicate_dequantize
+from passes.replicate_quantize import replicate_quantize
+from passes.swap_functional_linear import swap_functional_linear
 
-_PASSES = {
-    "fold_conv_bn": "passes.fold_conv_bn",
-    "canonicalize_conv": "passes.canonicalize_conv",
-    "fuse_linear": "passes.fuse_linear",
-    "swap_functional_linear": "passes.swap_functional_linear",
-    "dedup_module_uses": "passes.dedup_module_uses",
-    "replicate_dequantize": "passes.replicate_dequantize",
-    "replicate_quantize": "passes.replicate_quantize",
-    "insert_observers": "passes.insert_observers",
-    "insert_quant_dequant": "passes.insert_quant_dequant",
-    "finalize": "passes.finalize",
-    "quantize_rnn": "passes.quantize_rnn",
-}
-
-__all__ = sorted(_PASSES)
-
-
-def __getattr__(name):
-    module = _PASSES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'passes' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return __all__
+__all__ = [
+    "canonicalize_conv",
+    "dedup_module_uses",
+    "finalize",
+    "fold_conv_bn",
+    "fuse_linear",
+    "insert_observers",
+    "insert_quant_dequant",
+    "quantize_rnn",
+    "replicate_dequantize",
+    "replicate_quantize",
+    "swap_functional_linear",
+]
