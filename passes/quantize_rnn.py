@@ -434,6 +434,7 @@ class _Context:
     root: torch._C.ScriptModule
     hosts: list[str]
     plans: dict[str, _Plan]
+    slots: set[tuple[str, str]]
     packed: dict[tuple[str, str], Any] = field(default_factory=dict)
     sites: dict[Any, _Site] = field(default_factory=dict)
 
@@ -506,20 +507,19 @@ def _record_float(root, path: str, reason: str) -> None:
 
 
 def _set_packed(ctx: _Context, owner: str, name: str, make: Callable[[], Any]) -> None:
-    key = (owner, name)
-    if key in ctx.packed:
+    """Register ``make()`` as attribute ``name`` of the instance at ``owner``, once."""
+    if (owner, name) in ctx.packed:
         return
     module = resolve_path(ctx.root, owner)
+    # Instances sharing a class type share its attribute slots: a slot this
+    # pass added for a sibling is expected, any other one is the user's.
+    slot = (_type_key(module), name)
+    if module.hasattr(name) and slot not in ctx.slots:
+        raise ValueError(f"module {owner!r} already has an attribute {name!r}; cannot store packed weights there")
     value = make()
-    if module.hasattr(name) and not _is_packed_type(module.getattr(name)):
-        raise ValueError(f"module {owner!r} already has an attribute {name!r} that is not packed RNN weights")
     register_attribute(module, name, value)
-    ctx.packed[key] = value
-
-
-def _is_packed_type(value: Any) -> bool:
-    inferred = torch._C._jit_try_infer_type(value)
-    return inferred.success() and "torch.classes" in inferred.type().annotation_str
+    ctx.slots.add(slot)
+    ctx.packed[(owner, name)] = value
 
 
 def _insert_getattr(graph, base, names: list[str], owner_types: list[Any], before) -> torch._C.Value:
@@ -758,9 +758,10 @@ def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
         if plan.dtype is None:
             _record_float(root, path, plan.reason)
     instances = _instances_by_type(root)
+    slots: set[tuple[str, str]] = set()
     for type_paths in instances.values():
         representative = resolve_path(root, type_paths[0])
-        ctx = _Context(root, type_paths, plans)
+        ctx = _Context(root, type_paths, plans, slots)
         table = _bound_table(ctx)
         for method in representative._method_names():
             graph = method_graph(representative, method)

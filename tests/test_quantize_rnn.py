@@ -387,6 +387,31 @@ def test_instances_sharing_a_type_are_quantized_per_their_own_qconfig():
     _assert_equal(_reloaded(quantized)(x), quantized(x))
 
 
+class TwoOfEach(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm_a = nn.LSTM(4, 6)
+        self.lstm_b = nn.LSTM(4, 6)
+        self.cell_a = nn.GRUCell(4, 6)
+        self.cell_b = nn.GRUCell(4, 6)
+
+    def forward(self, x):
+        return self.lstm_a(x)[0], self.lstm_b(x)[0], self.cell_a(x[0]), self.cell_b(x[0])
+
+
+def test_instances_sharing_a_type_each_get_their_own_weights():
+    torch.manual_seed(0)
+    model = TwoOfEach().eval()
+    x = torch.randn(3, 2, 4)
+    scripted = _capture(model, (x,), "script")
+    assert scripted.lstm_a._c._type() == scripted.lstm_b._c._type()
+    assert scripted.cell_a._c._type() == scripted.cell_b._c._type()
+    quantized = quantize_rnn(scripted, {"": default_dynamic_qconfig})
+    assert quantized.lstm_a._c._type() == quantized.lstm_b._c._type()  # same plan: no need to unshare
+    _assert_equal(quantized(x), _eager(model, default_dynamic_qconfig, torch.qint8)(x))
+    _assert_equal(_reloaded(quantized)(x), quantized(x))
+
+
 class Unsupported(nn.Module):
     def __init__(self):
         super().__init__()
@@ -467,6 +492,21 @@ def test_frozen_quantized_model_saves_and_loads(how):
     FileCheck().check_not("aten::lstm(").check_not("weight_ih_l0").run(str(frozen.graph))
     _assert_equal(frozen(tokens), quantized(tokens))
     _assert_equal(_reloaded(frozen)(tokens), quantized(tokens))
+
+
+def test_with_qgraph_dynamic_linear_equals_eager_on_the_whole_model():
+    from qgraph.api import quantize_dynamic_jit
+
+    torch.manual_seed(0)
+    model = LanguageModel().eval()
+    tokens = torch.randint(0, 20, (5, 2))
+    with_rnn = quantize_rnn(_capture(model, (tokens,), "script"), {"": default_dynamic_qconfig})
+    quantized = quantize_dynamic_jit(with_rnn, {"": default_dynamic_qconfig}, inplace=True)
+    FileCheck().check("aten::quantized_lstm").check("quantized::quantized_lstm_cell_dynamic").check(
+        "quantized::linear_dynamic"
+    ).check_not("aten::linear").run(str(quantized.graph))
+    expected = quantize_dynamic(model, {nn.LSTM, nn.LSTMCell, nn.Linear}, dtype=torch.qint8)
+    _assert_equal(quantized(tokens), expected(tokens))
 
 
 def test_c_module_in_c_module_out():
