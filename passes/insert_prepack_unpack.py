@@ -29,7 +29,8 @@ prepack takes (output_padding, dilation, groups); the table spells that out.
 from __future__ import annotations
 
 from qgraph.ir.graph import Graph
-from qgraph.pattern import Rewrite, rewrite
+from passes.quant_fusion import rewrite_present
+from qgraph.pattern import Rewrite
 
 __all__ = ["PREPACK_UNPACK", "insert_prepack_unpack"]
 
@@ -120,4 +121,4 @@ def insert_prepack_unpack(graph: Graph) -> int:
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"insert_prepack_unpack expects a torch._C.Graph, got {type(graph).__name__}")
-    return rewrite(graph, PREPACK_UNPACK)
+    return rewrite_present(graph, PREPACK_UNPACK)

@@ -47,11 +47,13 @@ calling ``qgraph.pattern.rewrite``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from qgraph.ir.graph import Graph
-from qgraph.pattern import Match, Rewrite, rewrite
+from qgraph.ir.graph import Graph, NodeIndex
+from qgraph.pattern import Match, Rewrite, compile_pattern, rewrite
 
 __all__ = ["STATIC_QUANT_FUSION", "DYNAMIC_QUANT_FUSION", "quant_fusion", "quant_fusion_table"]
 
@@ -76,10 +78,11 @@ def b_is_scalar(match: Match) -> bool:
     value = match["b_scalar"]
     if value.type().isSubtypeOf(_NUMBER):
         return True
-    if value.type().kind() != "TensorType" or value.node().kind() != "prim::Constant":
+    node = value.node()
+    if value.type().kind() != "TensorType" or node.kind() != "prim::Constant" or not node.hasAttribute("value"):
         return False
-    constant = value.toIValue()
-    return constant is not None and constant.dim() == 0
+    # Read the tensor itself: Value.toIValue turns a 0-dim tensor into a number.
+    return node.kindOf("value") == "t" and node.t("value").dim() == 0
 
 
 # --- pattern builders ----------------------------------------------------------------------
@@ -513,4 +516,26 @@ def quant_fusion(graph: Graph, quant_type: QuantType = QuantType.STATIC) -> int:
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"quant_fusion expects a torch._C.Graph, got {type(graph).__name__}")
-    return rewrite(graph, quant_fusion_table(quant_type))
+    return rewrite_present(graph, quant_fusion_table(quant_type))
+
+
+def rewrite_present(graph: Graph, rewrites: list[Rewrite]) -> int:
+    """``qgraph.pattern.rewrite`` in table order, skipping rewrites whose op kinds are absent.
+
+    A pattern can only match where every op kind it contains occurs, so a
+    model without convolutions never tries the conv patterns. Kinds are
+    looked up when each rewrite's turn comes, since earlier rewrites create
+    the ops later ones match (``quantized::add_scalar`` before
+    ``add_scalar -> relu``).
+    """
+    index = NodeIndex(graph)
+    made = 0
+    for entry in rewrites:
+        if all(index.of_kind(kind) for kind in _op_kinds(entry.pattern)):
+            made += rewrite(graph, [entry], index)
+    return made
+
+
+@functools.lru_cache(maxsize=None)
+def _op_kinds(pattern: str) -> tuple[str, ...]:
+    return tuple({node.kind() for node in compile_pattern(pattern).nodes if node.kind() != "prim::Constant"})
