@@ -5,6 +5,9 @@ module that imports another would otherwise rebind the package attribute to
 the module object.
 """
 
+# qgraph's pipelines import these passes by name; loading qgraph first means
+# no pass module is ever half-imported when a pipeline asks for it.
+import qgraph  # noqa: F401  (isort: skip)
 from passes.canonicalize_conv import canonicalize_conv
 from passes.dedup_module_uses import dedup_module_uses
 from passes.finalize import finalize
