@@ -133,7 +133,7 @@ def main() -> None:
     # PyTorch's deprecation notices for its quantization APIs and dtypes.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
-    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
+    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor", category=UserWarning)
     torch.set_num_threads(1)
     bench_lstm(args.repeats)
     bench_mlp(args.repeats)

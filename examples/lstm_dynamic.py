@@ -78,7 +78,7 @@ def main() -> None:
     # deprecated (see the README) would bury the figures.
     warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
     warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf", category=UserWarning)
+    warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor", category=UserWarning)
     torch.set_num_threads(1)
     torch.manual_seed(0)
 

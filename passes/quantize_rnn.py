@@ -48,7 +48,10 @@ Beyond eager: an RNN without biases (eager asserts ``bias=True``) is
 quantized with bias-free packed weights. What cannot be quantized stays float
 and says why: ``rnn_float_reasons(module)`` lists ``(path, reason)`` for every
 RNN instance left float (no qconfig, unsupported weight dtype, ``proj_size >
-0``, ``nn.RNN``, an op whose weights or flags this pass cannot read).
+0``, ``nn.RNN``, an op whose weights or flags this pass cannot read). The
+reason is a ``str`` attribute ``_rnn_float_reason`` of that instance, so it
+travels with clones and saved models; freezing drops it with the other
+unused attributes, so read it before freezing.
 
 The module is changed in place. When instances that share a class type end
 up quantized differently (int8, fp16, float), they first get class types of
@@ -734,11 +737,10 @@ def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
     ``module`` is a ScriptModule or its ``._c``; the result is the same kind
     (the same object for a scripted ``RecursiveScriptModule``). Run it on a
     clone that has not executed yet: a method that already ran keeps the
-    plan its executor compiled. ``qconfig_dict`` maps dotted
-    module paths to QConfigs (longest prefix wins, None turns quantization
-    off); an RNN instance is quantized when its weight observer's dtype is
-    ``torch.qint8`` or ``torch.float16``. Before / after, in an
-    ``nn.GRUCell``'s graph::
+    plan its executor compiled. ``qconfig_dict`` maps dotted module paths to
+    QConfigs (longest prefix wins, None turns quantization off); an RNN
+    instance is quantized when its weight observer's dtype is ``torch.qint8``
+    or ``torch.float16``. Before / after, in an ``nn.GRUCell``'s graph::
 
         %h = aten::gru_cell(%input, %hx, %weight_ih, %weight_hh, %bias_ih, %bias_hh)
 

@@ -170,7 +170,12 @@ def test_lstm_int8_graph_passes_dtype_and_use_dynamic():
 
 @pytest.mark.parametrize(
     "model_cls, quant, how",
-    [(LSTMModel, "int8", "script"), (LSTMModel, "fp16", "trace"), (GRUModel, "int8", "trace"), (GRUModel, "fp16", "script")],
+    [
+        (LSTMModel, "int8", "script"),
+        (LSTMModel, "fp16", "trace"),
+        (GRUModel, "int8", "trace"),
+        (GRUModel, "fp16", "script"),
+    ],
     ids=["lstm-int8-script", "lstm-fp16-trace", "gru-int8-trace", "gru-fp16-script"],
 )
 def test_rnn_without_bias_is_quantized_like_zero_biases(model_cls, quant, how):
@@ -428,7 +433,9 @@ def test_unsupported_rnns_stay_float_with_a_reason(how):
     torch.manual_seed(0)
     model = Unsupported().eval()
     x = torch.randn(3, 2, 4)
-    uint8_weights = QConfig(activation=default_dynamic_qconfig.activation, weight=MinMaxObserver.with_args(dtype=torch.quint8))
+    uint8_weights = QConfig(
+        activation=default_dynamic_qconfig.activation, weight=MinMaxObserver.with_args(dtype=torch.quint8)
+    )
     quantized = quantize_rnn(
         _capture(model, (x,), how), {"": default_dynamic_qconfig, "uint8_weights": uint8_weights}
     )
