@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-import passes
+from passes.fold_conv_bn import fold_conv_bn
 from qgraph import ir
 from qgraph.convert import convert
 from qgraph.prepare import check_script_module, prepare
@@ -48,8 +48,10 @@ def fuse_conv_bn_jit(model: torch.jit.ScriptModule, inplace: bool = False) -> to
         %x1 = prim::CallMethod[name="forward"](%conv, %x)
     """
     check_script_module(model)
-    module_c = ir.as_cpp(model) if inplace else ir.clone_module(ir.as_cpp(model))
-    module_c = ir.as_cpp(passes.fold_conv_bn(module_c))
+    # Always a clone, also for inplace=True: a method that has already run
+    # keeps executing its cached plan, so edits to its graph in place would
+    # be ignored (every traced model has run).
+    module_c = ir.as_cpp(fold_conv_bn(ir.clone_module(ir.as_cpp(model))))
     if inplace:
         model._reconstruct(module_c)
         return model
