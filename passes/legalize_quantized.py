@@ -1,0 +1,626 @@
+"""Make a converted model's quantized graphs run where PyTorch's kernels or IR conventions fail.
+
+Runs on a converted model: the frozen, quantized module that ``finalize``
+returns (and, where a rule applies there too, the ``debug=True`` model of
+convert). Every rule leaves the bits of a model the reference already runs
+unchanged; it only touches graphs that would otherwise fail to load, raise,
+read out of bounds or corrupt the heap. The rules, in table order:
+
+1. A tuple of quantized values dequantized as a whole
+   (``aten::dequantize(%tuple)``, the ``Tensor[]`` overload, which returns a
+   list where the method is annotated to return a tuple) runs but does not
+   load back after ``torch.jit.save``. Each element is dequantized and the
+   tuple is rebuilt (nested tuples too)::
+
+       %t : (Tensor, Tensor) = prim::TupleConstruct(%a_q, %b_q)
+       %out : (Tensor, Tensor) = aten::dequantize(%t)
+     becomes
+       %a : Tensor = aten::dequantize(%a_q)
+       %b : Tensor = aten::dequantize(%b_q)
+       %out : (Tensor, Tensor) = prim::TupleConstruct(%a, %b)
+
+   A list of quantized values dequantized as a whole is already a list and
+   stays as it is.
+
+2. ``aten::view`` (``view_as``) of a quantized value: quantized conv,
+   batch/group/instance/layer norm, pooling and 4-/5-D cat leave their
+   output channels-last, where ``view`` raises "view size is not compatible
+   with input tensor's size and stride". It becomes ``aten::reshape``
+   (``reshape_as``), which is the same view wherever ``view`` works. Float
+   values keep ``view`` and its aliasing.
+
+3. ``aten::mean`` of a quantized value that drops the reduced dims: on a
+   channels-last 1x1 map the quantized kernel raises "required rank 4 tensor
+   to use channels_last format". The mean keeps the dims and a squeeze drops
+   them (the same kernel on the same data, so the same bits wherever the
+   original runs)::
+
+       %m = aten::mean(%x_q, %dims, %false, %dtype)
+     becomes
+       %k = aten::mean(%x_q, %dims, %true, %dtype)
+       %m = aten::squeeze(%k, %dims)
+
+   ``aten::mean(%x_q, %dtype)`` (all dims) becomes a keepdim mean over every
+   dim followed by a reshape to a scalar.
+
+4. ``quantized::group_norm`` reads out of bounds when each (sample, channel)
+   has one element (a 1x1 spatial map, seen from a batch of 4 on). The op is
+   guarded at run time: with spatial size 1 it runs as dequantize -> float
+   ``aten::group_norm`` -> ``aten::quantize_per_tensor`` with the same output
+   scale, zero point and dtype; otherwise the quantized kernel runs as before.
+
+5. ``quantized::conv{2,3}d`` (and ``_relu``) on fbgemm's groupwise path with
+   2 or 4 channels per group and a channel count above 8 that is not a
+   multiple of 8 overruns the heap ("free(): invalid next size", SIGSEGV,
+   outputs that change from run to run). The path is taken for 3x3(x3)
+   kernels, padding 1, dilation 1, stride 1 or 2, equal input and output
+   channels per group, not transposed. The packed weight is known after
+   freezing, so such convs are found statically and run in float::
+
+       %y_q = quantized::conv2d(%x_q, %packed, %scale, %zp)
+     becomes
+       %w_q, %b = quantized::conv2d_unpack(%packed)
+       %w = aten::dequantize(%w_q)
+       %x = aten::dequantize(%x_q)
+       %y = aten::conv2d(%x, %w, %b, [1, 1], [1, 1], [1, 1], 6)
+       %y_q = aten::quantize_per_tensor(%y, %scale, %zp, 13)
+
+Rewrites of kinds 4 and 5 (ops kept in float, or worked around) are recorded
+with the op, its source location and the reason, in the module's string
+attribute ``_qgraph_float_ops`` (JSON, so it survives ``torch.jit.save``);
+``float_op_records(module)`` reads them back for the float-op report.
+
+``quantized_values(graph)`` is the analysis the rules share: which values of
+a converted graph hold quantized tensors (or containers of them).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable
+from typing import Any, NamedTuple, Optional
+
+import torch
+
+from passes._observed_values import FIXED_QPARAMS_ATEN, GENERAL_SHAPE_ATEN, GENERAL_VALUE_ATEN
+from qgraph.ir import CppModule, NodeIndex, as_cpp, getattr_path, insert_op, method_graph, resolve_path
+from qgraph.ir.graph import Block, Graph, Node, Value
+from qgraph.pattern import Match, Rewrite, rewrite
+
+__all__ = [
+    "legalize_quantized",
+    "quantized_values",
+    "float_op_records",
+    "FloatOpRecord",
+    "FLOAT_OPS_ATTRIBUTE",
+    "groupwise_conv_is_unsafe",
+]
+
+FLOAT_OPS_ATTRIBUTE = "_qgraph_float_ops"
+
+_TENSOR = torch._C.TensorType.get()
+_OPTIONAL_TENSOR = torch._C.OptionalType(_TENSOR)
+_QUINT8 = 13  # torch.quint8 as a ScalarType number: the output dtype of quantized convs
+
+
+class FloatOpRecord(NamedTuple):
+    """One op the pass kept in float or worked around, for the float-op report."""
+
+    op: str  # the quantized op's kind, e.g. "quantized::conv2d"
+    source: str  # "file:line" of the model code, or "" when the graph has none
+    scope: str  # the traced module scope ("__module.block.conv"), or ""
+    reason: str
+
+
+# --- which values are quantized --------------------------------------------------------------
+
+# aten ops whose first output stays quantized when their first tensor input is:
+# the reference's general ops plus the slicing and copying ops that run on
+# quantized tensors as they are.
+_QUANTIZATION_KEEPING_ATEN = (
+    GENERAL_SHAPE_ATEN
+    | GENERAL_VALUE_ATEN
+    | FIXED_QPARAMS_ATEN
+    | frozenset(
+        {
+            "cat", "view_as", "reshape_as", "expand", "expand_as", "clone", "select", "slice",
+            "narrow", "split", "split_with_sizes", "unbind", "flip", "roll", "adaptive_max_pool1d",
+            "adaptive_max_pool2d", "adaptive_max_pool3d", "upsample_nearest1d", "upsample_nearest2d",
+            "upsample_nearest3d", "_upsample_nearest_exact2d", "pixel_shuffle", "pixel_unshuffle",
+            "channel_shuffle", "sort", "topk", "masked_fill", "index_select", "squeeze", "unflatten",
+            "movedim", "t", "numpy_T", "hardswish", "relu6", "elu", "threshold",
+        }
+    )
+)
+# quantized:: ops whose tensor outputs are float (or not activations).
+_FLOAT_RESULT_MARKERS = ("dynamic", "embedding", "prepack")
+_CONTAINER_READS = frozenset({"prim::ListUnpack", "prim::TupleUnpack", "prim::TupleIndex", "aten::__getitem__"})
+_CONTAINER_BUILDS = frozenset({"prim::ListConstruct", "prim::TupleConstruct"})
+
+
+def _may_hold_tensor(value: Value) -> bool:
+    kind = value.type().kind()
+    if kind == "TensorType":
+        return True
+    if kind in ("ListType", "OptionalType"):
+        return _type_may_hold_tensor(value.type().getElementType())
+    if kind == "TupleType":
+        return any(_type_may_hold_tensor(t) for t in value.type().elements())
+    return False
+
+
+def _type_may_hold_tensor(type_: Any) -> bool:
+    kind = type_.kind()
+    if kind == "TensorType":
+        return True
+    if kind in ("ListType", "OptionalType"):
+        return _type_may_hold_tensor(type_.getElementType())
+    if kind == "TupleType":
+        return any(_type_may_hold_tensor(t) for t in type_.elements())
+    return False
+
+
+def _quantized_outputs(node: Node, quantized: set[Value]) -> list[Value]:
+    """The outputs of ``node`` that hold quantized tensors, given what its inputs hold."""
+    kind = node.kind()
+    outputs = list(node.outputs())
+    if kind in ("aten::quantize_per_tensor", "aten::quantize_per_channel", "aten::quantize_per_tensor_dynamic"):
+        return outputs[:1]
+    if kind.startswith("quantized::"):
+        if any(marker in kind for marker in _FLOAT_RESULT_MARKERS):
+            return []
+        if kind.endswith("_unpack"):
+            return outputs[:1]  # the weight; the bias is float
+        return [v for v in outputs if v.type().kind() == "TensorType"]
+    if kind in _CONTAINER_BUILDS:
+        return outputs if any(v in quantized for v in node.inputs()) else []
+    if kind in _CONTAINER_READS:
+        if node.inputsSize() and node.inputsAt(0) in quantized:
+            return [v for v in outputs if _may_hold_tensor(v)]
+        return []
+    if kind.startswith("aten::") and kind[6:] in _QUANTIZATION_KEEPING_ATEN:
+        first = next((v for v in node.inputs() if _may_hold_tensor(v)), None)
+        if first is not None and first in quantized and outputs and _may_hold_tensor(outputs[0]):
+            return outputs[:1]
+    return []
+
+
+def _mark_block(block: Block, quantized: set[Value]) -> None:
+    for node in block.nodes():
+        kind = node.kind()
+        if kind == "prim::If":
+            branches = list(node.blocks())
+            for branch in branches:
+                _mark_block(branch, quantized)
+            for i, out in enumerate(node.outputs()):
+                if all(list(b.outputs())[i] in quantized for b in branches):
+                    quantized.add(out)
+        elif kind == "prim::Loop":
+            _mark_loop(node, quantized)
+        else:
+            for block_ in node.blocks():
+                _mark_block(block_, quantized)
+            quantized.update(_quantized_outputs(node, quantized))
+
+
+def _mark_loop(node: Node, quantized: set[Value]) -> None:
+    # Loop-carried values: a carried value is quantized if it enters quantized
+    # and every iteration hands it back quantized. Start from the entry and
+    # drop assumptions the body breaks, until nothing changes.
+    body = next(node.blocks())
+    initial = list(node.inputs())[2:]
+    params = list(body.inputs())[1:]
+    results = list(body.outputs())[1:]
+    assumed = [v in quantized for v in initial]
+    while True:
+        trial = set(quantized)
+        trial.update(p for p, a in zip(params, assumed) if a)
+        _mark_block(body, trial)
+        kept = [a and r in trial for a, r in zip(assumed, results)]
+        if kept == assumed:
+            quantized.update(trial)
+            quantized.update(out for out, a in zip(node.outputs(), assumed) if a)
+            return
+        assumed = kept
+
+
+def quantized_values(graph: Graph) -> set[Value]:
+    """Values of ``graph`` (nested blocks included) that hold quantized tensors at run time.
+
+    A value is quantized when it comes from ``aten::quantize_per_*``, from a
+    ``quantized::`` op with a quantized result (not dynamic linears,
+    embedding bags, prepacking; only the weight of an unpack), from an op that
+    keeps its quantized input quantized (shape ops, pooling, mean, upsample,
+    clamp, sigmoid, cat, slicing, ...), or from list/tuple construction and
+    unpacking around such values (a container is "quantized" when it holds a
+    quantized element). ``if`` outputs are quantized when every branch's is;
+    loop-carried values when they enter and come back quantized. Everything
+    else, graph inputs included, counts as float.
+    """
+    quantized: set[Value] = set()
+    _mark_block(graph.block(), quantized)
+    return quantized
+
+
+# --- rule 1: dequantize of a tuple -----------------------------------------------------------
+
+
+def _input_is_tuple(match: Match) -> bool:
+    return match["tuple"].type().kind() == "TupleType"
+
+
+def _dequantize_elements(graph: Graph, value: Value, before: Node) -> Value:
+    """A float counterpart of ``value``: tensors and lists dequantized, tuples rebuilt element-wise."""
+    kind = value.type().kind()
+    if kind == "TensorType" or (kind == "ListType" and _type_may_hold_tensor(value.type().getElementType())):
+        if value.node().kind() == "aten::dequantize":
+            return value  # already float
+        type_ = _TENSOR if kind == "TensorType" else value.type()
+        return insert_op(graph, "aten::dequantize", [value], before=before, output_types=[type_]).output()
+    if kind != "TupleType":
+        return value
+    producer = value.node()
+    if producer.kind() == "prim::TupleConstruct":
+        elements = list(producer.inputs())
+    else:
+        types = list(value.type().elements())
+        unpack = insert_op(graph, "prim::TupleUnpack", [value], before=before, n_outputs=len(types), output_types=types)
+        elements = list(unpack.outputs())
+    floats = [_dequantize_elements(graph, element, before) for element in elements]
+    rebuilt = insert_op(graph, "prim::TupleConstruct", floats, before=before, output_types=[value.type()])
+    return rebuilt.output()
+
+
+def _dequantize_tuple(graph: Graph, match: Match, before: Node) -> list[Value]:
+    rebuilt = _dequantize_elements(graph, match["tuple"], before)
+    # The tuple's static type (tensor types of a trace included) stays the dequantize's.
+    rebuilt.setType(match["out"].type())
+    return [rebuilt]
+
+
+# --- rules 2 and 3: view and mean on quantized values ----------------------------------------
+
+
+def _is_quantized(name: str, quantized: set[Value]):
+    def check(match: Match) -> bool:
+        return match[name] in quantized
+
+    check.__name__ = f"is_quantized({name})"
+    return check
+
+
+def _is_int_list(name: str):
+    def check(match: Match) -> bool:
+        type_ = match[name].type()
+        return type_.kind() == "ListType" and type_.getElementType().kind() == "IntType"
+
+    check.__name__ = f"is_int_list({name})"
+    return check
+
+
+def _is_false(name: str):
+    def check(match: Match) -> bool:
+        return match.constant(name, default=None) is False
+
+    check.__name__ = f"is_false({name})"
+    return check
+
+
+def _mean_over_all_dims(x: torch.Tensor, dtype: Optional[int]) -> torch.Tensor:
+    dims = [d for d in range(x.dim())]
+    return torch.mean(x, dims, True, dtype=dtype).reshape([])
+
+
+def _group_norm_guarded(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    output_scale: float,
+    output_zero_point: int,
+) -> torch.Tensor:
+    # One element per (sample, channel): the quantized kernel reads past its input.
+    if x.numel() == x.size(0) * x.size(1):
+        y = torch.group_norm(x.dequantize(), num_groups, weight, bias, eps, False)
+        return torch.quantize_per_tensor(y, output_scale, output_zero_point, x.dtype)
+    return torch.ops.quantized.group_norm(x, num_groups, weight, bias, eps, output_scale, output_zero_point)
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted_graph(name: str) -> Graph:
+    function = {"mean_over_all_dims": _mean_over_all_dims, "group_norm_guarded": _group_norm_guarded}[name]
+    graph = torch.jit.script(function).graph
+    torch._C._jit_pass_inline(graph)
+    return graph
+
+
+def _insert_scripted(name: str, graph: Graph, inputs: list[Value], before: Node) -> list[Value]:
+    saved = graph.insertPoint()
+    graph.setInsertPoint(before)
+    try:
+        return list(graph.insertGraph(_scripted_graph(name), inputs))
+    finally:
+        graph.setInsertPoint(saved)
+
+
+def _mean_all_keepdim(graph: Graph, match: Match, before: Node) -> list[Value]:
+    return _insert_scripted("mean_over_all_dims", graph, [match["x"], match["dtype"]], before)
+
+
+def _layout_rewrites(quantized: set[Value]) -> list[Rewrite]:
+    x_is_quantized = _is_quantized("x", quantized)
+    return [
+        Rewrite(
+            name="view_of_quantized_to_reshape",
+            pattern="""graph(%x, %size):
+                %y = aten::view(%x, %size)
+                return (%y)""",
+            replacement="""graph(%x, %size):
+                %y = aten::reshape(%x, %size)
+                return (%y)""",
+            filters=(x_is_quantized, _is_int_list("size")),
+        ),
+        Rewrite(
+            name="view_as_of_quantized_to_reshape_as",
+            pattern="""graph(%x, %other):
+                %y = aten::view_as(%x, %other)
+                return (%y)""",
+            replacement="""graph(%x, %other):
+                %y = aten::reshape_as(%x, %other)
+                return (%y)""",
+            filters=(x_is_quantized,),
+        ),
+        Rewrite(
+            name="quantized_mean_keepdim_then_squeeze",
+            pattern="""graph(%x, %dims, %keepdim, %dtype):
+                %y = aten::mean(%x, %dims, %keepdim, %dtype)
+                return (%y)""",
+            replacement="""graph(%x, %dims, %keepdim, %dtype):
+                %true : bool = prim::Constant[value=1]()
+                %kept = aten::mean(%x, %dims, %true, %dtype)
+                %y = aten::squeeze(%kept, %dims)
+                return (%y)""",
+            filters=(x_is_quantized, _is_int_list("dims"), _is_false("keepdim")),
+        ),
+        Rewrite(
+            name="quantized_mean_all_keepdim_then_reshape",
+            pattern="""graph(%x, %dtype):
+                %y = aten::mean(%x, %dtype)
+                return (%y)""",
+            replacement=_mean_all_keepdim,
+            filters=(x_is_quantized,),
+        ),
+    ]
+
+
+# --- rules 4 and 5: kernels with known memory bugs -------------------------------------------
+
+_GROUP_NORM_REASON = (
+    "quantized::group_norm reads out of bounds on a 1x1 spatial map; "
+    "guarded to run dequantize -> float group_norm -> quantize_per_tensor when spatial size is 1"
+)
+_GROUPWISE_CONV_REASON = (
+    "quantized grouped conv with {per_group} channels per group and {channels} channels "
+    "(above 8, not a multiple of 8) overruns the heap in fbgemm's groupwise kernel; "
+    "runs as dequantize -> float conv -> quantize_per_tensor"
+)
+
+_CONV_KINDS = {
+    "quantized::conv2d": ("aten::conv2d", "quantized::conv2d_unpack", False),
+    "quantized::conv2d_relu": ("aten::conv2d", "quantized::conv2d_unpack", True),
+    "quantized::conv3d": ("aten::conv3d", "quantized::conv3d_unpack", False),
+    "quantized::conv3d_relu": ("aten::conv3d", "quantized::conv3d_unpack", True),
+}
+
+
+def groupwise_conv_is_unsafe(weight_shape: Iterable[int], stride, padding, dilation, groups: int, transposed: bool) -> bool:
+    """Whether a quantized conv with these parameters takes fbgemm's broken groupwise path.
+
+    ``weight_shape`` is the (out channels, in channels per group, *kernel)
+    shape of the quantized weight. Measured on torch 2.13.0 (fbgemm): the
+    groupwise kernel runs for 2-D/3-D convs with equal input and output
+    channels per group in {2, 4, 8, 16}, 3-wide kernels, padding 1,
+    dilation 1, and stride 1 or 2; it corrupts memory for 2 or 4 channels
+    per group when the channel count is above 8 and not a multiple of 8.
+    """
+    out_channels, in_per_group, *kernel = (int(s) for s in weight_shape)
+    if transposed or groups < 2 or len(kernel) not in (2, 3):
+        return False
+    channels = in_per_group * groups
+    return (
+        out_channels == channels
+        and in_per_group in (2, 4)
+        and channels > 8
+        and channels % 8 != 0
+        and all(k == 3 for k in kernel)
+        and all(p == 1 for p in padding)
+        and all(d == 1 for d in dilation)
+        # fbgemm reads only the spatial (last two) strides; all 1 or all 2.
+        and (all(s == 1 for s in list(stride)[-2:]) or all(s == 2 for s in list(stride)[-2:]))
+    )
+
+
+def _static_object(module: CppModule, value: Value) -> Any:
+    """The object a graph value names statically (a frozen constant or a module attribute), or None."""
+    node = value.node()
+    if node.kind() == "prim::Constant":
+        return value.toIValue() if node.hasAttribute("value") else None
+    path = getattr_path(value)
+    if not path:
+        return None
+    try:
+        return resolve_path(module, path)
+    except RuntimeError:
+        return None
+
+
+def _conv_parameters(packed: Any, unpack_kind: str) -> dict | None:
+    try:
+        unpack = torch.ops.quantized.conv3d_unpack if unpack_kind.endswith("conv3d_unpack") else torch.ops.quantized.conv2d_unpack
+        weight, _ = unpack(packed)
+        return {
+            "weight_shape": tuple(weight.shape),
+            "stride": list(packed.stride()),
+            "padding": list(packed.padding()),
+            "dilation": list(packed.dilation()),
+            "groups": int(packed.groups()),
+            "transposed": bool(packed.transpose()),
+        }
+    except (RuntimeError, AttributeError, TypeError):
+        return None
+
+
+def _source_of(node: Node) -> str:
+    text = node.sourceRange()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    # '  File "model.py", line 12' -> 'model.py:12'
+    if first.startswith("File ") and ", line " in first:
+        file_part, line_part = first[5:].rsplit(", line ", 1)
+        return f"{file_part.strip().strip(chr(34))}:{line_part.strip()}"
+    return first
+
+
+def _record(records: list[FloatOpRecord], node: Node, reason: str) -> None:
+    records.append(FloatOpRecord(node.kind(), _source_of(node), node.scopeName(), reason))
+
+
+def _kernel_rewrites(module: CppModule, records: list[FloatOpRecord]) -> list[Rewrite]:
+    def guard_group_norm(graph: Graph, match: Match, before: Node) -> list[Value]:
+        _record(records, match.anchor, _GROUP_NORM_REASON)
+        inputs = [match[name] for name in ("x", "groups", "weight", "bias", "eps", "scale", "zero_point")]
+        return _insert_scripted("group_norm_guarded", graph, inputs, before)
+
+    conv_parameters: dict[Node, dict] = {}
+
+    def unsafe_groupwise_conv(match: Match) -> bool:
+        _, unpack_kind, _ = _CONV_KINDS[match.anchor.kind()]
+        packed = _static_object(module, match["packed"])
+        parameters = None if packed is None else _conv_parameters(packed, unpack_kind)
+        if parameters is None or not groupwise_conv_is_unsafe(**parameters):
+            return False
+        conv_parameters[match.anchor] = parameters
+        return True
+
+    def float_conv(graph: Graph, match: Match, before: Node) -> list[Value]:
+        anchor = match.anchor
+        float_kind, unpack_kind, relu = _CONV_KINDS[anchor.kind()]
+        parameters = conv_parameters.pop(anchor)
+        out_channels, in_per_group = parameters["weight_shape"][:2]
+        _record(records, anchor, _GROUPWISE_CONV_REASON.format(per_group=in_per_group, channels=out_channels))
+        unpack = insert_op(graph, unpack_kind, [match["packed"]], before=before, n_outputs=2,
+                           output_types=[_TENSOR, _OPTIONAL_TENSOR])
+        weight_q, bias = unpack.outputs()
+        weight = insert_op(graph, "aten::dequantize", [weight_q], before=before).output()
+        x = insert_op(graph, "aten::dequantize", [match["x"]], before=before).output()
+        y = insert_op(
+            graph,
+            float_kind,
+            [x, weight, bias, parameters["stride"], parameters["padding"], parameters["dilation"], parameters["groups"]],
+            before=before,
+        ).output()
+        if relu:
+            y = insert_op(graph, "aten::relu", [y], before=before).output()
+        quantize = insert_op(graph, "aten::quantize_per_tensor", [y, match["scale"], match["zero_point"], _QUINT8], before=before)
+        return [quantize.output()]
+
+    conv_rewrites = [
+        Rewrite(
+            name=f"unsafe_groupwise_{kind.split('::')[1]}_in_float",
+            pattern=f"""graph(%x, %packed, %scale, %zero_point):
+                %y = {kind}(%x, %packed, %scale, %zero_point)
+                return (%y)""",
+            replacement=float_conv,
+            filters=(unsafe_groupwise_conv,),
+        )
+        for kind in _CONV_KINDS
+    ]
+    return [
+        Rewrite(
+            name="group_norm_guarded_for_1x1_maps",
+            pattern="""graph(%x, %groups, %weight, %bias, %eps, %scale, %zero_point):
+                %y = quantized::group_norm(%x, %groups, %weight, %bias, %eps, %scale, %zero_point)
+                return (%y)""",
+            replacement=guard_group_norm,
+        ),
+        *conv_rewrites,
+    ]
+
+
+# --- the pass ---------------------------------------------------------------------------------
+
+TUPLE_REWRITES = [
+    Rewrite(
+        name="dequantize_tuple_per_element",
+        pattern="""graph(%tuple):
+            %out = aten::dequantize(%tuple)
+            return (%out)""",
+        replacement=_dequantize_tuple,
+        filters=(_input_is_tuple,),
+    ),
+]
+
+
+def _legalize_graph(module: CppModule, graph: Graph, records: list[FloatOpRecord]) -> int:
+    index = NodeIndex(graph)
+    made = rewrite(graph, TUPLE_REWRITES, index)
+    # Rule 3 must see a mean's input as quantized after rule 2 replaced a view
+    # feeding it, so the analysis is redone once the reshapes exist.
+    made += rewrite(graph, _layout_rewrites(quantized_values(graph))[:2], index)
+    made += rewrite(graph, _layout_rewrites(quantized_values(graph))[2:], index)
+    made += rewrite(graph, _kernel_rewrites(module, records), index)
+    if made:
+        torch._C._jit_pass_dce(graph)
+    return made
+
+
+def _store_records(module: CppModule, records: list[FloatOpRecord]) -> None:
+    existing = [r._asdict() for r in float_op_records(module)]
+    payload = json.dumps(existing + [r._asdict() for r in records])
+    if module.hasattr(FLOAT_OPS_ATTRIBUTE):
+        module.setattr(FLOAT_OPS_ATTRIBUTE, payload)
+    else:
+        module._register_attribute(FLOAT_OPS_ATTRIBUTE, torch._C.StringType.get(), payload)
+
+
+def float_op_records(module: Any) -> list[FloatOpRecord]:
+    """What ``legalize_quantized`` kept in float or worked around on ``module`` (empty if nothing)."""
+    module_c = as_cpp(module)
+    if not module_c.hasattr(FLOAT_OPS_ATTRIBUTE):
+        return []
+    return [FloatOpRecord(**entry) for entry in json.loads(module_c.getattr(FLOAT_OPS_ATTRIBUTE))]
+
+
+def legalize_quantized(module: Any) -> int:
+    """Rewrite a converted model's method graphs so they run, save and load; in place.
+
+    ``module`` is a converted ScriptModule (or its ``._c``): the frozen model
+    of ``convert_jit`` / ``quantize_jit``, or their ``debug=True`` model.
+    Every method of ``module`` itself is rewritten (after convert,
+    ``forward`` holds the whole inlined model). Returns the number of
+    rewrites made. Ops kept in float or worked around (rules 4 and 5 of the
+    module docstring) are appended to the module's ``_qgraph_float_ops``
+    attribute; read them with ``float_op_records``.
+
+    Before (a model returning two quantized conv outputs)::
+
+        %t : (Tensor, Tensor) = prim::TupleConstruct(%a_q, %b_q)
+        %out : (Tensor, Tensor) = aten::dequantize(%t)
+        return (%out)
+
+    After::
+
+        %a : Tensor = aten::dequantize(%a_q)
+        %b : Tensor = aten::dequantize(%b_q)
+        %out : (Tensor, Tensor) = prim::TupleConstruct(%a, %b)
+        return (%out)
+    """
+    module_c = as_cpp(module)
+    records: list[FloatOpRecord] = []
+    made = 0
+    for name in module_c._method_names():
+        made += _legalize_graph(module_c, method_graph(module_c, name), records)
+    if records:
+        _store_records(module_c, records)
+    return made
