@@ -6,6 +6,7 @@
     qgraph passes MODEL.pt [--dump-dir DIR]
                                           run the standalone graph passes through the
                                           pipeline runner, printing forward after each
+    qgraph report MODEL.pt [--dynamic]    the ops a quantized model still runs in float, and why
 
 MODEL.pt is a TorchScript archive written by ``torch.jit.save``. Bad input
 (a missing file, a file that is not TorchScript, an unknown method) gives a
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     run_passes.add_argument("model", metavar="MODEL.pt", help="a file written by torch.jit.save")
     run_passes.add_argument("--dump-dir", metavar="DIR", help="also write every method graph after each pass to DIR")
     run_passes.set_defaults(command=_passes)
+
+    report = commands.add_parser("report", help="list the ops a quantized model still runs in float, and why")
+    report.add_argument("model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save")
+    report.add_argument(
+        "--dynamic", action="store_true", help="the model was quantized dynamically (activations stay float by design)"
+    )
+    report.set_defaults(command=_report)
     return parser
 
 
@@ -75,6 +83,16 @@ def _passes(args: argparse.Namespace) -> int:
     pipeline = Pipeline("passes", [_printing(stage) for stage in standalone_stages()])
     with inspect(dump_dir=args.dump_dir):
         pipeline.run(module)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from torch.ao.quantization.quant_type import QuantType
+
+    from qgraph.report import float_op_report
+
+    quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
+    print(float_op_report(_load(args.model), quant_type=quant_type).format())
     return 0
 
 

@@ -69,12 +69,31 @@ class CallsLinearFunction(torch.nn.Module):
         return linear(x, self.weight, self.bias)
 
 
+class ConvThenExp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return torch.exp(self.conv(x))
+
+
+def _quantized_convnet() -> torch.jit.ScriptModule:
+    import qgraph
+    from torch.ao.quantization import get_default_qconfig
+
+    model = torch.jit.script(ConvThenExp().eval())
+    batches = [torch.randn(1, 1, 6, 6)]
+    return qgraph.quantize_jit(model, {"": get_default_qconfig("fbgemm")}, lambda m, data: [m(b) for b in data], [batches])
+
+
 def _save_models(directory: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     models = {
         "convnet": torch.jit.script(ConvBnLinear().eval()),
         "decomposed-traced": torch.jit.trace(DecomposedOps().eval(), torch.randn(1, 1, 6, 6)),
         "functional-linear": torch.jit.script(CallsLinearFunction()),
+        "quantized-convnet": _quantized_convnet(),
     }
     paths = {}
     for name, model in models.items():
