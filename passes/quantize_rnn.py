@@ -779,9 +779,19 @@ def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
     return like(root, module)
 
 
-def rnn_float_reasons(module: Any) -> list[tuple[str, str]]:
-    """``(path, reason)`` for every RNN instance ``quantize_rnn`` left in float."""
+def rnn_float_reasons(module: Any, qconfig_dict: dict | None = None) -> list[tuple[str, str]]:
+    """``(path, reason)`` for every RNN instance left in float.
+
+    Without ``qconfig_dict``: the reasons ``quantize_rnn`` recorded on
+    ``module`` (read them before freezing, which drops them). With it: the
+    reasons ``quantize_rnn`` would give for ``module`` (any unfrozen form of
+    the model, the float one included), without changing anything; reasons
+    found only while rewriting (an op whose weights cannot be read) are
+    recorded but not foreseen.
+    """
     root = as_cpp(module)
+    if qconfig_dict is not None:
+        return [(path, plan.reason) for path, plan in _plans(root, qconfig_dict).items() if plan.dtype is None]
     return [
         (path, sub.getattr(FLOAT_REASON_ATTR))
         for path, sub in named_modules(root)

@@ -447,6 +447,16 @@ def test_unsupported_rnns_stay_float_with_a_reason(how):
     assert "torch.quint8" in reasons["uint8_weights"]
 
 
+def test_float_reasons_are_foreseen_from_the_qconfig_dict():
+    scripted = _capture(Unsupported(), (torch.randn(3, 2, 4),), "script")
+    before = str(scripted.projected._c._get_method("forward__0").graph)
+    foreseen = rnn_float_reasons(scripted, {"": default_dynamic_qconfig, "uint8_weights": None})
+    assert [path for path, _ in foreseen] == ["projected", "plain_rnn", "uint8_weights"]
+    assert dict(foreseen)["uint8_weights"] == "no qconfig applies to this module"
+    assert rnn_float_reasons(scripted) == []  # nothing was changed or recorded
+    assert str(scripted.projected._c._get_method("forward__0").graph) == before
+
+
 def test_qconfig_on_one_path_only():
     torch.manual_seed(0)
     model = ThreeLSTMs().eval()
