@@ -246,3 +246,24 @@ def pass_through_inputs(value: Value) -> list[Value]:
     if kind == "aten::append":
         return list(node.inputs())
     return []
+
+
+def loop_carried_params(loop: Node) -> list[Value]:
+    """The body parameters of a ``prim::Loop`` that carry values between iterations (not the counter)."""
+    return list(next(loop.blocks()).inputs())[1:]
+
+
+def loop_back_edges(loop: Node) -> list[Value]:
+    """What the body of a ``prim::Loop`` hands to the next iteration, one per carried parameter."""
+    return list(next(loop.blocks()).outputs())[1:]
+
+
+def is_defined_in(value: Value, block: Block) -> bool:
+    """Whether ``value`` is produced inside ``block`` (or a block nested in it), parameters included."""
+    current = value.node().owningBlock()
+    while current is not None:
+        if current == block:
+            return True
+        owner = current.owningNode()
+        current = owner.owningBlock() if owner is not None else None
+    return False

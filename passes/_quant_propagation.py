@@ -224,26 +224,33 @@ def replicate_choose_qparams_quant_dequant(graph: Graph) -> None:
 
 
 def replicate_quantize_into_if(graph: Graph) -> None:
-    """A quantize of an ``if`` output moves to the end of each branch."""
+    """A quantize of an ``if`` output moves to the end of each branch.
+
+    Only when the quantize is the output's single reader and sits in the
+    ``if``'s block; with several outputs, only the quantized one changes.
+    """
     quants = [
         n
         for n in _stack_order_nodes(graph, frozenset({"aten::quantize_per_tensor", "aten::quantize_per_channel"}))
         if n.inputsAt(0).node().kind() == "prim::If"
+        and len(n.inputsAt(0).uses()) == 1
+        and n.inputsAt(0).node().owningBlock() == n.owningBlock()
     ]
     for quant in quants:
-        if_node = quant.inputsAt(0).node()
+        result = quant.inputsAt(0)
+        if_node, position = result.node(), result.offset()
         for qparam in list(quant.inputs())[1:]:
-            qparam.node().moveBefore(if_node)
-        quant.output().replaceAllUsesWith(if_node.output())
+            producer = qparam.node()
+            if producer.owningBlock() == if_node.owningBlock() and _is_after(producer, if_node):
+                producer.moveBefore(if_node)
         for block in if_node.blocks():
-            returned = list(block.outputs())
-            if len(returned) != 1:
-                raise RuntimeError("quantizing the output of an `if` needs the `if` to have exactly one output")
-            inputs = [returned[0], *list(quant.inputs())[1:]]
+            returned = list(block.outputs())[position]
+            inputs = [returned, *list(quant.inputs())[1:]]
             branch_quant = graph.create(quant.kind(), inputs, 1)
             branch_quant.insertBefore(block.returnNode())
-            block.returnNode().replaceInput(0, branch_quant.output())
-            branch_quant.output().copyMetadata(returned[0])
+            block.returnNode().replaceInput(position, branch_quant.output())
+            branch_quant.output().copyMetadata(returned)
+        quant.output().replaceAllUsesWith(result)
     _destroy(quants)
 
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import copy
 import re
-import warnings
 from typing import Any
 
 import torch
@@ -185,7 +184,9 @@ class _ObserverPlacement:
         self.observer_calls: set[Node] = set()
         self.block_observers: dict[Block, list[tuple[str, CppModule]]] = {}
         self.next_id = 0
-        self.warned_loop = False
+        # value -> loop parameter whose observer (same submodule) it shares
+        self.shared_observer: dict[Value, Value] = {}
+        self.observer_name: dict[Value, str] = {}
         self._keep: list[Any] = []  # graph/block wrappers used as keys stay alive
 
     # ---- analysis -------------------------------------------------------
@@ -227,7 +228,9 @@ class _ObserverPlacement:
         index = NodeIndex(graph)
         for _, pattern, filters in DELAYED_OBSERVATION:
             for match in find_matches(graph, pattern, index):
-                if all(check(match) for check in filters):
+                # A traced call of a ReLU module whose result was unused returns
+                # None: the value before it stays the one to observe.
+                if rules.is_tensor_or_tensor_list(match["second_output"]) and all(check(match) for check in filters):
                     self.delayed[match["first_output"]] = match["second_output"]
 
     def _fill_observers(self, graph: Graph, qconfig: QConfig) -> None:
@@ -235,7 +238,10 @@ class _ObserverPlacement:
             if self._needs_observer(value, qconfig):
                 self.observer_for_value[value] = self._observer_module(value, qconfig)
         for node in walk(graph):
-            for value in node.outputs():
+            values = list(node.outputs())
+            if node.kind() == "prim::Loop":
+                values += rules.loop_carried_params(node)
+            for value in values:
                 if self._needs_observer(value, qconfig):
                     self.observer_for_value[value] = self._observer_module(value, qconfig)
 
@@ -366,12 +372,14 @@ class _ObserverPlacement:
         observed: set,
         entry: bool = False,
         in_function: bool = False,
+        loop_body: bool = False,
     ) -> tuple[list, list, list[int]]:
         """Record and insert the observers ``block`` needs; tell the caller about its boundary.
 
         Returns the observers wanted for the block's inputs and outputs (the
         caller inserts those at the call site) and the indices of outputs
-        that leave the block already observed.
+        that leave the block already observed. A loop body observes what it
+        hands to the next iteration itself.
         """
         boundary: set[Value] = set()
         input_observers: list = []
@@ -379,7 +387,8 @@ class _ObserverPlacement:
         if not entry:
             boundary.update(graph.inputs())
             boundary.update(graph.outputs())
-            boundary.update(block.outputs())
+            if not loop_body:
+                boundary.update(block.outputs())
             input_observers = [self.observer_for(v) for v in block.inputs()]
             output_observers = [
                 None if self.is_observed(v, observed) else self.observer_for(v) for v in block.outputs()
@@ -409,7 +418,7 @@ class _ObserverPlacement:
             elif kind == "prim::If":
                 self._observe_if(node, graph, module, observed, boundary, to_observe)
             elif kind == "prim::Loop":
-                self._warn_loop(node)
+                self._observe_loop(node, graph, module, observed)
             for value in node.outputs():
                 self._propagate(value, observed)
                 if value not in boundary and not self.is_observed(value, observed):
@@ -463,7 +472,14 @@ class _ObserverPlacement:
         return True
 
     def _observe_if(self, node, graph, module, observed, boundary, to_observe) -> None:
-        agreed = None
+        # Each branch is observed as its own ops dictate. An output counts as
+        # observed only when every branch that can return hands back an
+        # observed value; otherwise it is a float value after the `if`, and
+        # gets an observer of its own there when a consumer needs one, so both
+        # branches reach that consumer quantized with the same qparams. (The
+        # reference raises "branches for `if` should return values that are
+        # observed consistently" instead.)
+        agreed: list[bool] | None = None
         for block in node.blocks():
             if rules.always_raises(block):
                 continue
@@ -475,37 +491,52 @@ class _ObserverPlacement:
             for index in observed_outputs:
                 observed.add(block_outputs[index])
             state = [self.is_observed(v, observed) for v in block_outputs]
-            if agreed is not None and agreed != state:
-                raise RuntimeError(
-                    "branches for `if` should return values that are observed consistently, if node: "
-                    f"{str(node).strip().splitlines()[0]}"
-                )
-            agreed = state if agreed is None else agreed
+            agreed = state if agreed is None else [a and b for a, b in zip(agreed, state)]
         for value, is_obs in zip(node.outputs(), agreed or []):
             if is_obs:
                 observed.add(value)
 
-    def _warn_loop(self, node: Node) -> None:
-        if self.warned_loop:
-            return
-        self.warned_loop = True
-        warnings.warn(
-            "values inside prim::Loop bodies are not observed; ops in loops stay in float",
-            UserWarning,
-            stacklevel=4,
-        )
+    def _observe_loop(self, node, graph, module, observed) -> None:
+        """Observe a ``prim::Loop`` body; carried values stay float between iterations.
+
+        A carried parameter that a quantizable op reads (or that an add/mul/cat
+        combines with a back-edge value that wants an observer) is observed
+        at the start of the body, so one observer sees the value on entry and
+        on every back edge. A back-edge value produced in the body that wants
+        an observer of its own shares that observer: it is quantized with the
+        qparams the next iteration requantizes it with, which is exact. Loop
+        outputs are float and get observers after the loop when needed.
+        """
+        body = next(node.blocks())
+        static = self.quant_type == QuantType.STATIC
+        for param, back in zip(rules.loop_carried_params(node), rules.loop_back_edges(node)):
+            if not rules.is_tensor_or_tensor_list(param):
+                continue
+            back_inside = back != param and rules.is_defined_in(back, body)
+            if static and back_inside and self.observer_for(param) is None:
+                wanted = self.observer_for(back)
+                if wanted is not None and any(rules.is_propagating(u.user) for u in param.uses()):
+                    self.observer_for_value[param] = wanted
+            if static and back_inside and self.observer_for(param) is not None:
+                self.shared_observer[self.delayed.get(back, back)] = param
+        self.observe_block(body, graph, module, observed, loop_body=True)
 
     def _insert_observer(self, value, graph, module, template, inserted) -> None:
         if value in self.observed:
             return
-        observer = copy.deepcopy(template)
-        name = f"_observer_{self.next_id}"
-        self.next_id += 1
-        while module.hasattr(name):
+        name = self.observer_name.get(self.shared_observer.get(value))
+        if name is None:
+            observer = copy.deepcopy(template)
             name = f"_observer_{self.next_id}"
             self.next_id += 1
-        register_submodule(module, name, observer)
-        inserted.append((name, observer))
+            while module.hasattr(name):
+                name = f"_observer_{self.next_id}"
+                self.next_id += 1
+            register_submodule(module, name, observer)
+            inserted.append((name, observer))
+        else:
+            observer = module.getattr(name)
+        self.observer_name[value] = name
 
         self_value = next(graph.inputs())
         get = graph.create("prim::GetAttr", [self_value], 1)

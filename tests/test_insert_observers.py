@@ -344,7 +344,7 @@ def test_branch_that_raises_is_ignored():
     assert observed_values(prepared) == observed_values(prepare_jit(model, {"": default_qconfig}))
 
 
-def test_inconsistent_if_branches_raise_clear_error():
+def test_inconsistent_if_branches_leave_the_if_output_unobserved():
     class Inconsistent(nn.Module):
         def __init__(self):
             super().__init__()
@@ -357,8 +357,13 @@ def test_inconsistent_if_branches_raise_clear_error():
                 y = torch.exp(x)
             return y
 
-    with pytest.raises(RuntimeError, match="observed consistently"):
-        prepare(capture(Inconsistent(), None, False), {"": default_qconfig})
+    # The reference raises "observed consistently"; the conv branch keeps its
+    # observer and the `if` result gets one of its own after the `if`.
+    prepared = prepare(capture(Inconsistent(), None, False), {"": default_qconfig})
+    assert len(observer_names(prepared)) == 3  # x, the conv output, the `if` result
+    FileCheck().check("prim::If").check("block0").check("_observer_").check("block1").check_not(
+        "_observer_"
+    ).check("aten::exp").check("_observer_").run(str(prepared.graph))
 
 
 class Stages(nn.Module):
@@ -481,7 +486,7 @@ def test_pass_takes_scripted_or_plain_qconfigs_and_quant_type_strings():
         insert_observers(model, "forward", {"": default_qconfig}, False, "weird")
 
 
-def test_loop_body_is_left_unobserved_with_a_warning():
+def test_loop_body_is_observed():
     class Looping(nn.Module):
         def __init__(self):
             super().__init__()
@@ -492,9 +497,17 @@ def test_loop_body_is_left_unobserved_with_a_warning():
                 x = self.fc(x)
             return x
 
-    with pytest.warns(UserWarning, match="prim::Loop"):
+    # The reference warns and observes nothing; the carried value is observed
+    # at the start of the body and the fc output on the back edge shares that
+    # observer.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
         prepared = prepare(capture(Looping(), None, False), {"": default_qconfig})
-    assert observer_names(prepared) == []
+    assert len(observer_names(prepared)) == 1
+    assert len(observer_names(prepared.fc)) == 1
+    FileCheck().check("prim::Loop").check('name="_observer_1"').check("prim::CallMethod").check(
+        'name="_observer_1"'
+    ).run(str(prepared.graph))
 
 
 def test_prepare_input_checks():
