@@ -33,6 +33,7 @@ from passes.canonicalize_conv import canonicalize_conv
 from passes.fold_conv_bn import fold_conv_bn
 from passes.fuse_linear import fuse_linear
 from passes.insert_observers import insert_observers, parse_quant_type
+from passes.quantize_rnn import quantize_rnn
 from passes.swap_functional_linear import swap_functional_linear
 from qgraph.ir import CppModule, as_cpp, as_python, call_graph, clone_module, method_graph, named_modules, unshare_types
 from qgraph.pipeline import Pipeline, Stage
@@ -109,13 +110,27 @@ def _insert_observers(qconfig_dict: dict, quant_type: QuantType):
     return run
 
 
+def _quantize_rnn(qconfig_dict: dict):
+    def run(module: CppModule) -> CppModule:
+        return quantize_rnn(module, qconfig_dict)
+
+    return run
+
+
 def prepare_pipeline(qconfig_dict: dict, quant_type: QuantType) -> Pipeline:
-    """The stages of ``prepare`` for an already scripted ``qconfig_dict``."""
+    """The stages of ``prepare`` for an already scripted ``qconfig_dict``.
+
+    Dynamic quantization quantizes LSTM/GRU and their cells here, before
+    observers go in: their weights need no calibration, and prepare then
+    never sees RNN ops (so it puts no observer on their inputs or weights).
+    """
+    rnn = [Stage("quantize-rnn", _quantize_rnn(qconfig_dict))] if quant_type == QuantType.DYNAMIC else []
     return Pipeline(
         "prepare",
         [
             Stage("fold-conv-bn", _fold_conv_bn),
             Stage("unshare-qconfig-types", _unshare_qconfig_types(qconfig_dict)),
+            *rnn,
             Stage("swap-functional-linear", _each_method_graph(swap_functional_linear)),
             Stage("inline-fork-wait", _inline_fork_wait),
             Stage("fuse-linear", _each_called_graph(fuse_linear)),
