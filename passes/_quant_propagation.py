@@ -281,6 +281,67 @@ def replicate_clamp_scalar_args(graph: Graph) -> None:
     _destroy(list(shared))
 
 
+def _quantized_source(value: Value, block: Block) -> Value | None:
+    """The quantized tensor ``value`` dequantizes, when ``value`` is a single-use dequantize in ``block``."""
+    node = value.node()
+    if node.kind() == "aten::dequantize" and node.owningBlock() == block and len(value.uses()) == 1:
+        return node.inputsAt(0)
+    return None
+
+
+def carry_quantized_through_loop(graph: Graph, loop: Node) -> list[int]:
+    """Let ``loop`` carry quantized tensors where both the entry and the back edge are dequantized.
+
+    Step 5 for ``prim::Loop`` (observer insertion observes such carried
+    values on entry and on the back edge)::
+
+        %x.dq = aten::dequantize(%x.q)
+        %y = prim::Loop(%n, %true, %x.dq)
+          block0(%i, %c):
+            ... uses of %c ...
+            %b.dq = aten::dequantize(%b.q)
+            -> (%true, %b.dq)
+        ... uses of %y ...
+      becomes
+        %y = prim::Loop(%n, %true, %x.q)
+          block0(%i, %c):
+            %c.dequant.k = aten::dequantize(%c)     (one per use)
+            ... uses of %c.dequant.k ...
+            -> (%true, %b.q)
+        %y.dequant.k = aten::dequantize(%y)         (one per use)
+
+    Each quantized tensor keeps its own qparams, so the entry and the back
+    edge need not agree. Returns the indices of the carried values rewritten.
+    """
+    body = next(loop.blocks())
+    outer = loop.owningBlock()
+    params = list(body.inputs())
+    returned = list(body.outputs())
+    rewritten = []
+    for index in range(1, len(params)):
+        param, back = params[index], returned[index]
+        entry = loop.inputsAt(index + 1)
+        entry_q = _quantized_source(entry, outer)
+        if entry_q is None or not param.type().isSubtypeOf(_TENSOR):
+            continue
+        back_q = param if back == param else _quantized_source(back, body)
+        if back_q is None:
+            continue
+        loop.replaceInput(index + 1, entry_q)
+        _destroy([entry.node()])
+        if back != param:
+            body.returnNode().replaceInput(index, back_q)
+            _destroy([back.node()])
+        for use in list(param.uses()):
+            if use.user == body.returnNode():
+                continue
+            dequant = NodeBuilder(graph, before=use.user).dequantize(param, param, len(rewritten))
+            use.user.replaceInput(use.offset, dequant.output())
+        insert_dequantize_per_use(graph, loop.outputsAt(index - 1), loop.outputsAt(index - 1))
+        rewritten.append(index)
+    return rewritten
+
+
 def _dequantized_inputs(value: Value) -> list[Value] | None:
     inputs = pass_through_inputs(value)
     if inputs and all(v.node().kind() == "aten::dequantize" for v in inputs):
@@ -309,6 +370,10 @@ class _Propagator:
             self.node(node)
 
     def node(self, node: Node) -> None:
+        if node.kind() == "prim::Loop":
+            carry_quantized_through_loop(self.graph, node)
+            self.block(next(node.blocks()))
+            return
         if node.kind() == "prim::If":
             for block in node.blocks():
                 self.block(block)

@@ -37,14 +37,55 @@ The rules are the reference's (``torch.ao.quantization.prepare_jit``):
   ``if`` output observed in every branch that does not raise) gets no
   second observer;
 - instances of one class type get the same observer names; each gets its
-  own observer instances;
-- nothing inside ``prim::Loop`` bodies is observed, as in the reference.
+  own observer instances.
 
-A value that several calls see under different qconfigs (a model input read
-by submodules with different qconfigs) takes the observer of the first place
-that needs it, in this order: the call that produces it, then its consumers in
-program order. (The reference raises "Expecting all values in the graph only
-configured with one observer" there.)
+Where qgraph goes past the reference:
+
+- ``if`` branches observed differently (a conv in one, a float op such as
+  ``exp`` or an op with its own observer such as ``relu6`` in the other):
+  each branch is observed as its own ops dictate, the ``if`` output counts
+  as unobserved and gets its own observer right after the ``if`` when a
+  consumer (or a branch's quantizable producer) wants one, so both branches
+  reach what follows quantized with the same qparams. The reference raises
+  "branches for `if` should return values that are observed consistently".
+- ``prim::Loop`` bodies are observed like straight-line code (the reference
+  only warns and leaves them float). A loop-carried parameter that a
+  quantizable op reads, or that an add/mul/cat combines with a back-edge
+  value wanting an observer, is observed at the start of the body: one
+  observer sees the value on entry and on every back edge. A back-edge
+  value produced in the body that wants an observer uses that same
+  observer submodule, so quantizing it at the end of an iteration and
+  requantizing it at the start of the next agree exactly. Carried values
+  stay float between iterations; loop outputs count as unobserved and get
+  an observer after the loop when a consumer wants one::
+
+      %y = prim::Loop(%n, %true, %x)
+        block0(%i : int, %x.2 : Tensor):
+          %_observer_1 = prim::GetAttr[name="_observer_1"](%self)
+          %x.3 = prim::CallMethod[name="forward"](%_observer_1, %x.2)
+          %c = prim::CallMethod[name="forward"](%conv, %x.3)
+          ... (%c observed by _observer_2)
+          %s = aten::add(%c.1, %x.3, %one)
+          %_observer_1.1 = prim::GetAttr[name="_observer_1"](%self)
+          %s.1 = prim::CallMethod[name="forward"](%_observer_1.1, %s)
+          -> (%true, %s.1)
+
+- A traced call of a ReLU module whose result was unused returns None; it
+  never takes the observation of the conv/add/mul before it.
+
+A value that ops under different qconfigs read (a model input, a float op's
+output, a submodule's output) is observed once, where it is produced, with
+the first observer found in this order: the one its producer asks for (a
+quantizable op of the graph, under the qconfig of the module owning the
+graph; a submodule call, under that submodule's qconfig); the one an op of
+the owning graph itself asks for by reading it (same qconfig); the one the
+first submodule call, in program order, asks for by reading it (under the
+qconfig of that submodule; calls whose qconfig is None ask for nothing).
+Every quantized consumer reads that one quantized value (each keeps its own
+weight observer, per-tensor or per-channel); a consumer whose qconfig is
+None reads the dequantized float value and runs in float. The reference does
+the same when one side is None and raises "Expecting all values in the graph
+only configured with one observer" when two qconfigs would observe it.
 
 Cost: one walk per method graph for the analysis (callees first, shared graphs
 once) and one walk per call site for the insertion, since whether a callee's
@@ -184,9 +225,8 @@ class _ObserverPlacement:
         self.observer_calls: set[Node] = set()
         self.block_observers: dict[Block, list[tuple[str, CppModule]]] = {}
         self.next_id = 0
-        # value -> loop parameter whose observer (same submodule) it shares
-        self.shared_observer: dict[Value, Value] = {}
-        self.observer_name: dict[Value, str] = {}
+        # values observed by an observer call of their own (or by the callee returning them)
+        self.explicit: set[Value] = set()
         self._keep: list[Any] = []  # graph/block wrappers used as keys stay alive
 
     # ---- analysis -------------------------------------------------------
@@ -347,6 +387,7 @@ class _ObserverPlacement:
         target = self.delayed.get(value, value)
         to_observe[target] = observer
         observed.add(target)
+        self.explicit.add(target)
 
     def _propagate(self, value: Value, observed: set) -> None:
         inputs = self.pass_through.get(value)
@@ -403,7 +444,7 @@ class _ObserverPlacement:
 
         to_observe: dict[Value, CppModule] = {}
         for value in block.inputs():
-            if value not in boundary and value not in to_observe:
+            if value not in boundary and value not in to_observe and not self.is_observed(value, observed):
                 observer = self.observer_for(value)
                 if observer is not None:
                     self._record(value, observer, to_observe, observed)
@@ -418,7 +459,7 @@ class _ObserverPlacement:
             elif kind == "prim::If":
                 self._observe_if(node, graph, module, observed, boundary, to_observe)
             elif kind == "prim::Loop":
-                self._observe_loop(node, graph, module, observed)
+                self._observe_loop(node, graph, module, observed, boundary, to_observe)
             for value in node.outputs():
                 self._propagate(value, observed)
                 if value not in boundary and not self.is_observed(value, observed):
@@ -462,6 +503,7 @@ class _ObserverPlacement:
         outputs = list(node.outputs())
         for index in observed_outputs:
             observed.add(outputs[index])
+            self.explicit.add(outputs[index])
         for i in range(len(params)):
             value = node.inputsAt(i + offset)
             if inputs_wanted[i] is not None and value not in boundary and not self.is_observed(value, observed):
@@ -496,47 +538,64 @@ class _ObserverPlacement:
             if is_obs:
                 observed.add(value)
 
-    def _observe_loop(self, node, graph, module, observed) -> None:
-        """Observe a ``prim::Loop`` body; carried values stay float between iterations.
+    def _observe_loop(self, node, graph, module, observed, boundary, to_observe) -> None:
+        """Observe a ``prim::Loop`` body and decide, per carried value, how it crosses iterations.
 
-        A carried parameter that a quantizable op reads (or that an add/mul/cat
-        combines with a back-edge value that wants an observer) is observed
-        at the start of the body, so one observer sees the value on entry and
-        on every back edge. A back-edge value produced in the body that wants
-        an observer of its own shares that observer: it is quantized with the
-        qparams the next iteration requantizes it with, which is exact. Loop
-        outputs are float and get observers after the loop when needed.
+        Static mode, a carried parameter that a quantizable op reads (or that
+        an add/mul/cat combines with a back-edge value wanting an observer):
+
+        - carried quantized, when the value entering the loop and the value
+          the body hands back can both be observed: each is observed where it
+          is produced (the entry before the loop, the back edge in the body,
+          each with an observer of its own, since their ranges can differ a
+          lot — a raw input versus a relu output), the parameter and the loop
+          output count as observed, and convert lets the loop carry the
+          quantized tensors (see ``passes._quant_propagation``);
+        - otherwise the parameter is observed at the start of the body, so one
+          observer sees the value on entry and on every back edge, and the
+          carried value stays float between iterations.
+
+        Dynamic mode observes parameters at the start of the body.
         """
         body = next(node.blocks())
-        static = self.quant_type == QuantType.STATIC
-        for param, back in zip(rules.loop_carried_params(node), rules.loop_back_edges(node)):
-            if not rules.is_tensor_or_tensor_list(param):
+        entries = list(node.inputs())[2:]
+        carried = []
+        for param, entry, back in zip(rules.loop_carried_params(node), entries, rules.loop_back_edges(node)):
+            if self.quant_type != QuantType.STATIC or not rules.is_tensor_or_tensor_list(param):
                 continue
             back_inside = back != param and rules.is_defined_in(back, body)
-            if static and back_inside and self.observer_for(param) is None:
+            wanted = self.observer_for(param)
+            if wanted is None and back_inside and any(rules.is_propagating(u.user) for u in param.uses()):
                 wanted = self.observer_for(back)
-                if wanted is not None and any(rules.is_propagating(u.user) for u in param.uses()):
-                    self.observer_for_value[param] = wanted
-            if static and back_inside and self.observer_for(param) is not None:
-                self.shared_observer[self.delayed.get(back, back)] = param
+            if wanted is None:
+                continue
+            entry_ok = self.is_observed(entry, observed) or entry not in boundary
+            back_ok = back == param or back_inside or back in self.explicit
+            if not (entry_ok and back_ok and param.type().isSubtypeOf(torch._C.TensorType.get())):
+                self.observer_for_value[param] = wanted
+                continue
+            if not self.is_observed(entry, observed):
+                self._record(entry, wanted, to_observe, observed)
+            observed.add(param)
+            carried.append((param, back, wanted))
         self.observe_block(body, graph, module, observed, loop_body=True)
+        for param, back, wanted in carried:
+            if back != param and back not in self.explicit:
+                self._record(back, self.observer_for(back) or wanted, to_observe, observed)
+        for index, (param, _, _) in enumerate(carried):
+            observed.add(node.outputsAt(param.offset() - 1))
 
     def _insert_observer(self, value, graph, module, template, inserted) -> None:
         if value in self.observed:
             return
-        name = self.observer_name.get(self.shared_observer.get(value))
-        if name is None:
-            observer = copy.deepcopy(template)
+        observer = copy.deepcopy(template)
+        name = f"_observer_{self.next_id}"
+        self.next_id += 1
+        while module.hasattr(name):
             name = f"_observer_{self.next_id}"
             self.next_id += 1
-            while module.hasattr(name):
-                name = f"_observer_{self.next_id}"
-                self.next_id += 1
-            register_submodule(module, name, observer)
-            inserted.append((name, observer))
-        else:
-            observer = module.getattr(name)
-        self.observer_name[value] = name
+        register_submodule(module, name, observer)
+        inserted.append((name, observer))
 
         self_value = next(graph.inputs())
         get = graph.create("prim::GetAttr", [self_value], 1)

@@ -1,0 +1,592 @@
+"""Valid models the reference quantizer fails on: loops, `if` branches observed
+differently, one value under two qconfigs, traced dead code, per-instance
+qconfigs on shared class types.
+
+Where the reference has no output to compare with, a model is checked against
+qgraph's own ``debug=True`` model (equal outputs), against float (SQNR, with a
+threshold derived from a variant of the same network that the reference does
+quantize), across repeated runs, and through a save/load round trip. Where
+the reference quantizes, outputs are compared with it bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.ao.quantization import QConfig, default_qconfig, get_default_qconfig, prepare_jit, quantize_jit
+from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+from torch.testing import FileCheck
+
+import qgraph
+
+TRACING = pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
+FBGEMM = get_default_qconfig("fbgemm")  # HistogramObserver activations, per-channel weights
+# How far below the reference-quantizable variant's SQNR a model may land (dB).
+SQNR_SLACK = 3.0
+# Loops: the unrolled net (which the reference quantizes) has observers per
+# iteration, the loop body one set for all iterations; the same slack applies.
+LOOP_SLACK = 3.0
+
+
+def capture(model: nn.Module, example: tuple, tracing: bool) -> torch.jit.ScriptModule:
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
+
+
+def calibrate(model, data):
+    with torch.no_grad():
+        for args in data:
+            model(*args)
+
+
+def quantize_both(model, qconfig_dict, data):
+    """qgraph's debug=True and debug=False models of ``model``, from one calibration."""
+    prepared = qgraph.prepare_jit(model, qconfig_dict)
+    calibrate(prepared, data)
+    return qgraph.convert_jit(prepared, debug=True), qgraph.convert_jit(prepared)
+
+
+def reference_quantize(model, qconfig_dict, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_jit(model, qconfig_dict, calibrate, [data])
+
+
+def sqnr(reference: torch.Tensor, approximation: torch.Tensor) -> float:
+    noise = (reference - approximation).pow(2).mean()
+    return float(10 * torch.log10(reference.pow(2).mean() / noise)) if noise > 0 else float("inf")
+
+
+def mean_sqnr(float_model, quantized, inputs) -> float:
+    with torch.no_grad():
+        return sum(sqnr(float_model(*args), quantized(*args)) for args in inputs) / len(inputs)
+
+
+def save_and_load(model):
+    buffer = io.BytesIO()
+    torch.jit.save(model, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+def assert_sound(debug_model, quantized, inputs):
+    """Finite, equal to the debug model, the same on a second run and after save/load."""
+    loaded = save_and_load(quantized)
+    with torch.no_grad():
+        for args in inputs:
+            out = quantized(*args)
+            assert torch.isfinite(out).all()
+            assert torch.equal(out, debug_model(*args))
+            assert torch.equal(out, quantized(*args))
+            assert torch.equal(out, loaded(*args))
+
+
+def body_of(graph: torch._C.Graph, kind: str) -> str:
+    """The text of the first ``kind`` node of ``graph``, its blocks included."""
+    for node in graph.nodes():
+        if node.kind() == kind:
+            return str(node)
+    raise AssertionError(f"no {kind} in graph")
+
+
+# ---- loops with a run-time trip count -----------------------------------------------------
+
+
+class ResidualLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x, n: int):
+        for _ in range(n):
+            x = self.conv(x) + x
+        return x
+
+
+class ResidualUnrolled(nn.Module):
+    """ResidualLoop with three iterations written out (one conv, called three times)."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        x = self.conv(x) + x
+        x = self.conv(x) + x
+        return self.conv(x) + x
+
+
+def loop_inputs(n=3, count=4, shape=(1, 4, 8, 8)):
+    return [(torch.randn(shape), n) for _ in range(count)]
+
+
+def test_loop_residual_conv_is_quantized_inside_the_loop():
+    # Reference: warns "prim::Loop is not yet supported" and leaves conv and add float (only the
+    # weight is constant-folded); its only quantizable version is the unrolled net.
+    torch.manual_seed(0)
+    float_model = ResidualLoop().eval()
+    model = capture(float_model, None, False)
+    data, inputs = loop_inputs(), loop_inputs()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Loop.*")
+        debug_model, quantized = quantize_both(model, {"": FBGEMM}, data)
+    # The loop carries the quantized tensor: no quantize/dequantize inside the body.
+    FileCheck().check("quantize_per_tensor").check("prim::Loop").check_not("quantize_per_tensor").check_not(
+        "aten::dequantize"
+    ).check("quantized::conv2d").check("quantized::add").check("aten::dequantize").run(str(quantized.graph))
+    assert_sound(debug_model, quantized, inputs + [(inputs[0][0], 0), (inputs[0][0], 1)])
+
+    unrolled = capture(ResidualUnrolled(float_model.conv), None, False)
+    reference = reference_quantize(unrolled, {"": FBGEMM}, [(x,) for x, _ in data])
+    threshold = mean_sqnr(unrolled, reference, [(x,) for x, _ in inputs]) - LOOP_SLACK
+    assert mean_sqnr(model, quantized, inputs) > threshold
+
+
+class ModuleListLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)])
+
+    def forward(self, x, n: int):
+        for _ in range(n):
+            for layer in self.layers:
+                x = F.relu(layer(x)) + x
+        return x
+
+
+class ModuleListUnrolled(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x):
+        x = F.relu(self.layers[0](x)) + x
+        x = F.relu(self.layers[1](x)) + x
+        x = F.relu(self.layers[0](x)) + x
+        return F.relu(self.layers[1](x)) + x
+
+
+def test_loop_over_module_list_with_runtime_count():
+    # Reference: warns "prim::Loop is not yet supported" and runs both convs in float.
+    torch.manual_seed(0)
+    float_model = ModuleListLoop().eval()
+    model = capture(float_model, None, False)
+    data, inputs = loop_inputs(n=2), loop_inputs(n=2)
+    debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
+    body = body_of(quantized.graph, "prim::Loop")
+    FileCheck().check_count("quantized::conv2d_relu", 2, exactly=True).run(body)
+    FileCheck().check_count("quantized::add", 2, exactly=True).run(body)
+    assert_sound(debug_model, quantized, inputs)
+
+    float_unrolled = ModuleListUnrolled(float_model.layers)
+    unrolled = capture(float_unrolled, None, False)
+    reference = reference_quantize(unrolled, {"": default_qconfig}, [(x,) for x, _ in data])
+    threshold = mean_sqnr(unrolled, reference, [(x,) for x, _ in inputs]) - LOOP_SLACK
+    assert mean_sqnr(model, quantized, inputs) > threshold
+
+
+class AccumulatingLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x, n: int):
+        total = torch.zeros_like(x)
+        for _ in range(n):
+            x = self.conv(x)
+            total = total + x
+        return total
+
+
+class AccumulatingUnrolled(nn.Module):
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        a = self.conv(x)
+        b = self.conv(a)
+        c = self.conv(b)
+        return a + b + c
+
+
+def test_loop_with_two_carried_values_observes_each_once():
+    # Reference: warns "prim::Loop is not yet supported"; conv and add stay float.
+    torch.manual_seed(0)
+    float_model = AccumulatingLoop().eval()
+    model = capture(float_model, None, False)
+    prepared = qgraph.prepare_jit(model, {"": default_qconfig})
+    # Each carried value is observed where it enters (before the loop) and on the back edge
+    # (in the body), each with an observer of its own; the body's parameters are not observed again.
+    text = str(prepared.graph)
+    before, body = text.split("prim::Loop", 1)
+    assert before.count("CallMethod[name=\"forward\"](%_observer_") == 2  # x and the zeros
+    assert body.count("CallMethod[name=\"forward\"](%_observer_") == 2  # conv output and the sum
+    data, inputs = loop_inputs(), loop_inputs()
+    calibrate(prepared, data)
+    debug_model, quantized = qgraph.convert_jit(prepared, debug=True), qgraph.convert_jit(prepared)
+    FileCheck().check("quantized::conv2d").check("quantized::add").check_not("aten::dequantize").run(
+        body_of(quantized.graph, "prim::Loop")
+    )
+    assert_sound(debug_model, quantized, inputs)
+
+    unrolled = capture(AccumulatingUnrolled(float_model.conv), None, False)
+    reference = reference_quantize(unrolled, {"": default_qconfig}, [(x,) for x, _ in data])
+    threshold = mean_sqnr(unrolled, reference, [(x,) for x, _ in inputs]) - LOOP_SLACK
+    assert mean_sqnr(model, quantized, inputs) > threshold
+
+
+# ---- `if` branches observed differently ------------------------------------------------
+
+
+class Relu6Tail(nn.Module):
+    def forward(self, x):
+        return F.relu6(x)
+
+
+class ClampTail(nn.Module):
+    def forward(self, x):
+        return x.clamp_(-1.0, 1.0)
+
+
+class MeanTail(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=2, keepdim=True)
+
+
+class NarrowTail(nn.Module):
+    def forward(self, x):
+        return x.narrow(2, 1, 6)
+
+
+class SliceTail(nn.Module):
+    def forward(self, x):
+        return x[:, :, 1:7]
+
+
+class AdaptiveMaxPoolTail(nn.Module):
+    def forward(self, x):
+        return F.adaptive_max_pool2d(x, (4, 4))
+
+
+class ExpTail(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+TAILS = [Relu6Tail, ClampTail, MeanTail, NarrowTail, SliceTail, AdaptiveMaxPoolTail, ExpTail]
+
+
+class BranchOnArgument(nn.Module):
+    def __init__(self, tail: nn.Module):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1)
+        self.tail = tail
+
+    def forward(self, x, flag: bool):
+        x = self.stem(x)
+        if flag:
+            y = self.conv(x)
+        else:
+            y = self.tail(x)
+        return self.head(y)
+
+
+class BranchOnAttribute(nn.Module):
+    def __init__(self, tail: nn.Module, flag: bool):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1)
+        self.tail = tail
+        self.flag = flag
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.flag:
+            y = self.conv(x)
+        else:
+            y = self.tail(x)
+        return self.head(y)
+
+
+class Straight(nn.Module):
+    """One side of the branch, without the `if` (the reference quantizes it)."""
+
+    def __init__(self, source, use_conv: bool):
+        super().__init__()
+        self.stem, self.head = source.stem, source.head
+        self.side = source.conv if use_conv else source.tail
+
+    def forward(self, x):
+        return self.head(self.side(self.stem(x)))
+
+
+def straight_threshold(source, use_conv, data, inputs):
+    straight = capture(Straight(source, use_conv), None, False)
+    reference = reference_quantize(straight, {"": default_qconfig}, data)
+    return mean_sqnr(straight, reference, inputs) - SQNR_SLACK
+
+
+@pytest.mark.parametrize("tail", TAILS, ids=[t.__name__ for t in TAILS])
+def test_if_branches_observed_differently_flag_argument(tail):
+    # Reference: raises "branches for `if` should return values that are observed consistently".
+    torch.manual_seed(0)
+    float_model = BranchOnArgument(tail()).eval()
+    model = capture(float_model, None, False)
+    images = [torch.randn(1, 3, 8, 8) for _ in range(4)]
+    data = [(x, flag) for x in images for flag in (True, False)]
+    with pytest.raises(RuntimeError, match="observed consistently"):
+        prepare_jit(model, {"": default_qconfig})
+    debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
+    FileCheck().check("prim::If").check("block0").check("quantized::conv2d").check("block1").run(
+        str(quantized.graph)
+    )
+    inputs = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
+    for flag in (True, False):
+        flagged = [(x.clone(), flag) for (x,) in inputs]
+        assert_sound(debug_model, quantized, flagged)
+        threshold = straight_threshold(float_model, flag, [(x,) for x in images], inputs)
+        assert mean_sqnr(model, quantized, [(x.clone(), flag) for (x,) in inputs]) > threshold
+
+
+@pytest.mark.parametrize("tail", [Relu6Tail, MeanTail, ExpTail], ids=["Relu6Tail", "MeanTail", "ExpTail"])
+@pytest.mark.parametrize("flag", [True, False])
+def test_if_branches_observed_differently_flag_attribute(tail, flag):
+    # Reference: raises "branches for `if` should return values that are observed consistently".
+    torch.manual_seed(0)
+    float_model = BranchOnAttribute(tail(), flag).eval()
+    model = capture(float_model, None, False)
+    data = [(torch.randn(1, 3, 8, 8),) for _ in range(4)]
+    with pytest.raises(RuntimeError, match="observed consistently"):
+        prepare_jit(model, {"": default_qconfig})
+    debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
+    # Freezing folds the attribute: only the taken side is left.
+    FileCheck().check_not("prim::If").check_count("quantized::conv2d", 3 if flag else 2, exactly=True).run(
+        str(quantized.graph)
+    )
+    inputs = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
+    assert_sound(debug_model, quantized, inputs)
+    assert mean_sqnr(model, quantized, inputs) > straight_threshold(float_model, flag, data, inputs)
+
+
+# ---- one value under two qconfigs -----------------------------------------------------------
+
+
+class Reader(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class TwoReaders(nn.Module):
+    """The model input (or a float op's output) read by two submodules."""
+
+    def __init__(self, through_float_op: bool = False):
+        super().__init__()
+        self.a, self.b = Reader(), Reader()
+        self.through_float_op = through_float_op
+
+    def forward(self, x):
+        if self.through_float_op:
+            x = torch.sin(x)
+        return self.a(x) + self.b(x)
+
+
+def two_reader_data():
+    return [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
+
+
+@TRACING
+@pytest.mark.parametrize("none_side", ["a", "b"])
+def test_value_read_by_a_quantized_and_a_none_submodule(none_side, tracing):
+    # Reference: quantizes it (the None side reads the dequantized value and stays float);
+    # qgraph must give the same bits.
+    torch.manual_seed(0)
+    data = two_reader_data()
+    model = capture(TwoReaders(), data[0], tracing)
+    qconfig_dict = {"": default_qconfig, none_side: None}
+    debug_model, quantized = quantize_both(model, qconfig_dict, data)
+    reference = reference_quantize(model, qconfig_dict, data)
+    graph = str(quantized.graph)
+    FileCheck().check_count("quantized::conv2d", 1, exactly=True).run(graph)
+    FileCheck().check_count("aten::conv2d", 1, exactly=True).run(graph)
+    # The None side's conv reads a float tensor.
+    conv = next(n for n in quantized.graph.nodes() if n.kind() == "aten::conv2d")
+    assert conv.inputsAt(0).node().kind() == "aten::dequantize"
+    inputs = two_reader_data()
+    assert_sound(debug_model, quantized, inputs)
+    with torch.no_grad():
+        for args in inputs:
+            assert torch.equal(quantized(*args), reference(*args))
+
+
+PER_TENSOR_MINMAX = default_qconfig  # MinMaxObserver activation, per-tensor weight
+
+
+@TRACING
+@pytest.mark.parametrize("through_float_op", [False, True], ids=["model_input", "float_op_output"])
+@pytest.mark.parametrize("first", ["per_tensor", "per_channel"])
+def test_value_read_under_two_qconfigs_takes_the_first_readers_observer(first, through_float_op, tracing):
+    # Reference: raises "Expecting all values in the graph only configured with one observer".
+    torch.manual_seed(0)
+    data = two_reader_data()
+    model = capture(TwoReaders(through_float_op), data[0], tracing)
+    a_qconfig, b_qconfig = (PER_TENSOR_MINMAX, FBGEMM) if first == "per_tensor" else (FBGEMM, PER_TENSOR_MINMAX)
+    qconfig_dict = {"": None, "a": a_qconfig, "b": b_qconfig}
+    with pytest.raises(RuntimeError, match="only configured with one observer"):
+        prepare_jit(model, qconfig_dict)
+    prepared = qgraph.prepare_jit(model, qconfig_dict)
+    # Observed once, in the root, with the activation observer of `a` (the first reader).
+    root_observers = [name for name, _ in prepared.named_children() if name.startswith("_observer_")]
+    assert len(root_observers) == 1
+    expected = HistogramObserver if first == "per_channel" else MinMaxObserver
+    assert getattr(prepared, root_observers[0]).original_name == expected.__name__
+    # Each reader keeps its own weight observer.
+    weight_types = {
+        path: [m.original_name for name, m in getattr(prepared, path).conv.named_children() if "_observer_" in name]
+        for path in ("a", "b")
+    }
+    per_channel = PerChannelMinMaxObserver.__name__
+    assert weight_types["a" if first == "per_channel" else "b"] == [per_channel]
+    assert weight_types["b" if first == "per_channel" else "a"] == [MinMaxObserver.__name__]
+
+    calibrate(prepared, data)
+    debug_model, quantized = qgraph.convert_jit(prepared, debug=True), qgraph.convert_jit(prepared)
+    graph = str(quantized.graph)
+    FileCheck().check_count("aten::quantize_per_tensor", 1, exactly=True).check_count(
+        "quantized::conv2d", 2, exactly=True
+    ).run(graph)
+    inputs = two_reader_data()
+    assert_sound(debug_model, quantized, inputs)
+    # Threshold: the reference on the same model with one qconfig for both readers.
+    reference = reference_quantize(model, {"": None, "a": a_qconfig, "b": a_qconfig}, data)
+    assert mean_sqnr(model, quantized, inputs) > mean_sqnr(model, reference, inputs) - SQNR_SLACK
+
+
+# ---- traced dead code -----------------------------------------------------------------------
+
+
+class DeadReluAfter(nn.Module):
+    """A ReLU module called on a conv / add / mul result that nothing uses."""
+
+    def __init__(self, producer: str, dead: bool = True):
+        super().__init__()
+        self.conv, self.head, self.relu = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1), nn.ReLU()
+        self.producer, self.dead = producer, dead
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.producer == "conv":
+            z = y
+        elif self.producer == "add":
+            z = y + x
+        else:
+            z = y * x
+        if self.dead:
+            self.relu(z)
+        return self.head(z)
+
+
+@pytest.mark.parametrize("producer", ["conv", "add", "mul"])
+def test_traced_unused_relu_call_is_never_observed(producer):
+    # Reference: observes the call's None result and fails in prepare ("Expected a value of
+    # type 'Tensor' ... but instead found type 'NoneType'").
+    torch.manual_seed(0)
+    data = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
+    model = capture(DeadReluAfter(producer), data[0], True)
+    FileCheck().check("NoneType = prim::CallMethod").run(str(model.graph))
+    with pytest.raises(RuntimeError, match="NoneType"):
+        prepare_jit(model, {"": default_qconfig})
+    prepared = qgraph.prepare_jit(model, {"": default_qconfig})
+    observed = [
+        node.inputsAt(1)
+        for node in prepared.graph.nodes()
+        if node.kind() == "prim::CallMethod"
+        and node.inputsAt(0).node().kind() == "prim::GetAttr"
+        and node.inputsAt(0).node().s("name").startswith("_observer_")
+    ]
+    assert observed and all(value.type().kind() == "TensorType" for value in observed)
+    calibrate(prepared, data)
+    debug_model, quantized = qgraph.convert_jit(prepared, debug=True), qgraph.convert_jit(prepared)
+    inputs = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
+    assert_sound(debug_model, quantized, inputs)
+    # The dead call changes nothing: same bits as the reference on the model without it.
+    clean = capture(DeadReluAfter(producer, dead=False), data[0], True)
+    clean.load_state_dict(model.state_dict())
+    reference = reference_quantize(clean, {"": default_qconfig}, data)
+    with torch.no_grad():
+        for args in inputs:
+            assert torch.equal(quantized(*args), reference(*args))
+
+
+# ---- shared class types with a qconfig for a child of one instance -------------------------
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+class TwinBlock(Block):
+    """The same code under another class, so the reference gives each instance its own type."""
+
+
+class TwoBlocks(nn.Module):
+    def __init__(self, second=Block):
+        super().__init__()
+        self.first, self.second = Block(), second()
+
+    def forward(self, x):
+        return self.second(self.first(x)) + x
+
+
+PER_CHANNEL_MINMAX = QConfig(activation=MinMaxObserver.with_args(reduce_range=True),
+                             weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                                       qscheme=torch.per_channel_symmetric))
+
+
+@TRACING
+@pytest.mark.parametrize("entry", [None, PER_CHANNEL_MINMAX], ids=["none", "per_channel"])
+def test_qconfig_for_a_child_of_one_of_two_shared_instances(entry, tracing):
+    # Reference: scripted, raises "... is not compatible with the type ... for the field ...";
+    # with two distinct classes it quantizes, and qgraph must give those bits.
+    torch.manual_seed(0)
+    data = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
+    model = capture(TwoBlocks(), data[0], tracing)
+    qconfig_dict = {"": default_qconfig, "second.conv": entry}
+    debug_model, quantized = quantize_both(model, qconfig_dict, data)
+    graph = str(quantized.graph)
+    if entry is None:
+        FileCheck().check_count("quantized::conv2d_relu", 1, exactly=True).check("aten::conv2d").run(graph)
+    else:
+        FileCheck().check_count("quantized::conv2d_relu", 2, exactly=True).run(graph)
+    inputs = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
+    assert_sound(debug_model, quantized, inputs)
+
+    torch.manual_seed(0)
+    distinct = capture(TwoBlocks(second=TwinBlock), data[0], tracing)
+    distinct.load_state_dict(model.state_dict())
+    reference = reference_quantize(distinct, qconfig_dict, data)
+    with torch.no_grad():
+        for args in inputs:
+            assert torch.equal(quantized(*args), reference(*args))
+    # The twin keeps the default (per-tensor) weight quantization.
+    prepared = qgraph.prepare_jit(model, qconfig_dict)
+    first_weight = [m.original_name for n, m in prepared.first.conv.named_children() if "_observer_" in n]
+    assert first_weight == [MinMaxObserver.__name__]
+    second_weight = [m.original_name for n, m in prepared.second.conv.named_children() if "_observer_" in n]
+    assert second_weight == ([] if entry is None else [PerChannelMinMaxObserver.__name__])
