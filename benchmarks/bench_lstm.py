@@ -2,9 +2,8 @@
 
 In one process, one thread, with interleaved repeats and medians:
 - LSTM language model (embedding 512, 2-layer LSTM with hidden 512, linear
-  decoder to 10k words; 35 steps, batch 4): fp32 scripted, qgraph
-  (``passes.quantize_rnn`` for the LSTM, ``qgraph.quantize_dynamic_jit`` for
-  the decoder) and eager ``torch.ao.quantization.quantize_dynamic``; the
+  decoder to 10k words; 35 steps, batch 4): fp32 scripted, qgraph's
+  ``quantize_dynamic_jit`` and eager ``torch.ao.quantization.quantize_dynamic``; the
   reference's graph mode leaves LSTMs in float, so eager is the comparison.
 - MLP (4 x Linear(1024, 1024) + ReLU, batch 16): fp32 scripted, qgraph's
   ``quantize_dynamic_jit``, the reference's ``quantize_dynamic_jit`` and eager
@@ -27,23 +26,10 @@ from torch.ao.quantization import quantize_dynamic_jit as ref_quantize_dynamic_j
 
 from common import interleaved, latency, median, ms, table  # noqa: E402  (benchmarks/ is the script's folder)
 
-import passes
-from qgraph.api import quantize_dynamic_jit
-from qgraph.ir import as_python, clone_module
+from examples.models import LSTMLanguageModel
+from qgraph import quantize_dynamic_jit
 
 QCONFIG_DICT = {"": default_dynamic_qconfig}
-
-
-class LSTMLanguageModel(nn.Module):
-    def __init__(self, vocab: int = 10000, embed: int = 512, hidden: int = 512, layers: int = 2):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden, layers)
-        self.decoder = nn.Linear(hidden, vocab)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.embedding(tokens))
-        return self.decoder(out)
 
 
 class MLP(nn.Module):
@@ -56,8 +42,7 @@ class MLP(nn.Module):
 
 
 def qgraph_dynamic(scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    with_rnn = passes.quantize_rnn(as_python(clone_module(scripted._c)), QCONFIG_DICT)
-    return quantize_dynamic_jit(with_rnn, QCONFIG_DICT, inplace=True)
+    return quantize_dynamic_jit(scripted, QCONFIG_DICT)
 
 
 def measure(contenders: dict, example: torch.Tensor, repeats: int, calls: int) -> dict[str, float]:
@@ -76,7 +61,7 @@ def report(title: str, per_call: dict[str, float], equal: str) -> None:
 
 def bench_lstm(repeats: int) -> None:
     torch.manual_seed(0)
-    model = LSTMLanguageModel().eval()
+    model = LSTMLanguageModel(vocab=10000, embed=512, hidden=512).eval()
     tokens = torch.randint(0, 10000, (35, 4))
     scripted = torch.jit.script(model)
     ours = qgraph_dynamic(scripted)

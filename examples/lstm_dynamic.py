@@ -4,8 +4,8 @@
 
 The model (embedding, 2-layer LSTM, linear decoder) is scripted; qgraph
 quantizes the LSTM to ``aten::quantized_lstm`` with weights prepacked once
-(``passes.quantize_rnn``) and the decoder to ``quantized::linear_dynamic``
-(``qgraph.quantize_dynamic_jit``). The script prints the saved size, the
+and the decoder to ``quantized::linear_dynamic``, in one call to
+``qgraph.quantize_dynamic_jit``. The script prints the saved size, the
 latency on one thread and the largest output difference, each against the
 fp32 model, and checks the outputs against eager
 ``torch.ao.quantization.quantize_dynamic``.
@@ -23,31 +23,15 @@ import torch
 import torch.nn as nn
 from torch.ao.quantization import default_dynamic_qconfig, float16_dynamic_qconfig, quantize_dynamic
 
-import passes
-from qgraph.api import quantize_dynamic_jit
-from qgraph.ir import as_python, clone_module
+from models import LSTMLanguageModel
+
+import qgraph
 
 QCONFIGS = {"int8": (torch.qint8, default_dynamic_qconfig), "fp16": (torch.float16, float16_dynamic_qconfig)}
 
 
-class LSTMLanguageModel(nn.Module):
-    def __init__(self, vocab: int = 2000, embed: int = 128, hidden: int = 256, layers: int = 2):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden, layers)
-        self.decoder = nn.Linear(hidden, vocab)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.embedding(tokens))
-        return self.decoder(out)
-
-
 def quantize(scripted: torch.jit.ScriptModule, qconfig) -> torch.jit.ScriptModule:
-    qconfig_dict = {"": qconfig}
-    # quantize_rnn works in place on a model that has not run yet: hand it a clone.
-    with_rnn = passes.quantize_rnn(as_python(clone_module(scripted._c)), qconfig_dict)
-    # The linear decoder, then freezing, through qgraph's dynamic pipeline.
-    return quantize_dynamic_jit(with_rnn, qconfig_dict, inplace=True)
+    return qgraph.quantize_dynamic_jit(scripted, {"": qconfig})
 
 
 def saved_size(model: torch.jit.ScriptModule) -> int:

@@ -151,6 +151,20 @@ class DeepConvStack(nn.Module):
         return self.layers(x)
 
 
+class LSTMLanguageModel(nn.Module):
+    """Embedding, multi-layer LSTM, linear decoder: the model dynamic quantization is for."""
+
+    def __init__(self, vocab: int = 2000, embed: int = 128, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, layers)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embedding(tokens))
+        return self.decoder(out)
+
+
 def calibration_batches(shape: tuple[int, ...], count: int = 4, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(*shape, generator=generator) for _ in range(count)]
@@ -182,6 +196,7 @@ __all__ = [
     "MobileNetV2Like",
     "TransformerMLP",
     "DeepConvStack",
+    "LSTMLanguageModel",
     "calibration_batches",
     "calibrate",
     "randomize_batchnorm",
