@@ -140,14 +140,7 @@ _CONTAINER_BUILDS = frozenset({"prim::ListConstruct", "prim::TupleConstruct"})
 
 
 def _may_hold_tensor(value: Value) -> bool:
-    kind = value.type().kind()
-    if kind == "TensorType":
-        return True
-    if kind in ("ListType", "OptionalType"):
-        return _type_may_hold_tensor(value.type().getElementType())
-    if kind == "TupleType":
-        return any(_type_may_hold_tensor(t) for t in value.type().elements())
-    return False
+    return _type_may_hold_tensor(value.type())
 
 
 def _type_may_hold_tensor(type_: Any) -> bool:
@@ -265,7 +258,9 @@ def _dequantize_elements(graph: Graph, value: Value, before: Node) -> Value:
         elements = list(producer.inputs())
     else:
         types = list(value.type().elements())
-        unpack = insert_op(graph, "prim::TupleUnpack", [value], before=before, n_outputs=len(types), output_types=types)
+        unpack = insert_op(
+            graph, "prim::TupleUnpack", [value], before=before, n_outputs=len(types), output_types=types
+        )
         elements = list(unpack.outputs())
     floats = [_dequantize_elements(graph, element, before) for element in elements]
     rebuilt = insert_op(graph, "prim::TupleConstruct", floats, before=before, output_types=[value.type()])
@@ -349,7 +344,7 @@ def _mean_all_keepdim(graph: Graph, match: Match, before: Node) -> list[Value]:
     return _insert_scripted("mean_over_all_dims", graph, [match["x"], match["dtype"]], before)
 
 
-def _layout_rewrites(quantized: set[Value]) -> list[Rewrite]:
+def _view_rewrites(quantized: set[Value]) -> list[Rewrite]:
     x_is_quantized = _is_quantized("x", quantized)
     return [
         Rewrite(
@@ -372,6 +367,12 @@ def _layout_rewrites(quantized: set[Value]) -> list[Rewrite]:
                 return (%y)""",
             filters=(x_is_quantized,),
         ),
+    ]
+
+
+def _mean_rewrites(quantized: set[Value]) -> list[Rewrite]:
+    x_is_quantized = _is_quantized("x", quantized)
+    return [
         Rewrite(
             name="quantized_mean_keepdim_then_squeeze",
             pattern="""graph(%x, %dims, %keepdim, %dtype):
@@ -415,7 +416,9 @@ _CONV_KINDS = {
 }
 
 
-def groupwise_conv_is_unsafe(weight_shape: Iterable[int], stride, padding, dilation, groups: int, transposed: bool) -> bool:
+def groupwise_conv_is_unsafe(
+    weight_shape: Iterable[int], stride, padding, dilation, groups: int, transposed: bool
+) -> bool:
     """Whether a quantized conv with these parameters takes fbgemm's broken groupwise path.
 
     ``weight_shape`` is the (out channels, in channels per group, *kernel)
@@ -458,8 +461,7 @@ def _static_object(module: CppModule, value: Value) -> Any:
 
 def _conv_parameters(packed: Any, unpack_kind: str) -> dict | None:
     try:
-        unpack = torch.ops.quantized.conv3d_unpack if unpack_kind.endswith("conv3d_unpack") else torch.ops.quantized.conv2d_unpack
-        weight, _ = unpack(packed)
+        weight, _ = getattr(torch.ops.quantized, unpack_kind.split("::")[1])(packed)
         return {
             "weight_shape": tuple(weight.shape),
             "stride": list(packed.stride()),
@@ -517,12 +519,14 @@ def _kernel_rewrites(module: CppModule, records: list[FloatOpRecord]) -> list[Re
         y = insert_op(
             graph,
             float_kind,
-            [x, weight, bias, parameters["stride"], parameters["padding"], parameters["dilation"], parameters["groups"]],
+            [x, weight, bias, *(parameters[key] for key in ("stride", "padding", "dilation", "groups"))],
             before=before,
         ).output()
         if relu:
             y = insert_op(graph, "aten::relu", [y], before=before).output()
-        quantize = insert_op(graph, "aten::quantize_per_tensor", [y, match["scale"], match["zero_point"], _QUINT8], before=before)
+        quantize = insert_op(
+            graph, "aten::quantize_per_tensor", [y, match["scale"], match["zero_point"], _QUINT8], before=before
+        )
         return [quantize.output()]
 
     conv_rewrites = [
@@ -567,8 +571,8 @@ def _legalize_graph(module: CppModule, graph: Graph, records: list[FloatOpRecord
     made = rewrite(graph, TUPLE_REWRITES, index)
     # Rule 3 must see a mean's input as quantized after rule 2 replaced a view
     # feeding it, so the analysis is redone once the reshapes exist.
-    made += rewrite(graph, _layout_rewrites(quantized_values(graph))[:2], index)
-    made += rewrite(graph, _layout_rewrites(quantized_values(graph))[2:], index)
+    made += rewrite(graph, _view_rewrites(quantized_values(graph)), index)
+    made += rewrite(graph, _mean_rewrites(quantized_values(graph)), index)
     made += rewrite(graph, _kernel_rewrites(module, records), index)
     if made:
         torch._C._jit_pass_dce(graph)
