@@ -43,11 +43,14 @@ Where qgraph goes past the reference:
 
 - ``if`` branches observed differently (a conv in one, a float op such as
   ``exp`` or an op with its own observer such as ``relu6`` in the other):
-  each branch is observed as its own ops dictate, the ``if`` output counts
-  as unobserved and gets its own observer right after the ``if`` when a
-  consumer (or a branch's quantizable producer) wants one, so both branches
-  reach what follows quantized with the same qparams. The reference raises
-  "branches for `if` should return values that are observed consistently".
+  each branch is observed as its own ops dictate; when the ``if`` result
+  wants an observer (a consumer quantizes it, or a branch's quantizable
+  producer observes it), a branch whose result is not observed gets an
+  observer of its own at the end of the branch, so each branch hands back
+  a value quantized with its own range (as two convs would). A result
+  defined outside its branch leaves the ``if`` output unobserved, to be
+  observed after the ``if``. The reference raises "branches for `if`
+  should return values that are observed consistently".
 - ``prim::Loop`` bodies are observed like straight-line code (the reference
   only warns and leaves them float). A loop-carried parameter that a
   quantizable op reads, or that an add/mul/cat combines with a back-edge
@@ -534,9 +537,31 @@ class _ObserverPlacement:
                 observed.add(block_outputs[index])
             state = [self.is_observed(v, observed) for v in block_outputs]
             agreed = state if agreed is None else [a and b for a, b in zip(agreed, state)]
+        if node.outputsSize() == 1 and agreed == [False]:
+            self._observe_branch_results(node, observed, to_observe)
+            agreed = [self.is_observed(node.output(), observed)]
         for value, is_obs in zip(node.outputs(), agreed or []):
             if is_obs:
                 observed.add(value)
+
+    def _observe_branch_results(self, node, observed, to_observe) -> None:
+        """Observe, inside its branch, each unobserved result of a one-output ``if`` that some branch observes.
+
+        Each branch then hands back a value quantized with its own range, as
+        when both branches end in a conv; a result defined outside its branch
+        leaves the ``if`` output to be observed after the ``if``.
+        """
+        blocks = [b for b in node.blocks() if not rules.always_raises(b)]
+        results = [next(b.outputs()) for b in blocks]
+        wanted = self.observer_for(node.output())
+        if wanted is None or not any(self.is_observed(v, observed) for v in results):
+            return
+        missing = [(b, v) for b, v in zip(blocks, results) if not self.is_observed(v, observed)]
+        if not all(rules.is_defined_in(v, b) and rules.is_tensor_or_tensor_list(v) for b, v in missing):
+            return
+        for _, value in missing:
+            self._record(value, wanted, to_observe, observed)
+        observed.add(node.output())
 
     def _observe_loop(self, node, graph, module, observed, boundary, to_observe) -> None:
         """Observe a ``prim::Loop`` body and decide, per carried value, how it crosses iterations.
