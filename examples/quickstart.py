@@ -19,6 +19,7 @@ from torch.ao.quantization import get_default_qconfig
 
 import qgraph
 from qgraph.pipeline import inspect
+from qgraph.report import float_op_report
 
 
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
@@ -52,7 +53,7 @@ def main() -> None:
     print("\n== quantized forward graph")
     print(quantized.graph)
     print("== ops left in float")
-    print(qgraph.report.float_op_report(quantized).format())
+    print(float_op_report(quantized, qconfig_dict).format())
 
     example = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
