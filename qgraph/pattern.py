@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from qgraph.ir.graph import Graph, Node, NodeIndex, Value, erase_nodes, is_alive, nodes_before
+from qgraph.ir.graph import Graph, Node, NodeIndex, Value, erase_nodes, inputs_of, is_alive, nodes_before, outputs_of
 
 __all__ = [
     "Rewrite",
@@ -114,6 +114,9 @@ class Pattern:
             if value in self.input_set:
                 raise ValueError("a pattern output must be produced by a pattern node")
         self.output_set = set(self.outputs)
+        # What the matcher asks of each pattern node, read once here: pybind
+        # accessors cost more than the comparisons they feed.
+        self.node_info: dict[Node, _PatternNode] = {node: _PatternNode(node) for node in self.nodes}
 
     def _reachable_from_anchor(self) -> set[Node]:
         seen: set[Node] = set()
@@ -127,6 +130,24 @@ class Pattern:
                 if value not in self.input_set:
                     stack.append(value.node())
         return seen
+
+
+class _PatternNode:
+    """A pattern node's kind, values and comparable attributes, read once."""
+
+    __slots__ = ("kind", "inputs", "outputs", "attributes", "is_constant")
+
+    def __init__(self, node: Node):
+        self.kind = node.kind()
+        self.inputs = inputs_of(node)
+        self.outputs = outputs_of(node)
+        self.is_constant = self.kind == "prim::Constant"
+        self.attributes = []
+        for name in node.attributeNames():
+            kind = node.kindOf(name)
+            if kind in ("t", "ts", "g", "gs", "c", "ty", "tys", "ival"):
+                continue  # tensors, graphs and types are not compared structurally
+            self.attributes.append((name, kind, getattr(node, kind)(name)))
 
 
 _ASSIGNMENT = re.compile(r"^\s*(%[^=]*?)\s*=\s*[\w:]+")
@@ -190,19 +211,17 @@ class Match:
     def matched_nodes(self) -> list[Node]:
         """Graph nodes of the match in pattern order, constants left out."""
         return [
-            self.node_map[n] for n in self.pattern.nodes if n.kind() != "prim::Constant" and n in self.node_map
+            self.node_map[n]
+            for n in self.pattern.nodes
+            if not self.pattern.node_info[n].is_constant and n in self.node_map
         ]
 
 
-def _attributes_equal(p: Node, g: Node) -> bool:
-    names = p.attributeNames()
-    for name in names:
+def _attributes_equal(p: _PatternNode, g: Node) -> bool:
+    for name, kind, expected in p.attributes:
         if not g.hasAttribute(name):
             return False
-        kind = p.kindOf(name)
-        if kind in ("t", "ts", "g", "gs", "c", "ty", "tys", "ival"):
-            continue  # tensors, graphs and types are not compared structurally
-        if getattr(p, kind)(name) != getattr(g, kind)(name):
+        if getattr(g, kind)(name) != expected:
             return False
     return True
 
@@ -236,47 +255,53 @@ def _pattern_constant(node: Node) -> Any:
 
 def match_at(pattern: Pattern, anchor: Node) -> Match | None:
     """The match of ``pattern`` anchored at ``anchor``, or None."""
-    if anchor.kind() != pattern.anchor.kind():
+    info = pattern.node_info
+    if anchor.kind() != info[pattern.anchor].kind:
         return None
     match = Match(pattern, anchor)
     block = anchor.owningBlock()
+    value_map, node_map = match.value_map, match.node_map
+    matched: set[Node] = set()
 
     def bind(p_value: Value, g_value: Value) -> bool:
-        bound = match.value_map.get(p_value)
+        bound = value_map.get(p_value)
         if bound is None:
-            match.value_map[p_value] = g_value
+            value_map[p_value] = g_value
             return True
         return bound == g_value
 
     stack: list[tuple[Node, Node]] = [(pattern.anchor, anchor)]
     while stack:
         p_node, g_node = stack.pop()
-        seen = match.node_map.get(p_node)
+        seen = node_map.get(p_node)
         if seen is not None:
             if seen != g_node:
                 return None
             continue
-        if p_node.kind() == "prim::Constant":
+        p = info[p_node]
+        if p.is_constant:
             if not _constants_equal(p_node, g_node):
                 return None
-            match.node_map[p_node] = g_node
-            if not bind(p_node.output(), g_node.output()):
+            node_map[p_node] = g_node
+            if not bind(p.outputs[0], g_node.output()):
                 return None
             continue
         if (
-            g_node.kind() != p_node.kind()
-            or g_node.inputsSize() != p_node.inputsSize()
-            or g_node.outputsSize() != p_node.outputsSize()
+            g_node.kind() != p.kind
+            or g_node.inputsSize() != len(p.inputs)
+            or g_node.outputsSize() != len(p.outputs)
+            or g_node in matched
             or g_node.owningBlock() != block
-            or not _attributes_equal(p_node, g_node)
-            or g_node in match.node_map.values()
+            or not _attributes_equal(p, g_node)
         ):
             return None
-        match.node_map[p_node] = g_node
-        for p_out, g_out in zip(p_node.outputs(), g_node.outputs()):
-            if not bind(p_out, g_out):
+        node_map[p_node] = g_node
+        matched.add(g_node)
+        for i, p_out in enumerate(p.outputs):
+            if not bind(p_out, g_node.outputsAt(i)):
                 return None
-        for p_in, g_in in zip(p_node.inputs(), g_node.inputs()):
+        for i, p_in in enumerate(p.inputs):
+            g_in = g_node.inputsAt(i)
             if not bind(p_in, g_in):
                 return None
             if p_in not in pattern.input_set:
@@ -284,14 +309,15 @@ def match_at(pattern: Pattern, anchor: Node) -> Match | None:
                     return None
                 stack.append((p_in.node(), g_in.node()))
 
-    matched = set(match.node_map.values())
-    for p_node, g_node in match.node_map.items():
-        if p_node.kind() == "prim::Constant":
+    matched = set(node_map.values())
+    for p_node, g_node in node_map.items():
+        p = info[p_node]
+        if p.is_constant:
             continue
-        for p_out, g_out in zip(p_node.outputs(), g_node.outputs()):
+        for i, p_out in enumerate(p.outputs):
             if p_out in pattern.output_set:
                 continue
-            if any(use.user not in matched for use in g_out.uses()):
+            if any(use.user not in matched for use in g_node.outputsAt(i).uses()):
                 return None  # an inner value escapes the match
     return match
 

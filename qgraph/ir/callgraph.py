@@ -22,22 +22,34 @@ def method_key(module: CppModule, method: str) -> tuple[str, str]:
 
 
 def call_graph(root: CppModule, method: str = "forward") -> nx.DiGraph:
-    """Every method reachable from ``root.<method>`` through ``prim::CallMethod``."""
+    """Every method reachable from ``root.<method>`` through ``prim::CallMethod``.
+
+    Each (class type, method) graph is walked once, however many instances
+    share it; instances are then followed through the calls found there, so
+    the cost is the size of the distinct graphs plus the number of calls
+    made per instance.
+    """
     graph = nx.DiGraph()
+    calls_by_key: dict[tuple[str, str], list] = {}
+    instance_sets: dict[tuple[str, str], set[str]] = {}
     stack = [("", root, method)]
     while stack:
         path, module, name = stack.pop()
         key = method_key(module, name)
-        seen = key in graph
-        if not seen:
+        if key not in graph:
             graph.add_node(key, graph=method_graph(module, name), module=module, instances=[])
-        instances = graph.nodes[key]["instances"]
-        if path in instances:
+        visited = instance_sets.setdefault(key, set())
+        if path in visited:
             continue
-        instances.append(path)
-        for call, receiver, callee_name in method_calls(graph.nodes[key]["graph"]):
-            if receiver is None:
-                continue  # a call on a value that is not a submodule of self
+        visited.add(path)
+        graph.nodes[key]["instances"].append(path)
+        calls = calls_by_key.get(key)
+        first_visit = calls is None
+        if first_visit:
+            # A call on a value that is not a submodule of self has no receiver path.
+            calls = [c for c in method_calls(graph.nodes[key]["graph"]) if c[1] is not None]
+            calls_by_key[key] = calls
+        for call, receiver, callee_name in calls:
             callee = resolve_path(module, receiver)
             if not isinstance(callee, CppModule):
                 continue
@@ -45,11 +57,10 @@ def call_graph(root: CppModule, method: str = "forward") -> nx.DiGraph:
             callee_path = ".".join([p for p in [path, *receiver] if p])
             if callee_key not in graph:
                 graph.add_node(callee_key, graph=method_graph(callee, callee_name), module=callee, instances=[])
-            if graph.has_edge(key, callee_key):
-                if not seen:
-                    graph.edges[key, callee_key]["calls"].append(call)
-            else:
+            if not graph.has_edge(key, callee_key):
                 graph.add_edge(key, callee_key, calls=[call])
+            elif first_visit:
+                graph.edges[key, callee_key]["calls"].append(call)
             stack.append((callee_path, callee, callee_name))
     return graph
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from qgraph.ir.graph import walk
+from qgraph.ir.graph import nested_blocks, outputs_of, walk
 from qgraph.ir.module import CppModule, children_of, method_graph, resolve_path
 
 __all__ = ["clone_module", "drop_attributes", "unshare_types"]
@@ -134,7 +134,13 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
     new_types: dict[str, object] = {}
     rebuilt = _drop(root, names_by_type, new_types)
     by_name = {old: new for old, new in new_types.items()}
+    # Method graphs belong to class types: retype each type's graphs once.
+    retyped: set[str] = set()
     for _, module in _named_instances(rebuilt):
+        type_name = module._type().qualified_name()
+        if type_name in retyped:
+            continue
+        retyped.add(type_name)
         for method in module._method_names():
             _retype_graph(method_graph(module, method), by_name)
     return rebuilt
@@ -185,8 +191,8 @@ def _retype_graph(graph, new_types: dict) -> None:
     for value in graph.inputs():
         retype(value)
     for node in walk(graph):
-        for value in node.outputs():
+        for value in outputs_of(node):
             retype(value)
-        for block in node.blocks():
+        for block in nested_blocks(node):
             for value in block.inputs():
                 retype(value)

@@ -24,6 +24,9 @@ TENSOR = torch._C.TensorType.get()
 __all__ = [
     "walk",
     "blocks_of",
+    "nested_blocks",
+    "inputs_of",
+    "outputs_of",
     "NodeIndex",
     "uses_of",
     "users_of",
@@ -41,12 +44,68 @@ __all__ = [
 ]
 
 
+# Kinds known to carry no blocks. ``Node.blocks()`` and ``Node.inputs()`` /
+# ``outputs()`` return pybind iterators that end by throwing a C++ exception,
+# which costs tens of microseconds; over a large graph that dominates every
+# walk, so nodes that cannot have blocks are not asked for them.
+_BLOCKLESS_PRIM_KINDS = frozenset(
+    {
+        "prim::Constant", "prim::GetAttr", "prim::SetAttr", "prim::CallMethod", "prim::CallFunction",
+        "prim::ListConstruct", "prim::ListUnpack", "prim::TupleConstruct", "prim::TupleUnpack",
+        "prim::TupleIndex", "prim::TupleSlice", "prim::DictConstruct", "prim::dtype", "prim::device",
+        "prim::layout", "prim::NumToTensor", "prim::RaiseException", "prim::unchecked_cast",
+        "prim::Uninitialized", "prim::isinstance", "prim::Print", "prim::max", "prim::min",
+        "prim::data", "prim::is_cuda", "prim::fork", "prim::Enter", "prim::Exit",
+        "prim::CreateObject", "prim::ListIndex", "prim::requires_grad", "prim::shape",
+    }
+)
+_MAY_HAVE_BLOCKS: dict[str, bool] = {}
+
+
+def _may_have_blocks(kind: str) -> bool:
+    known = _MAY_HAVE_BLOCKS.get(kind)
+    if known is None:
+        namespace = kind.split("::", 1)[0]
+        # Operator kinds (aten::, quantized::, ...) come from schemas and never
+        # own blocks; control flow lives in prim:: and onnx:: kinds.
+        known = namespace in ("prim", "onnx") and kind not in _BLOCKLESS_PRIM_KINDS
+        _MAY_HAVE_BLOCKS[kind] = known
+    return known
+
+
+def nested_blocks(node: Node) -> list[Block]:
+    """The blocks a node owns (``prim::If`` branches, a ``prim::Loop`` body), as a list."""
+    if not _may_have_blocks(node.kind()):
+        return []
+    return list(node.blocks())
+
+
+def inputs_of(node: Node) -> list[Value]:
+    """``list(node.inputs())``, without the cost of exhausting a pybind iterator."""
+    return [node.inputsAt(i) for i in range(node.inputsSize())]
+
+
+def outputs_of(node: Node) -> list[Value]:
+    """``list(node.outputs())``, without the cost of exhausting a pybind iterator."""
+    return [node.outputsAt(i) for i in range(node.outputsSize())]
+
+
 def walk(graph_or_block: Graph | Block, *, into_blocks: bool = True) -> Iterator[Node]:
-    """Every node in program order; a node with blocks comes before their nodes."""
-    for node in list(graph_or_block.nodes()):
+    """Every node in program order; a node with blocks comes before their nodes.
+
+    A block's node list is read when the walk enters the block, so nodes
+    inserted later in a block already entered are not visited.
+    """
+    nodes = list(graph_or_block.nodes())
+    if not into_blocks:
+        yield from nodes
+        return
+    may_have_blocks = _may_have_blocks
+    for node in nodes:
+        has_blocks = may_have_blocks(node.kind())
         yield node
-        if into_blocks:
-            for block in node.blocks():
+        if has_blocks:
+            for block in list(node.blocks()):
                 yield from walk(block)
 
 
@@ -55,7 +114,7 @@ def blocks_of(graph_or_block: Graph | Block) -> Iterator[Block]:
     top = graph_or_block.block() if isinstance(graph_or_block, Graph) else graph_or_block
     yield top
     for node in walk(top):
-        yield from node.blocks()
+        yield from nested_blocks(node)
 
 
 class NodeIndex:
@@ -167,7 +226,7 @@ def insert_op(
     if after is not None:
         node.moveAfter(after)
     types = output_types if output_types is not None else [TENSOR] * n_outputs
-    for out, ty in zip(node.outputs(), types):
+    for out, ty in zip(outputs_of(node), types):
         out.setType(ty)
     if source is not None:
         node.copyMetadata(source)
@@ -225,9 +284,9 @@ def hoist_before(values: Iterable[Value], before: Node) -> bool:
             return False
         if node.isBefore(before):
             return True
-        if list(node.blocks()):
+        if nested_blocks(node):
             return False
-        if not all(collect(v) for v in node.inputs()):
+        if not all(collect(v) for v in inputs_of(node)):
             return False
         placed.add(node)
         to_move.append(node)
@@ -248,7 +307,7 @@ def erase_nodes(nodes: Iterable[Node]) -> None:
     for _ in range(len(pending) + 1):
         remaining = []
         for node in reversed(pending):
-            if any(o.uses() for o in node.outputs()):
+            if any(o.uses() for o in outputs_of(node)):
                 remaining.append(node)
             else:
                 node.destroy()
