@@ -15,6 +15,7 @@ from passes.fold_conv_bn import fold_conv_bn
 from passes.fuse_linear import fuse_linear
 from passes.insert_observers import insert_observers
 from passes.insert_quant_dequant import insert_quant_dequant
+from passes.legalize_quantized import legalize_quantized
 from passes.quantize_rnn import quantize_rnn
 from passes.replicate_dequantize import replicate_dequantize
 from passes.replicate_quantize import replicate_quantize
@@ -28,6 +29,7 @@ __all__ = [
     "fuse_linear",
     "insert_observers",
     "insert_quant_dequant",
+    "legalize_quantized",
     "quantize_rnn",
     "replicate_dequantize",
     "replicate_quantize",

@@ -494,6 +494,14 @@ def _kernel_rewrites(module: CppModule, records: list[FloatOpRecord]) -> list[Re
         inputs = [match[name] for name in ("x", "groups", "weight", "bias", "eps", "scale", "zero_point")]
         return _insert_scripted("group_norm_guarded", graph, inputs, before)
 
+    def not_yet_guarded(match: Match) -> bool:
+        # The guard's own quantized branch must not be guarded again when
+        # the pass runs a second time.
+        owner = match.anchor.owningBlock().owningNode()
+        return owner is None or owner.kind() != "prim::If" or not any(
+            node.kind() == "aten::group_norm" for block in owner.blocks() for node in block.nodes()
+        )
+
     conv_parameters: dict[Node, dict] = {}
 
     def unsafe_groupwise_conv(match: Match) -> bool:
@@ -547,6 +555,7 @@ def _kernel_rewrites(module: CppModule, records: list[FloatOpRecord]) -> list[Re
                 %y = quantized::group_norm(%x, %groups, %weight, %bias, %eps, %scale, %zero_point)
                 return (%y)""",
             replacement=guard_group_norm,
+            filters=(not_yet_guarded,),
         ),
         *conv_rewrites,
     ]

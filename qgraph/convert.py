@@ -13,7 +13,8 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.insert_quant_dequant import insert_quant_dequant
-from qgraph.ir import CppModule, as_python, clone_module
+from passes.legalize_quantized import legalize_quantized
+from qgraph.ir import CppModule, as_python, clone_module, named_modules
 from qgraph.pipeline import Pipeline, Stage
 
 __all__ = ["convert"]
@@ -41,11 +42,31 @@ def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> l
         torch._C._jit_pass_constant_propagation(graph)
         torch._C._jit_pass_dce(graph)
 
+    def legalize(module: CppModule) -> None:
+        # Quantized graphs that PyTorch's kernels or loader would reject (or
+        # that hit kernel bugs) are made to run; no bits change where the
+        # reference's model runs.
+        legalize_quantized(module)
+
     stages = [Stage("insert-quant-dequant", quant_dequant)]
     if not debug:
         stages.append(Stage("finalize", finalize))
     stages.append(Stage("constant-propagation-dce", clean_forward))
+    stages.append(Stage("legalize-quantized", legalize))
     return stages
+
+
+def _set_eval(module_c: CppModule) -> None:
+    """``module.eval()`` on the C++ module tree, without building Python wrappers for it."""
+    for _, submodule in named_modules(module_c):
+        if submodule.hasattr("training"):
+            submodule.setattr("training", False)
+
+
+def _on_cpu(module_c: CppModule) -> bool:
+    """Whether every parameter and buffer of the module tree is on the CPU already."""
+    tensors = torch._C._jit_debug_module_iterators(module_c)
+    return all(t.device.type == "cpu" for _, t in [*tensors["named_parameters_r"], *tensors["named_buffers_r"]])
 
 
 def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=None,
@@ -68,8 +89,8 @@ def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=N
     module_c = model._c if inplace else clone_module(model._c)
     # Convert produces an inference model: eval mode decides the graph of
     # dropout and batch norm that freezing and fusion see.
-    as_python(module_c).eval()
-    if not debug:
+    _set_eval(module_c)
+    if not debug and not _on_cpu(module_c):
         # Quantized kernels run on CPU.
         as_python(module_c).cpu()
     pipeline = Pipeline("convert", _stages(debug, quant_type, list(preserved_attrs)))
