@@ -138,6 +138,16 @@ def _calls_function(name: str, function: str):
     return check
 
 
+def _calls_method(name: str, method: str, traced_copies: bool = True):
+    """The node producing ``%name`` calls ``method`` (or, with ``traced_copies``, ``method1``, ``method2``, ...)."""
+    accepted = re.compile(re.escape(method) + (r"\d*" if traced_copies else ""))
+
+    def check(match: Match) -> bool:
+        return accepted.fullmatch(match.node(name).s("name")) is not None
+
+    return check
+
+
 def _constant_is(name: str, expected: int):
     def check(match: Match) -> bool:
         value = match[name]
@@ -162,8 +172,11 @@ _FIRST_OPS = {
     "mul_": ("%first_output = aten::mul_(%a, %b)", ["%a", "%b"], ()),
 }
 _RELU_OPS = {
-    "nn_relu": ('%second_output = prim::CallMethod[name="forward"](%relu, %first_output)', ["%relu"],
-                (_module_type_is("relu", "torch.nn.modules.activation.ReLU"),)),
+    # No name in the pattern: a traced model that calls one ReLU module twice
+    # records the second call as ``forward1`` (and so on), and the reference
+    # delays observation across any ``forward\d*`` call of a ReLU.
+    "nn_relu": ("%second_output = prim::CallMethod(%relu, %first_output)", ["%relu"],
+                (_module_type_is("relu", "torch.nn.modules.activation.ReLU"), _calls_method("second_output", "forward"))),
     "f_relu": ("%second_output = prim::CallFunction(%relu, %first_output, %inplace)", ["%relu", "%inplace"],
                (_calls_function("relu", "relu"),)),
     "aten_relu": ("%second_output = aten::relu(%first_output)", [], ()),
@@ -171,9 +184,16 @@ _RELU_OPS = {
 }
 
 
+# The reference's mul patterns ask for a ReLU module's ``forward`` exactly, so
+# a traced second call (``forward1``) after a mul observes the mul output.
+_EXACT_RELU_METHOD = frozenset({"mul", "mul_"})
+
+
 def _delay_pattern(first: str, second: str) -> tuple[str, Any, tuple]:
     first_line, first_inputs, first_filters = _FIRST_OPS[first]
     second_line, second_inputs, second_filters = _RELU_OPS[second]
+    if second == "nn_relu" and first in _EXACT_RELU_METHOD:
+        second_filters = (second_filters[0], _calls_method("second_output", "forward", traced_copies=False))
     inputs = ", ".join(first_inputs + second_inputs)
     text = f"graph({inputs}):\n    {first_line}\n    {second_line}\n    return (%second_output)"
     return f"{first}_{second}", compile_pattern(text), first_filters + second_filters

@@ -194,6 +194,40 @@ def test_add_relu_observes_relu_output_and_add_needs_observed_inputs():
     assert kinds.count("call_function:relu") == 1
 
 
+class SharedReluAfter(nn.Module):
+    """One ReLU module called twice; tracing records the second call as ``forward1``."""
+
+    def __init__(self, second: str):
+        super().__init__()
+        self.second = second
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(8, 8)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        y = self.relu(self.conv(x))
+        if self.second == "add":
+            return self.relu(y + x)
+        if self.second == "mul":
+            return self.relu(y * x)
+        if self.second == "conv":
+            return self.relu(self.conv(y))
+        return self.relu(self.fc(y))
+
+
+@pytest.mark.parametrize("second", ["add", "conv", "linear", "mul"])
+def test_traced_second_relu_call_observed_like_reference(second):
+    # add/conv/linear -> relu.forward1 observe the relu output; the reference's
+    # mul patterns ask for ``forward`` exactly, so mul -> relu.forward1 observes the mul.
+    model = capture(SharedReluAfter(second), torch.randn(1, 3, 8, 8), True)
+    assert 'name="forward1"' in str(model.graph)
+    prepared = prepare(model, {"": default_qconfig})
+    reference = prepare_jit(model, {"": default_qconfig})
+    assert observed_values(prepared) == observed_values(reference)
+    kinds = [entry[1] for entry in observed_values(prepared)[""]]
+    assert kinds[-1] == ("aten::mul" if second == "mul" else "call:forward1")
+
+
 def test_helper_function_propagates_observed():
     def shuffle(x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.size()
