@@ -23,7 +23,7 @@ scripted loop-built list feeding ``cat`` keeps ``cat`` in float.
 
 from __future__ import annotations
 
-from qgraph.ir.graph import Block, Graph, Node, Value, is_constant, walk
+from qgraph.ir.graph import Block, Graph, Node, Value, is_constant, nested_blocks, walk
 
 # Calls and side effects are opaque to alias analysis: the reference will not
 # move a list's construction past them, so a mutation after one stays.
@@ -62,7 +62,7 @@ def _nothing_in_between(construct: Node, mutation: Node, lst: Value) -> bool:
         if node == block.paramNode():
             return False  # the mutation comes before the construct: not ours to move
         if node.kind() in _BARRIERS or any(
-            inner.kind() in _BARRIERS for sub in node.blocks() for inner in walk(sub)
+            inner.kind() in _BARRIERS for sub in nested_blocks(node) for inner in walk(sub)
         ):
             return False
         between.add(node)
@@ -78,7 +78,7 @@ def _nothing_in_between(construct: Node, mutation: Node, lst: Value) -> bool:
 def _fold_block(block: Block) -> int:
     folded = 0
     for node in list(block.nodes()):
-        for sub in node.blocks():
+        for sub in nested_blocks(node):
             folded += _fold_block(sub)
         construct = _mutation_target(node)
         if construct is None:

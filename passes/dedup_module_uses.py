@@ -44,7 +44,7 @@ from qgraph.ir import (
     register_submodule,
     resolve_path,
 )
-from qgraph.ir.graph import Block, Graph, Node
+from qgraph.ir.graph import Block, Graph, Node, nested_blocks
 
 __all__ = ["dedup_module_uses"]
 
@@ -127,7 +127,7 @@ def _blocks_outer_first(graph: Graph) -> Iterator[Block]:
         block = pending.pop()
         yield block
         for node in block.nodes():
-            pending.extend(node.blocks())
+            pending.extend(nested_blocks(node))
 
 
 def _receiver_path(call: Node, graph: Graph) -> tuple[str, ...] | None:

@@ -33,7 +33,9 @@ runner, so each can be dumped and inspected):
    ``quantized::*_prepack`` / ``*_unpack``;
 5. ``quant-fusion``: the pattern table of ``passes.quant_fusion`` (static or
    dynamic) replaces islands with quantized ops;
-6. ``freeze``: attributes become constants (``preserved_attrs`` stay);
+6. ``freeze``: ``passes.freeze``: weights are prepacked from their
+   attributes where nothing can change them, then attributes become
+   constants (``preserved_attrs`` stay);
 7. ``fold-prepacking``: prepacking runs once; packed params become attributes;
 8. ``cleanup``: constant propagation and dead-code elimination.
 
@@ -51,6 +53,7 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.fold_prepacking import fold_prepacking
+from passes.freeze import freeze
 from passes.insert_prepack_unpack import insert_prepack_unpack
 from passes.quant_fusion import quant_fusion
 from passes.replicate_dequantize import replicate_dequantize
@@ -94,7 +97,7 @@ def finalize_pipeline(quant_type: QuantType = QuantType.STATIC, preserved_attrs:
             _forward_stage("replicate-dequantize", replicate_dequantize),
             _forward_stage("insert-prepack-unpack", insert_prepack_unpack),
             _forward_stage("quant-fusion", lambda graph: quant_fusion(graph, quant_type)),
-            Stage("freeze", lambda module: torch._C._freeze_module(module, preserved)),
+            Stage("freeze", lambda module: freeze(module, preserved)),
             Stage("fold-prepacking", fold_prepacking),
             Stage("cleanup", _cleanup),
         ],

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from qgraph.ir.graph import erase_nodes, insert_op, walk
+from qgraph.ir.graph import erase_nodes, inputs_of, insert_op, walk
 from qgraph.ir.module import as_cpp, like, method_graph, register_attribute, unique_attr_name
 
 __all__ = ["PREPACK_OPS", "ATTRIBUTE_PREFIX", "fold_prepacking"]
@@ -53,11 +53,11 @@ _PREPACK_KINDS = frozenset(PREPACK_OPS)
 def _run(node: torch._C.Node) -> Any:
     namespace, name = node.kind().split("::", 1)
     op = getattr(getattr(torch.ops, namespace), name)
-    return op(*(value.toIValue() for value in node.inputs()))
+    return op(*(value.toIValue() for value in inputs_of(node)))
 
 
 def _all_inputs_constant(node: torch._C.Node) -> bool:
-    return all(value.node().kind() == "prim::Constant" for value in node.inputs())
+    return all(value.node().kind() == "prim::Constant" for value in inputs_of(node))
 
 
 def fold_prepacking(module: Any) -> Any:
@@ -71,12 +71,15 @@ def fold_prepacking(module: Any) -> Any:
         inputs = list(graph.inputs())
         self_value = inputs[0] if inputs else None
         folded = []
+        next_index = 0
         # Program order, so attribute numbers follow the order of the ops.
         for node in [n for n in walk(graph) if n.kind() in _PREPACK_KINDS]:
             if self_value is None or not _all_inputs_constant(node):
                 continue
             packed = _run(node)
-            name = unique_attr_name(module_c, ATTRIBUTE_PREFIX)
+            # Counting on from the last name found keeps naming linear in the number of ops.
+            name = unique_attr_name(module_c, ATTRIBUTE_PREFIX, next_index)
+            next_index = int(name.removeprefix(ATTRIBUTE_PREFIX)) + 1
             packed_type = node.output().type()
             register_attribute(module_c, name, packed, packed_type)
             read = insert_op(graph, "prim::GetAttr", [self_value], before=node, output_types=[packed_type], source=node)

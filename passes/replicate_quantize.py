@@ -36,7 +36,7 @@ pattern language (single-block matches) does not express.
 
 from __future__ import annotations
 
-from qgraph.ir import NodeIndex, erase_nodes, hoist_before, insert_op
+from qgraph.ir import NodeIndex, erase_nodes, hoist_before, inputs_of, insert_op
 from qgraph.ir.graph import Graph, Node
 
 __all__ = ["replicate_quantize"]
@@ -72,7 +72,7 @@ def _quantizes_if_result(quantize: Node) -> bool:
 
 
 def _qparams(quantize: Node) -> list:
-    return list(quantize.inputs())[1:]
+    return inputs_of(quantize)[1:]
 
 
 def _move_into_branches(graph: Graph, quantize: Node) -> None:

@@ -132,7 +132,7 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
     attribute values. Returns the new root; the old one must not be used after.
     """
     new_types: dict[str, object] = {}
-    rebuilt = _drop(root, names_by_type, new_types)
+    rebuilt = _drop(root, names_by_type, new_types, {})
     by_name = {old: new for old, new in new_types.items()}
     # Method graphs belong to class types: retype each type's graphs once.
     retyped: set[str] = set()
@@ -146,11 +146,18 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
     return rebuilt
 
 
-def _drop(module: CppModule, names_by_type: dict[str, set[str]], new_types: dict[str, object]) -> CppModule:
+def _drop(
+    module: CppModule,
+    names_by_type: dict[str, set[str]],
+    new_types: dict[str, object],
+    attribute_names: dict[str, list[str]],
+) -> CppModule:
     old_name = module._type().qualified_name()
     dropped = set(names_by_type.get(old_name, ()))
     children = [
-        (name, _drop(child, names_by_type, new_types)) for name, child in children_of(module) if name not in dropped
+        (name, _drop(child, names_by_type, new_types, attribute_names))
+        for name, child in children_of(module)
+        if name not in dropped
     ]
     new_type = new_types.get(old_name)
     if new_type is None:
@@ -165,10 +172,15 @@ def _drop(module: CppModule, names_by_type: dict[str, set[str]], new_types: dict
         return fresh
     fresh = torch._C._create_module_with_type(new_type)
     new_children = dict(children)
-    for name, value in torch._C._jit_debug_module_iterators(module)["named_attributes"]:
+    names = attribute_names.get(old_name)
+    if names is None:
+        # The debug iterators list the whole subtree; read the names once per type.
+        names = [name for name, _ in torch._C._jit_debug_module_iterators(module)["named_attributes"]]
+        attribute_names[old_name] = names
+    for name in names:
         if name in dropped:
             continue
-        fresh.setattr(name, new_children.get(name, value))
+        fresh.setattr(name, new_children[name] if name in new_children else module.getattr(name))
     return fresh
 
 
