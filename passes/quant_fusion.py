@@ -484,6 +484,21 @@ DYNAMIC_QUANT_FUSION: list[Rewrite] = [
             %r = quantized::linear_dynamic(%a, %packed_params, %reduce_range)
             return (%r)""",
     ),
+    # A weight quantized for one linear and read by another whose input was
+    # never observed (a shared weight under a narrower qconfig): the reference
+    # still runs that linear dynamically, with reduce_range on.
+    Rewrite(
+        name="linear_dynamic_unobserved_input",
+        pattern="""graph(%packed_params, %a):
+            %w_quant : Tensor, %b : Tensor? = quantized::linear_unpack(%packed_params)
+            %w_dequant = aten::dequantize(%w_quant)
+            %r = aten::linear(%a, %w_dequant, %b)
+            return (%r)""",
+        replacement="""graph(%packed_params, %a):
+            %reduce_range : bool = prim::Constant[value=1]()
+            %r = quantized::linear_dynamic(%a, %packed_params, %reduce_range)
+            return (%r)""",
+    ),
     Rewrite(
         name="linear_dynamic_fp16",
         pattern="""graph(%packed_params, %a):

@@ -215,17 +215,6 @@ class SharedWeightTwin(nn.Module):
         return self.fc(self.sub(x))
 
 
-_TRACED_SHARED_WEIGHT_ON_SUB = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the reference's dynamic fusion has a second linear pattern, linear(%a, dequantize(%w_quant), %b) "
-        "with a float activation -> quantized::linear_dynamic(%a, %packed, reduce_range=True); "
-        "passes/quant_fusion.py DYNAMIC_QUANT_FUSION lacks it, so qgraph leaves the parent's "
-        "aten::linear float on a dequantized weight"
-    ),
-)
-
-
 @pytest.mark.parametrize(
     "how, path, dynamic_linears",
     [
@@ -236,7 +225,7 @@ _TRACED_SHARED_WEIGHT_ON_SUB = pytest.mark.xfail(
         # graph, so the weight is observed (and quantized) in the parent and
         # the reference also turns the parent's F.linear into a dynamic linear,
         # although the parent has no qconfig; eager leaves it float.
-        pytest.param("trace", "sub", 2, marks=_TRACED_SHARED_WEIGHT_ON_SUB),
+        ("trace", "sub", 2),
     ],
 )
 def test_weight_shared_by_submodule_and_functional_call(how, path, dynamic_linears):
