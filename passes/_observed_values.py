@@ -142,9 +142,11 @@ def is_scalar(value: Value) -> bool:
     ty = value.type()
     if ty.isSubtypeOf(_NUMBER):
         return True
-    if value.node().kind() == "prim::Constant" and ty.isSubtypeOf(_TENSOR):
-        constant = value.toIValue()
-        return isinstance(constant, torch.Tensor) and constant.dim() == 0
+    node = value.node()
+    if node.kind() == "prim::Constant" and ty.isSubtypeOf(_TENSOR) and node.hasAttribute("value"):
+        # Read the tensor attribute itself: ``Value.toIValue`` hands a 0-dim
+        # tensor constant (a traced ``x + 1.0``) back as a Python float.
+        return node.kindOf("value") == "t" and node.t("value").dim() == 0
     return False
 
 

@@ -8,6 +8,7 @@ values), the inlined forward graph's node kinds, and outputs, bit for bit.
 
 from __future__ import annotations
 
+import warnings
 from typing import Tuple
 
 import pytest
@@ -21,6 +22,7 @@ from torch.ao.quantization import (
     default_per_channel_qconfig,
     default_qconfig,
     float16_dynamic_qconfig,
+    quantize_jit,
 )
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
@@ -34,6 +36,7 @@ from helpers.quant_dequant_reference import (
     reference_insert_quant_dequant,
     script_or_trace,
 )
+import qgraph
 from passes.insert_quant_dequant import insert_quant_dequant
 
 
@@ -157,6 +160,47 @@ def test_general_ops_chain_requantizes_value_ops_with_input_qparams(tracing):
     ).check_next("prim::dtype").check_next("aten::quantize_per_tensor").run(str(ours.graph))
     # clamp bounds are quantized like the tensor: scalar_tensor -> quantize -> dequantize -> item
     FileCheck().check("aten::scalar_tensor").check("aten::item").check("aten::clamp").run(str(ours.graph))
+
+
+class ScalarAfterLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        # Traced, each Python float becomes a 0-dim tensor constant.
+        return self.fc2(self.fc1(x) + 1.0) * 2.0
+
+
+def calibrate(model, data):
+    for args in data:
+        model(*args)
+
+
+@TRACING
+def test_add_and_mul_with_a_scalar_are_general_ops_like_the_reference(tracing):
+    torch.manual_seed(4)
+    data = [(torch.randn(5, 4),)]
+    with pytest.warns(UserWarning, match="scalar"):
+        ours, _ = check_against_reference(ScalarAfterLinear(), data, {"": default_qconfig}, tracing=tracing)
+    # Both outputs are requantized with their input's qparams.
+    FileCheck().check("aten::add").check("aten::q_scale").check("aten::quantize_per_tensor").check(
+        "aten::mul"
+    ).check("aten::q_scale").check("aten::quantize_per_tensor").run(str(ours.graph))
+
+    model = script_or_trace(ScalarAfterLinear(), data[0], tracing)
+    qconfig_dict = {"": default_qconfig}
+    for debug in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = quantize_jit(model, qconfig_dict, calibrate, [data], debug=debug)
+            quantized = qgraph.quantize_jit(model, qconfig_dict, calibrate, [data], debug=debug)
+        assert_same_outputs(quantized(*data[0]), reference(*data[0]))
+        if not debug:
+            FileCheck().check("quantized::add_scalar").check("quantized::linear").check(
+                "quantized::mul_scalar"
+            ).run(str(quantized.graph))
 
 
 class Branches(nn.Module):
