@@ -111,3 +111,32 @@ def test_deep_stack_matches_the_reference(depth):
     reference = reference_quantize_jit(model, {"": default_qconfig}, calibrate, [batches])
     x = torch.randn(2, 4, 4, 4)
     assert torch.equal(ours(x), reference(x))
+
+
+def test_list_accessors_agree_with_the_iterators():
+    """inputs_of / outputs_of / nested_blocks, which the passes use instead of the costly iterators."""
+    from qgraph.ir import inputs_of, nested_blocks, outputs_of
+
+    graph = torch._C.parse_ir(
+        """graph(%x : Tensor, %flag : bool):
+        %r : Tensor = prim::If(%flag)
+          block0():
+            %y : Tensor = aten::relu(%x)
+            -> (%y)
+          block1():
+            -> (%x)
+        %n : int = prim::Constant[value=3]()
+        %t : Tensor = aten::add(%r, %x, %n)
+        return (%t, %r)"""
+    )
+    assert inputs_of(graph) == list(graph.inputs())
+    assert outputs_of(graph) == list(graph.outputs())
+    for node in graph.nodes():
+        assert inputs_of(node) == list(node.inputs())
+        assert outputs_of(node) == list(node.outputs())
+        assert nested_blocks(node) == list(node.blocks())
+        for block in nested_blocks(node):
+            assert inputs_of(block) == list(block.inputs())
+            assert outputs_of(block) == list(block.outputs())
+    if_node = graph.findNode("prim::If")
+    assert len(nested_blocks(if_node)) == 2

@@ -80,14 +80,24 @@ def nested_blocks(node: Node) -> list[Block]:
     return list(node.blocks())
 
 
-def inputs_of(node: Node) -> list[Value]:
-    """``list(node.inputs())``, without the cost of exhausting a pybind iterator."""
-    return [node.inputsAt(i) for i in range(node.inputsSize())]
+def inputs_of(item: Node | Graph | Block) -> list[Value]:
+    """The inputs of a node, graph or block, as a list.
+
+    Same as ``list(item.inputs())`` without exhausting a pybind iterator,
+    which costs more than reading the values one by one.
+    """
+    if isinstance(item, Node):
+        return [item.inputsAt(i) for i in range(item.inputsSize())]
+    param = item.param_node() if isinstance(item, Graph) else item.paramNode()
+    return [param.outputsAt(i) for i in range(param.outputsSize())]
 
 
-def outputs_of(node: Node) -> list[Value]:
-    """``list(node.outputs())``, without the cost of exhausting a pybind iterator."""
-    return [node.outputsAt(i) for i in range(node.outputsSize())]
+def outputs_of(item: Node | Graph | Block) -> list[Value]:
+    """The outputs of a node, graph or block (the values it returns), as a list; see ``inputs_of``."""
+    if isinstance(item, Node):
+        return [item.outputsAt(i) for i in range(item.outputsSize())]
+    ret = item.return_node() if isinstance(item, Graph) else item.returnNode()
+    return [ret.inputsAt(i) for i in range(ret.inputsSize())]
 
 
 def walk(graph_or_block: Graph | Block, *, into_blocks: bool = True) -> Iterator[Node]:
