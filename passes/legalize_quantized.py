@@ -66,9 +66,21 @@ read out of bounds or corrupt the heap. The rules, in table order:
        %y_q = aten::quantize_per_tensor(%y, %scale, %zp, 13)
 
 Rewrites of kinds 4 and 5 (ops kept in float, or worked around) are recorded
-with the op, its source location and the reason, in the module's string
-attribute ``_qgraph_float_ops`` (JSON, so it survives ``torch.jit.save``);
-``float_op_records(module)`` reads them back for the float-op report.
+in the module's string attribute ``_qgraph_float_ops`` (JSON, so it survives
+``torch.jit.save``), one ``FloatOpRecord`` per float op left in the graph: the
+quantized op it replaces, the model source line and module, the reason, and
+where the float op is (its method, its kind, and its position among the nodes
+of that kind in program order, checked against its source line). The float
+ops carry the replaced op's source range, so error messages and the report
+point at the model's code. ``float_op_records(module)`` reads the records
+back; ``float_op_record_nodes(module, method)`` finds their nodes again, also
+in a model loaded with ``torch.jit.load``.
+
+Earlier passes that leave an op in float for a reason the graph cannot show
+(``quantize_rnn``: an LSTM with a projection, an unsupported weight dtype)
+tag the node with ``tag_float_op``. Node attributes survive inlining and
+freezing but not ``torch.jit.save``, and freezing drops module attributes, so
+the tags are turned into records here, at the end of convert, and removed.
 
 ``quantized_values(graph)`` is the analysis the rules share: which values of
 a converted graph hold quantized tensors (or containers of them).
@@ -78,13 +90,25 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, NamedTuple, Optional
 
 import torch
 
 from passes._observed_values import FIXED_QPARAMS_ATEN, GENERAL_SHAPE_ATEN, GENERAL_VALUE_ATEN
-from qgraph.ir import CppModule, NodeIndex, as_cpp, getattr_path, insert_op, method_graph, resolve_path
+from qgraph.ir import (
+    CppModule,
+    NodeIndex,
+    as_cpp,
+    getattr_path,
+    insert_op,
+    is_alive,
+    method_graph,
+    module_path_of,
+    resolve_path,
+    walk,
+)
 from qgraph.ir.graph import Block, Graph, Node, Value
 from qgraph.pattern import Match, Rewrite, rewrite
 
@@ -92,12 +116,25 @@ __all__ = [
     "legalize_quantized",
     "quantized_values",
     "float_op_records",
+    "float_op_record_nodes",
+    "tag_float_op",
     "FloatOpRecord",
     "FLOAT_OPS_ATTRIBUTE",
+    "SAFETY_RULE",
+    "NO_QCONFIG",
+    "UNSUPPORTED_OP",
     "groupwise_conv_is_unsafe",
 ]
 
 FLOAT_OPS_ATTRIBUTE = "_qgraph_float_ops"
+# Node attributes of ``tag_float_op``.
+_CATEGORY_TAG = "qgraph_float_category"
+_REASON_TAG = "qgraph_float_reason"
+
+# Why a recorded op is float, in the words of the float-op report.
+SAFETY_RULE = "kept in float by a safety rule"
+NO_QCONFIG = "no qconfig"
+UNSUPPORTED_OP = "unsupported op"
 
 _TENSOR = torch._C.TensorType.get()
 _OPTIONAL_TENSOR = torch._C.OptionalType(_TENSOR)
@@ -105,12 +142,18 @@ _QUINT8 = 13  # torch.quint8 as a ScalarType number: the output dtype of quantiz
 
 
 class FloatOpRecord(NamedTuple):
-    """One op the pass kept in float or worked around, for the float-op report."""
+    """One float op left in a converted graph on purpose, and why, for the float-op report."""
 
-    op: str  # the quantized op's kind, e.g. "quantized::conv2d"
+    op: str  # the op it stands for, e.g. "quantized::conv2d"
     source: str  # "file:line" of the model code, or "" when the graph has none
     scope: str  # the traced module scope ("__module.block.conv"), or ""
-    reason: str
+    reason: str  # the detail, in a sentence
+    category: str = SAFETY_RULE  # SAFETY_RULE, UNSUPPORTED_OP or NO_QCONFIG
+    float_op: str = ""  # the kind of the float node, e.g. "aten::conv2d"
+    module: str = ""  # dotted path of the module the op came from ("" = the model)
+    method: str = "forward"
+    ordinal: int = -1  # position among the method's ``float_op`` nodes, in ``walk`` order
+    guard: str = ""  # when the op runs in float only under a run-time condition: that condition
 
 
 # --- which values are quantized --------------------------------------------------------------
@@ -130,6 +173,8 @@ _QUANTIZATION_KEEPING_ATEN = (
             "upsample_nearest3d", "_upsample_nearest_exact2d", "pixel_shuffle", "pixel_unshuffle",
             "channel_shuffle", "sort", "topk", "masked_fill", "index_select", "squeeze", "unflatten",
             "movedim", "t", "numpy_T", "hardswish", "relu6", "elu", "threshold",
+            # in-place forms and device moves keep the tensor quantized too
+            "hardswish_", "relu6_", "elu_", "clamp_", "dropout_", "to",
         }
     )
 )
@@ -398,9 +443,10 @@ def _mean_rewrites(quantized: set[Value]) -> list[Rewrite]:
 
 # --- rules 4 and 5: kernels with known memory bugs -------------------------------------------
 
+_GROUP_NORM_GUARD = "1x1 spatial map"
 _GROUP_NORM_REASON = (
-    "quantized::group_norm reads out of bounds on a 1x1 spatial map; "
-    "guarded to run dequantize -> float group_norm -> quantize_per_tensor when spatial size is 1"
+    "quantized::group_norm reads out of bounds on a 1x1 spatial map: a run-time guard runs the float "
+    "group_norm there (dequantize -> group_norm -> quantize_per_tensor); other inputs run the quantized kernel"
 )
 _GROUPWISE_CONV_REASON = (
     "quantized grouped conv with {per_group} channels per group and {channels} channels "
@@ -484,15 +530,50 @@ def _source_of(node: Node) -> str:
     return first
 
 
-def _record(records: list[FloatOpRecord], node: Node, reason: str) -> None:
-    records.append(FloatOpRecord(node.kind(), _source_of(node), node.scopeName(), reason))
+# A float op found or made by the pass, with its record before the op's position is known.
+_Placed = tuple[FloatOpRecord, Node]
 
 
-def _kernel_rewrites(module: CppModule, records: list[FloatOpRecord]) -> list[Rewrite]:
+def _record(placed: list[_Placed], stands_for: Node, float_node: Node, reason: str, guard: str = "") -> None:
+    record = FloatOpRecord(
+        op=stands_for.kind(),
+        source=_source_of(stands_for),
+        scope=stands_for.scopeName(),
+        reason=reason,
+        float_op=float_node.kind(),
+        module=module_path_of(stands_for),
+        guard=guard,
+    )
+    placed.append((record, float_node))
+
+
+def _nodes_inserted_before(before: Node, previous: Node) -> list[Node]:
+    """The nodes between ``previous`` and ``before`` (which were adjacent), nested ones included."""
+    top = []
+    node = before.prev()
+    while node != previous:
+        top.append(node)
+        node = node.prev()
+    found = []
+    for node in reversed(top):
+        found.append(node)
+        for block in node.blocks():
+            found.extend(walk(block))
+    return found
+
+
+def _kernel_rewrites(module: CppModule, placed: list[_Placed]) -> list[Rewrite]:
     def guard_group_norm(graph: Graph, match: Match, before: Node) -> list[Value]:
-        _record(records, match.anchor, _GROUP_NORM_REASON)
         inputs = [match[name] for name in ("x", "groups", "weight", "bias", "eps", "scale", "zero_point")]
-        return _insert_scripted("group_norm_guarded", graph, inputs, before)
+        previous = before.prev()
+        outputs = _insert_scripted("group_norm_guarded", graph, inputs, before)
+        inserted = _nodes_inserted_before(before, previous)
+        for node in inserted:
+            # The guard stands for the model's group_norm: its source line and module, not this file's.
+            node.copyMetadata(match.anchor)
+        (float_group_norm,) = [node for node in inserted if node.kind() == "aten::group_norm"]
+        _record(placed, match.anchor, float_group_norm, _GROUP_NORM_REASON, _GROUP_NORM_GUARD)
+        return outputs
 
     def not_yet_guarded(match: Match) -> bool:
         # The guard's own quantized branch must not be guarded again when
@@ -518,22 +599,26 @@ def _kernel_rewrites(module: CppModule, records: list[FloatOpRecord]) -> list[Re
         float_kind, unpack_kind, relu = _CONV_KINDS[anchor.kind()]
         parameters = conv_parameters.pop(anchor)
         out_channels, in_per_group = parameters["weight_shape"][:2]
-        _record(records, anchor, _GROUPWISE_CONV_REASON.format(per_group=in_per_group, channels=out_channels))
+        reason = _GROUPWISE_CONV_REASON.format(per_group=in_per_group, channels=out_channels)
         unpack = insert_op(graph, unpack_kind, [match["packed"]], before=before, n_outputs=2,
-                           output_types=[_TENSOR, _OPTIONAL_TENSOR])
+                           output_types=[_TENSOR, _OPTIONAL_TENSOR], source=anchor)
         weight_q, bias = unpack.outputs()
-        weight = insert_op(graph, "aten::dequantize", [weight_q], before=before).output()
-        x = insert_op(graph, "aten::dequantize", [match["x"]], before=before).output()
-        y = insert_op(
+        weight = insert_op(graph, "aten::dequantize", [weight_q], before=before, source=anchor).output()
+        x = insert_op(graph, "aten::dequantize", [match["x"]], before=before, source=anchor).output()
+        conv = insert_op(
             graph,
             float_kind,
             [x, weight, bias, *(parameters[key] for key in ("stride", "padding", "dilation", "groups"))],
             before=before,
-        ).output()
+            source=anchor,
+        )
+        _record(placed, anchor, conv, reason)
+        y = conv.output()
         if relu:
-            y = insert_op(graph, "aten::relu", [y], before=before).output()
+            y = insert_op(graph, "aten::relu", [y], before=before, source=anchor).output()
         quantize = insert_op(
-            graph, "aten::quantize_per_tensor", [y, match["scale"], match["zero_point"], _QUINT8], before=before
+            graph, "aten::quantize_per_tensor", [y, match["scale"], match["zero_point"], _QUINT8], before=before,
+            source=anchor,
         )
         return [quantize.output()]
 
@@ -575,22 +660,115 @@ TUPLE_REWRITES = [
 ]
 
 
-def _legalize_graph(module: CppModule, graph: Graph, records: list[FloatOpRecord]) -> int:
+def _legalize_graph(module: CppModule, graph: Graph, placed: list[_Placed]) -> int:
     index = NodeIndex(graph)
     made = rewrite(graph, TUPLE_REWRITES, index)
     # Rule 3 must see a mean's input as quantized after rule 2 replaced a view
     # feeding it, so the analysis is redone once the reshapes exist.
     made += rewrite(graph, _view_rewrites(quantized_values(graph)), index)
     made += rewrite(graph, _mean_rewrites(quantized_values(graph)), index)
-    made += rewrite(graph, _kernel_rewrites(module, records), index)
+    made += rewrite(graph, _kernel_rewrites(module, placed), index)
     if made:
         torch._C._jit_pass_dce(graph)
     return made
 
 
+# --- float-op records -------------------------------------------------------------------------
+
+
+def tag_float_op(node: Node, category: str, reason: str) -> None:
+    """Mark ``node`` as left in float on purpose; ``legalize_quantized`` turns the mark into a record.
+
+    For passes that run before convert: module attributes do not survive
+    freezing, node attributes do. ``category`` is ``UNSUPPORTED_OP``,
+    ``NO_QCONFIG`` or ``SAFETY_RULE``; ``reason`` says why in a sentence.
+    """
+    if category not in (SAFETY_RULE, NO_QCONFIG, UNSUPPORTED_OP):
+        raise ValueError(f"unknown float-op category {category!r}")
+    node.s_(_CATEGORY_TAG, category)
+    node.s_(_REASON_TAG, reason)
+
+
+def _untag(graph: Graph) -> list[_Placed]:
+    placed = []
+    for node in walk(graph):
+        if node.kind() == "prim::Constant" or not node.hasAttribute(_REASON_TAG):
+            continue
+        record = FloatOpRecord(
+            op=node.kind(),
+            source=_source_of(node),
+            scope=node.scopeName(),
+            reason=node.s(_REASON_TAG),
+            category=node.s(_CATEGORY_TAG) if node.hasAttribute(_CATEGORY_TAG) else UNSUPPORTED_OP,
+            float_op=node.kind(),
+            module=module_path_of(node),
+        )
+        placed.append((record, node))
+        node.removeAttribute(_REASON_TAG)
+        if node.hasAttribute(_CATEGORY_TAG):
+            node.removeAttribute(_CATEGORY_TAG)
+    return placed
+
+
+def _nodes_by_kind(graph: Graph, kinds: set[str]) -> dict[str, list[Node]]:
+    found: dict[str, list[Node]] = defaultdict(list)
+    if kinds:
+        for node in walk(graph):
+            if node.kind() in kinds:
+                found[node.kind()].append(node)
+    return found
+
+
+def _numbered(graph: Graph, method: str, placed: list[_Placed]) -> list[FloatOpRecord]:
+    """The records of ``placed`` with their method and their node's position among its kind."""
+    placed = [(record, node) for record, node in placed if is_alive(node)]
+    by_kind = _nodes_by_kind(graph, {node.kind() for _, node in placed})
+    positions = {node: i for nodes in by_kind.values() for i, node in enumerate(nodes)}
+    ordered = sorted(placed, key=lambda item: (item[1].kind(), positions[item[1]]))
+    return [record._replace(method=method, ordinal=positions[node]) for record, node in ordered]
+
+
+def _located(graph: Graph, records: list[FloatOpRecord]) -> list[_Placed]:
+    """The nodes ``records`` (of one method) name: the ordinal-th node of the kind, if its source agrees."""
+    by_kind = _nodes_by_kind(graph, {record.float_op for record in records})
+    found = []
+    for record in records:
+        nodes = by_kind.get(record.float_op, [])
+        if 0 <= record.ordinal < len(nodes) and _source_of(nodes[record.ordinal]) == record.source:
+            found.append((record, nodes[record.ordinal]))
+    return found
+
+
+def float_op_record_nodes(module: Any, method: str = "forward") -> dict[Node, FloatOpRecord]:
+    """The nodes of ``module``'s ``method`` that its float-op records describe, with their records.
+
+    A record of a fused op (``quantized::conv2d_relu``) names the float conv
+    and the relu after it. A record whose node cannot be found (the graph
+    was changed after convert, so the position or source line no longer
+    agree) is left out.
+    """
+    module_c = as_cpp(module)
+    records = [record for record in float_op_records(module_c) if record.method == method]
+    if not records:
+        return {}
+    found = {}
+    for record, node in _located(method_graph(module_c, method), records):
+        found[node] = record
+        if record.op.endswith("_relu"):
+            # A fused conv + relu left in float is the float conv and the relu right after it.
+            relu = _sole_user(node.output())
+            if relu is not None and relu.kind() == "aten::relu":
+                found[relu] = record
+    return found
+
+
+def _sole_user(value: Value) -> Node | None:
+    uses = value.uses()
+    return uses[0].user if len(uses) == 1 else None
+
+
 def _store_records(module: CppModule, records: list[FloatOpRecord]) -> None:
-    existing = [r._asdict() for r in float_op_records(module)]
-    payload = json.dumps(existing + [r._asdict() for r in records])
+    payload = json.dumps([record._asdict() for record in records])
     if module.hasattr(FLOAT_OPS_ATTRIBUTE):
         module.setattr(FLOAT_OPS_ATTRIBUTE, payload)
     else:
@@ -598,7 +776,7 @@ def _store_records(module: CppModule, records: list[FloatOpRecord]) -> None:
 
 
 def float_op_records(module: Any) -> list[FloatOpRecord]:
-    """What ``legalize_quantized`` kept in float or worked around on ``module`` (empty if nothing)."""
+    """The float ops recorded on ``module`` by ``legalize_quantized`` (empty if none)."""
     module_c = as_cpp(module)
     if not module_c.hasattr(FLOAT_OPS_ATTRIBUTE):
         return []
@@ -613,8 +791,10 @@ def legalize_quantized(module: Any) -> int:
     Every method of ``module`` itself is rewritten (after convert,
     ``forward`` holds the whole inlined model). Returns the number of
     rewrites made. Ops kept in float or worked around (rules 4 and 5 of the
-    module docstring) are appended to the module's ``_qgraph_float_ops``
-    attribute; read them with ``float_op_records``.
+    module docstring), and ops earlier passes tagged with ``tag_float_op``,
+    are recorded in the module's ``_qgraph_float_ops`` attribute (records of
+    an earlier run are kept, renumbered); read them with
+    ``float_op_records`` / ``float_op_record_nodes``.
 
     Before (a model returning two quantized conv outputs)::
 
@@ -630,10 +810,20 @@ def legalize_quantized(module: Any) -> int:
         return (%out)
     """
     module_c = as_cpp(module)
+    earlier = float_op_records(module_c)
     records: list[FloatOpRecord] = []
     made = 0
-    for name in module_c._method_names():
-        made += _legalize_graph(module_c, method_graph(module_c, name), records)
-    if records:
+    methods = module_c._method_names()
+    for name in methods:
+        graph = method_graph(module_c, name)
+        # Earlier records are found before this run inserts nodes that would shift their positions.
+        placed = _located(graph, [record for record in earlier if record.method == name])
+        kept = {id(record) for record, _ in placed}
+        records += [record for record in earlier if record.method == name and id(record) not in kept]
+        made += _legalize_graph(module_c, graph, placed)
+        placed += _untag(graph)
+        records += _numbered(graph, name, placed)
+    records += [record for record in earlier if record.method not in methods]
+    if records or earlier:
         _store_records(module_c, records)
     return made

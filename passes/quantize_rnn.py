@@ -51,7 +51,12 @@ RNN instance left float (no qconfig, unsupported weight dtype, ``proj_size >
 0``, ``nn.RNN``, an op whose weights or flags this pass cannot read). The
 reason is a ``str`` attribute ``_rnn_float_reason`` of that instance, so it
 travels with clones and saved models; freezing drops it with the other
-unused attributes, so read it before freezing.
+unused attributes, so read it before freezing. For convert's float-op
+report, the RNN op left float is also tagged (``tag_float_op`` of
+``passes.legalize_quantized``: node attributes, which survive inlining and
+freezing) with every reason but "no qconfig", which the report reads from
+the ``qconfig_dict`` like for any other op; the legalize-quantized stage at
+the end of convert turns the tags into the model's float-op records.
 
 The module is changed in place. When instances that share a class type end
 up quantized differently (int8, fp16, float), they first get class types of
@@ -88,6 +93,7 @@ from qgraph.ir import (
     resolve_path,
     unshare_types,
 )
+from passes.legalize_quantized import UNSUPPORTED_OP, tag_float_op
 from qgraph.pattern import Match, Rewrite, compile_pattern, match_at, rewrite
 from qgraph.qconfig import resolve_qconfigs
 
@@ -104,6 +110,7 @@ PACKED_CELL_PARAMS = "_packed_cell_params"
 PACKED_WEIGHT = {"weight_ih": "_packed_weight_ih", "weight_hh": "_packed_weight_hh"}
 
 _SUPPORTED_DTYPES = (torch.qint8, torch.float16)
+_NO_QCONFIG_REASON = "no qconfig applies to this module"
 
 
 # --- the pattern table -----------------------------------------------------
@@ -232,14 +239,22 @@ class _Plan:
 
     @property
     def mode(self) -> str:
-        return "float" if self.dtype is None else str(self.dtype)
+        if self.dtype is not None:
+            return str(self.dtype)
+        # A float op is tagged with its reason, so instances sharing a graph must share the reason.
+        return "float" if not _is_tagged(self.reason) else f"float: {self.reason}"
+
+
+def _is_tagged(reason: str | None) -> bool:
+    """Whether the RNN op left float for ``reason`` carries it as a tag (see the module docstring)."""
+    return reason is not None and reason != _NO_QCONFIG_REASON
 
 
 def _plan_for(module: torch._C.ScriptModule, qconfig: Any) -> _Plan:
     if is_instance_of(module, nn.RNN):
         return _Plan(None, reason="nn.RNN has no dynamic quantized kernel (eager quantize_dynamic leaves it float)")
     if qconfig is None:
-        return _Plan(None, reason="no qconfig applies to this module")
+        return _Plan(None, reason=_NO_QCONFIG_REASON)
     # Eager falls back to the default dynamic weight observer when the
     # qconfig has none; so does this pass.
     observer = qconfig.weight if qconfig.weight is not None else default_dynamic_qconfig.weight
@@ -462,13 +477,19 @@ def _should_rewrite(ctx: _Context, op: _RnnOp, match: Match) -> bool:
     if site is None:
         return False
     plans = [_owner_plan(ctx, owner, op) for owner in ctx.owners(site)]
-    if any(p is None for p in plans) or any(p.dtype is None for p in plans):
+    if any(p is None for p in plans):
+        return False
+    if any(p.dtype is None for p in plans):
+        # Unsharing gave the owners of one graph one mode, so one reason.
+        if _is_tagged(plans[0].reason):
+            tag_float_op(match.anchor, UNSUPPORTED_OP, plans[0].reason)
         return False
     if site.reason is None:
         site.reason = _shape_problem(ctx, op, match, site)
     if site.reason is not None:
         for owner in ctx.owners(site):
             _record_float(ctx.root, owner, site.reason)
+        tag_float_op(match.anchor, UNSUPPORTED_OP, site.reason)
         return False
     ctx.sites[match.anchor] = site
     return True

@@ -29,6 +29,8 @@ __all__ = [
     "is_scripted_qconfig",
     "check_qconfig_dict",
     "resolve_qconfigs",
+    "qconfig_key_for_path",
+    "qconfig_for_path",
     "qconfig_paths_needing_own_type",
 ]
 
@@ -117,16 +119,34 @@ def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | Non
 def _resolve(module: Any, qconfig_dict: dict) -> dict[str, QConfig | None]:
     check_qconfig_dict(qconfig_dict)
     root = as_cpp(module)
-    resolved: dict[str, QConfig | None] = {}
-    for path, _ in named_modules(root):
-        if path in qconfig_dict:
-            resolved[path] = qconfig_dict[path]
-        elif path:
-            parent = path.rpartition(".")[0]
-            resolved[path] = resolved[parent]
-        else:
-            resolved[path] = None
-    return resolved
+    return {path: qconfig_for_path(qconfig_dict, path) for path, _ in named_modules(root)}
+
+
+def qconfig_key_for_path(qconfig_dict: dict, path: str) -> str | None:
+    """The ``qconfig_dict`` key that governs the module at dotted ``path``, or None if none does.
+
+    The longest key that is ``path`` itself or a dotted prefix of it wins
+    (``"sub"`` covers ``"sub"`` and ``"sub.x"``, not ``"subway"``; ``""``
+    covers everything).
+    """
+    prefix = path
+    while True:
+        if prefix in qconfig_dict:
+            return prefix
+        if not prefix:
+            return None
+        prefix = prefix.rpartition(".")[0]
+
+
+def qconfig_for_path(qconfig_dict: dict, path: str) -> QConfig | None:
+    """The effective qconfig of the module at dotted ``path``: its governing entry's, else None.
+
+    The rule of ``resolve_qconfigs``, for one path and without the module;
+    None means not quantized, whether an entry says None or no entry covers
+    the path.
+    """
+    key = qconfig_key_for_path(qconfig_dict, path)
+    return None if key is None else qconfig_dict[key]
 
 
 def qconfig_paths_needing_own_type(module: Any, resolved: dict[str, QConfig | None]) -> list[str]:

@@ -5,18 +5,37 @@ frozen, or the ``debug=True`` model) and lists every op that computes on
 float tensors, with the module it came from, its source line and one of four
 reasons:
 
-- ``no qconfig``: the op belongs to a module whose qconfig is None (known
-  only when the ``qconfig_dict`` is passed in);
+- ``no qconfig``: the op belongs to a module whose effective qconfig is None
+  (the ``qconfig_dict`` rule of ``qgraph.qconfig.qconfig_for_path``: the
+  longest matching prefix wins; known only when the ``qconfig_dict`` is
+  passed in);
 - ``unsupported op``: no quantized kernel or pattern exists for the op kind
-  (``aten::exp``, ``aten::softmax``, ``aten::matmul``, ...);
+  (``aten::exp``, ``aten::softmax``, ``aten::matmul``, ...), or for this use
+  of it (an LSTM with ``proj_size > 0`` under dynamic quantization);
 - ``unobserved input``: the op could run quantized, but its input is a float
   tensor (a model input nobody observed, the output of a float op, ...);
 - ``kept in float by a safety rule``: a known PyTorch kernel bug makes the
-  quantized op unsafe for this op's arguments (see ``SAFETY_RULES``).
+  quantized op unsafe for this op's arguments, so convert's
+  legalize-quantized stage runs it in float (a grouped conv on fbgemm's
+  broken groupwise path: 2 or 4 channels per group, a channel count above 8
+  that is not a multiple of 8, 3x3 kernel, padding 1, ...).
+
+Convert records the ops it leaves in float on purpose (the safety rules, and
+RNNs that dynamic quantization cannot handle) in the model, with their
+reason and module (``passes.legalize_quantized.float_op_records``); those ops
+are reported from their records, every other op from the graph.
+
+A guarded op is float only under a run-time condition: quantized
+``group_norm`` reads out of bounds on a 1x1 spatial map, so convert puts a
+guard in front of it that runs the float ``aten::group_norm`` on such maps
+and the quantized kernel on every other input. The float ``group_norm`` is
+listed with the safety-rule reason, ``FloatOp.guard`` names the condition
+(``"1x1 spatial map"``) and the table marks the op ``(guarded)``.
 
 The report is computed on demand from the model, so convert keeps returning
 just the model (as the reference does) and a model loaded back with
-``torch.jit.load`` can be analysed as well::
+``torch.jit.load`` can be analysed as well (there the module of an op is
+known only from its record: loading drops the graph's module call stacks)::
 
     report = float_op_report(quantized, qconfig_dict)
     print(report.format())
@@ -27,27 +46,35 @@ just the model (as the reference does) and a model loaded back with
     head     aten::exp       model.py:31      unsupported op     no quantized kernel for aten::exp
     ...
 
-A value counts as quantized when it comes from a quantize op, from a
-quantized kernel with a quantized result, or from an op that ran on a
-quantized tensor (shape and value ops keep their input quantized); through
-``if`` / loop blocks, lists and tuples alike. Dynamic quantization keeps
-activations in float by design, so for ``QuantType.DYNAMIC`` only the ops
-dynamic quantization handles (linear, LSTM/GRU and their cells,
-embedding_bag) are reported.
+Which values are quantized is ``passes.legalize_quantized.quantized_values``:
+quantize ops' results, quantized kernels' quantized results, and what shape
+and value ops, lists, tuples, ``if`` and loops make of them. Dynamic
+quantization keeps activations in float by design, so for
+``QuantType.DYNAMIC`` only the ops dynamic quantization handles (linear,
+LSTM/GRU and their cells, embedding_bag) and the RNN ops it has no kernel
+for (``nn.RNN``) are reported.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from qgraph.ir.graph import Node, Value, walk
+from passes.legalize_quantized import (
+    NO_QCONFIG,
+    SAFETY_RULE,
+    UNSUPPORTED_OP,
+    FloatOpRecord,
+    float_op_record_nodes,
+    quantized_values,
+)
+from qgraph.ir.graph import Node, Value, module_path_of, walk
 from qgraph.ir.module import as_cpp, method_graph
+from qgraph.qconfig import check_qconfig_dict, qconfig_key_for_path
 
 __all__ = [
     "FloatOp",
@@ -57,15 +84,11 @@ __all__ = [
     "UNSUPPORTED_OP",
     "UNOBSERVED_INPUT",
     "SAFETY_RULE",
-    "SAFETY_RULES",
     "STATIC_QUANTIZABLE",
     "DYNAMIC_QUANTIZABLE",
 ]
 
-NO_QCONFIG = "no qconfig"
-UNSUPPORTED_OP = "unsupported op"
 UNOBSERVED_INPUT = "unobserved input"
-SAFETY_RULE = "kept in float by a safety rule"
 
 
 def _fused_kinds() -> frozenset[str]:
@@ -115,11 +138,8 @@ DYNAMIC_QUANTIZABLE = frozenset(
     }
 )
 
-# Kernels whose results are float tensors although they are quantized ops.
-_FLOAT_RESULT_KERNELS = re.compile(
-    r"quantized::(linear_dynamic|linear_relu_dynamic|linear_dynamic_fp16|linear_relu_dynamic_fp16|"
-    r"embedding_bag_\w+|quantized_\w+_cell_dynamic|\w+_prepack\w*|\w+_unpack\w*)$"
-)
+# RNN ops dynamic quantization has no kernel for (eager quantize_dynamic leaves nn.RNN float too).
+_DYNAMIC_UNSUPPORTED = frozenset({"aten::rnn_tanh", "aten::rnn_relu"})
 _QUANTIZE_KINDS = {"aten::quantize_per_tensor", "aten::quantize_per_channel", "aten::quantize_per_tensor_dynamic"}
 _FLOAT_KINDS = {"aten::dequantize"}
 
@@ -134,6 +154,7 @@ class FloatOp:
     reason: str
     detail: str
     method: str = "forward"
+    guard: str = ""  # for an op float only under a run-time condition (a guard): the condition
 
 
 @dataclass
@@ -161,7 +182,8 @@ class FloatOpReport:
         header = ("module", "op", "source", "reason", "detail")
         rows = [header]
         for entry in self.entries:
-            rows.append((entry.module_path or "<model>", entry.kind, entry.source or "-", entry.reason, entry.detail))
+            kind = f"{entry.kind} (guarded)" if entry.guard else entry.kind
+            rows.append((entry.module_path or "<model>", kind, entry.source or "-", entry.reason, entry.detail))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * width for width in widths))
@@ -169,100 +191,11 @@ class FloatOpReport:
         return f"{count} op{'s' if count != 1 else ''} left in float\n" + "\n".join(lines)
 
 
-# --- safety rules ---------------------------------------------------------------------------
-
-SafetyRule = Callable[[Node], "str | None"]
-
-
-def _constant(value: Value) -> Any:
-    node = value.node()
-    if node.kind() != "prim::Constant" or not node.hasAttribute("value"):
-        return None
-    if node.kindOf("value") == "t":
-        return node.t("value")
-    return value.toIValue()
-
-
-def _grouped_conv_overrun(node: Node) -> str | None:
-    """Quantized grouped conv with 2 or 4 channels per group and a channel count above 8 that
-    is not a multiple of 8 overruns a buffer in PyTorch's kernel."""
-    if node.kind() not in ("aten::conv1d", "aten::conv2d", "aten::conv3d"):
-        return None
-    weight, groups = _constant(node.inputsAt(1)), _constant(node.inputsAt(6))
-    if not isinstance(weight, torch.Tensor) or not isinstance(groups, int) or groups <= 1:
-        return None
-    out_channels, per_group = weight.shape[0], weight.shape[1]
-    in_channels = per_group * groups
-    for channels in (in_channels, out_channels):
-        if per_group in (2, 4) and channels > 8 and channels % 8:
-            return f"grouped conv with {per_group} channels per group and {channels} channels (quantized kernel overrun)"
-    return None
-
-
-def _group_norm_on_single_pixel(node: Node) -> str | None:
-    """Quantized group_norm reads out of bounds on a 1x1 spatial map."""
-    if node.kind() != "aten::group_norm":
-        return None
-    sizes = node.inputsAt(0).type().sizes() if node.inputsAt(0).type().kind() == "TensorType" else None
-    if sizes and len(sizes) > 2 and all(s == 1 for s in sizes[2:]):
-        return "group_norm on a 1x1 spatial map (quantized kernel reads out of bounds)"
-    return None
-
-
-SAFETY_RULES: list[SafetyRule] = [_grouped_conv_overrun, _group_norm_on_single_pixel]
-
-
 # --- analysis ---------------------------------------------------------------------------------
-
-
-class _Quantized:
-    """Whether a value holds quantized tensors, by dataflow, memoised."""
-
-    def __init__(self):
-        self.known: dict[Value, bool] = {}
-
-    def __call__(self, value: Value) -> bool:
-        found = self.known.get(value)
-        if found is None:
-            self.known[value] = False  # cycles through loop-carried values end here
-            found = self.known[value] = self._compute(value)
-        return found
-
-    def _compute(self, value: Value) -> bool:
-        node = value.node()
-        kind = node.kind()
-        if kind == "prim::Param":
-            owner = node.owningBlock().owningNode()
-            if owner is not None and owner.kind() == "prim::Loop" and value.offset() > 0:
-                # loop-carried: the initial value, or what the body hands back
-                carried = owner.inputsAt(value.offset() + 1)
-                returned = list(node.owningBlock().outputs())[value.offset()]
-                return self(carried) or self(returned)
-            return False
-        if kind in _QUANTIZE_KINDS:
-            return True
-        if kind in _FLOAT_KINDS or kind == "prim::Constant":
-            return False
-        if kind.startswith("quantized::"):
-            return not _FLOAT_RESULT_KERNELS.match(kind)
-        if kind == "prim::If":
-            return any(self(list(block.outputs())[value.offset()]) for block in node.blocks())
-        if kind == "prim::Loop":
-            body_result = list(list(node.blocks())[0].outputs())[value.offset() + 1]
-            return self(node.inputsAt(value.offset() + 2)) or self(body_result)
-        return any(self(v) for v in node.inputs() if _carries_tensors(v))
 
 
 def _carries_tensors(value: Value) -> bool:
     return "Tensor" in str(value.type())
-
-
-_HIERARCHY_PART = re.compile(r"(\w+)\([^()]*\)")
-
-
-def _module_path(node: Node) -> str:
-    hierarchy = node.getModuleHierarchy() or ""
-    return ".".join(_HIERARCHY_PART.findall(hierarchy))
 
 
 _SCRIPTED_SOURCE = re.compile(r'File "([^"]+)", line (\d+)')
@@ -277,23 +210,11 @@ def _source(node: Node) -> str | None:
     return f"{found.group(1).rsplit('/', 1)[-1]}:{found.group(2)}"
 
 
-def _qconfig_is_none(qconfig_dict: dict | None, path: str) -> bool:
-    if not qconfig_dict:
-        return False
-    best, best_length = None, -1
-    for key, qconfig in qconfig_dict.items():
-        if key == "" or path == key or path.startswith(key + "."):
-            length = len(key)
-            if length > best_length:
-                best, best_length = (qconfig,), length
-    return best is not None and best[0] is None
-
-
-def _float_inputs(node: Node, quantized: _Quantized) -> list[Value]:
+def _float_inputs(node: Node, quantized: set[Value]) -> list[Value]:
     return [
         v
         for v in node.inputs()
-        if _carries_tensors(v) and v.node().kind() != "prim::Constant" and not quantized(v)
+        if _carries_tensors(v) and v.node().kind() != "prim::Constant" and v not in quantized
     ]
 
 
@@ -304,44 +225,59 @@ def float_op_report(
 
     Every method of the model is analysed (nested blocks included); pass the
     ``qconfig_dict`` used for prepare to tell ops switched off by a ``None``
-    qconfig apart from the others.
+    qconfig (or covered by no entry) apart from the others.
     """
     if not isinstance(quant_type, QuantType):
         raise TypeError(f"quant_type must be a torch.ao.quantization.QuantType, got {quant_type!r}")
-    if qconfig_dict is not None and not isinstance(qconfig_dict, dict):
-        raise TypeError(f"qconfig_dict must be a dict, got {type(qconfig_dict).__name__}")
+    if qconfig_dict is not None:
+        check_qconfig_dict(qconfig_dict)
     module_c = as_cpp(model)
     dynamic = quant_type == QuantType.DYNAMIC
     report = FloatOpReport()
     for method in module_c._method_names():
-        quantized = _Quantized()
-        for node in walk(method_graph(module_c, method)):
+        graph = method_graph(module_c, method)
+        recorded = float_op_record_nodes(module_c, method)
+        quantized = quantized_values(graph)
+        for node in walk(graph):
+            record = recorded.get(node)
+            if record is not None:
+                report.entries.append(_recorded(node, record, method))
+                continue
             kind = node.kind()
             if not kind.startswith("aten::") or kind in _QUANTIZE_KINDS or kind in _FLOAT_KINDS:
                 continue
-            if dynamic and kind not in DYNAMIC_QUANTIZABLE:
+            if dynamic and kind not in DYNAMIC_QUANTIZABLE and kind not in _DYNAMIC_UNSUPPORTED:
                 continue
             if not any(_carries_tensors(o) for o in node.outputs()):
                 continue
-            if any(quantized(v) for v in node.inputs() if _carries_tensors(v)):
+            if any(v in quantized for v in node.inputs() if _carries_tensors(v)):
                 continue
             if not _float_inputs(node, quantized):
                 continue
-            path = _module_path(node)
+            path = module_path_of(node)
             reason, detail = _classify(node, path, qconfig_dict, dynamic)
             report.entries.append(FloatOp(path, kind, _source(node), reason, detail, method))
     return report
 
 
+def _recorded(node: Node, record: FloatOpRecord, method: str) -> FloatOp:
+    # The record knows the module also where the graph forgot it (a loaded model).
+    path = record.module or module_path_of(node)
+    return FloatOp(path, node.kind(), _source(node), record.category, record.reason, method, record.guard)
+
+
 def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -> tuple[str, str]:
     kind = node.kind()
-    for rule in SAFETY_RULES:
-        why = rule(node)
-        if why is not None:
-            return SAFETY_RULE, why
-    if _qconfig_is_none(qconfig_dict, path):
+    if qconfig_dict is not None:
+        key = qconfig_key_for_path(qconfig_dict, path)
         where = f"module {path!r}" if path else "the model"
-        return NO_QCONFIG, f"the qconfig of {where} is None"
+        if key is None:
+            return NO_QCONFIG, f"no qconfig_dict entry covers {where}"
+        if qconfig_dict[key] is None:
+            inherited = f" (from the entry {key!r})" if key != path else ""
+            return NO_QCONFIG, f"the qconfig of {where} is None{inherited}"
+    if dynamic and kind in _DYNAMIC_UNSUPPORTED:
+        return UNSUPPORTED_OP, f"no dynamic quantized kernel for {kind}"
     quantizable = DYNAMIC_QUANTIZABLE if dynamic else STATIC_QUANTIZABLE
     if kind not in quantizable:
         return UNSUPPORTED_OP, f"no quantized kernel for {kind}"

@@ -8,10 +8,13 @@ import pytest
 import torch
 import torch.nn as nn
 from helpers.quantized_reference import capture, reference_pair
-from torch.ao.quantization import default_dynamic_qconfig, default_qconfig
+from torch.ao.quantization import default_dynamic_qconfig, default_qconfig, get_default_qconfig
 from torch.ao.quantization.quant_type import QuantType
+from torch.testing import FileCheck
 
+import qgraph
 from passes.finalize import finalize
+from qgraph.qconfig import qconfig_for_path, qconfig_key_for_path
 from qgraph.report import (
     NO_QCONFIG,
     SAFETY_RULE,
@@ -141,23 +144,6 @@ def test_dynamic_report_lists_only_dynamically_quantizable_ops():
     ]
 
 
-class GroupedConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(12, 12, 1, groups=6)  # 2 channels per group, 12 channels
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-def test_safety_rule_names_the_kernel_bug():
-    torch.manual_seed(0)
-    frozen = torch.jit.freeze(torch.jit.script(GroupedConv().eval()))
-    report = float_op_report(frozen)
-    assert [entry.reason for entry in report] == [SAFETY_RULE]
-    assert "2 channels per group" in report.entries[0].detail
-
-
 def test_bad_arguments():
     quantized, _ = _quantized_mixed(False)
     with pytest.raises(TypeError, match="TorchScript module"):
@@ -166,3 +152,256 @@ def test_bad_arguments():
         float_op_report(quantized, None, "static")
     with pytest.raises(TypeError, match="qconfig_dict"):
         float_op_report(quantized, [("", None)])
+
+
+def _round_trip(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    buffer = io.BytesIO()
+    torch.jit.save(model, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+def _calibrate(model, inputs):
+    model(*inputs)
+
+
+def _rows(report) -> list[tuple]:
+    return [(entry.module_path, entry.kind, entry.reason, entry.detail, entry.guard) for entry in report]
+
+
+# --- safety rules: what convert's legalize-quantized stage keeps in float ---------------------
+
+
+class GroupwiseThenGroupNorm(nn.Module):
+    """A conv on fbgemm's broken groupwise path (2 channels per group, 10 channels), then group_norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(10, 10, 3, padding=1, groups=5)
+        self.norm = nn.GroupNorm(2, 10)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+def _quantize_static(model, example, tracing, qconfig_dict=None):
+    torch.manual_seed(0)
+    captured = capture(model, example, tracing)
+    qconfig_dict = qconfig_dict or {"": get_default_qconfig("fbgemm")}
+    return qgraph.quantize_jit(captured, qconfig_dict, _calibrate, [example])
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_ops_legalize_keeps_in_float_are_reported_as_safety_rules(tracing):
+    torch.manual_seed(0)
+    example = (torch.randn(2, 10, 6, 6),)
+    quantized = _quantize_static(GroupwiseThenGroupNorm(), example, tracing)
+    conv, norm = float_op_report(quantized).entries
+    assert (conv.module_path, conv.kind, conv.reason, conv.guard) == ("conv", "aten::conv2d", SAFETY_RULE, "")
+    assert "2 channels per group and 10 channels" in conv.detail
+    assert conv.source == "conv.py:560" or conv.source.startswith("conv.py:")
+    # The group_norm guard: float on 1x1 maps only, the quantized kernel otherwise.
+    assert (norm.module_path, norm.kind, norm.reason) == ("norm", "aten::group_norm", SAFETY_RULE)
+    assert norm.guard == "1x1 spatial map" and "other inputs run the quantized kernel" in norm.detail
+    assert norm.source.startswith("functional.py:")  # the model's group_norm, not the guard's code
+    text = float_op_report(quantized).format()
+    assert "aten::group_norm (guarded)" in text and UNOBSERVED_INPUT not in text
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_safety_rule_entries_survive_save_and_load(tracing):
+    example = (torch.randn(2, 10, 6, 6),)
+    quantized = _quantize_static(GroupwiseThenGroupNorm(), example, tracing)
+    assert _rows(float_op_report(_round_trip(quantized))) == _rows(float_op_report(quantized))
+
+
+class TwoGroupwiseConvs(nn.Module):
+    """Two unsafe grouped convs of different widths (the same source line once scripted), one fused with relu,
+    and a group_norm switched off by the qconfig_dict next to a guarded one."""
+
+    def __init__(self):
+        super().__init__()
+        self.narrow = nn.Conv2d(10, 10, 3, padding=1, groups=5)
+        self.wide = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=6), nn.ReLU())
+        self.norm = nn.GroupNorm(2, 12)
+        self.off = nn.GroupNorm(2, 12)
+
+    def forward(self, x, y):
+        a = self.narrow(x)
+        b = self.norm(self.wide(y))
+        return a, self.off(b)
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_records_find_their_own_nodes_also_after_load(tracing):
+    example = (torch.randn(1, 10, 5, 5), torch.randn(1, 12, 5, 5))
+    qconfig_dict = {"": get_default_qconfig("fbgemm"), "off": None}
+    quantized = _quantize_static(TwoGroupwiseConvs(), example, tracing, qconfig_dict)
+    for model in (quantized, _round_trip(quantized)):
+        report = float_op_report(model, qconfig_dict)
+        safety = [(e.module_path, e.kind, e.guard) for e in report.by_reason(SAFETY_RULE)]
+        assert safety == [
+            ("narrow", "aten::conv2d", ""),
+            ("wide.0", "aten::conv2d", ""),
+            ("wide.0", "aten::relu", ""),
+            ("norm", "aten::group_norm", "1x1 spatial map"),
+        ]
+        details = {(e.module_path, e.kind): e.detail for e in report.by_reason(SAFETY_RULE)}
+        assert "2 channels per group and 10 channels" in details[("narrow", "aten::conv2d")]
+        assert "2 channels per group and 12 channels" in details[("wide.0", "aten::conv2d")]
+        # The switched-off group_norm shares the guarded one's source line but is not taken for it.
+        (off,) = [e for e in report if e.kind == "aten::group_norm" and e.reason != SAFETY_RULE]
+        assert off.reason in (NO_QCONFIG, UNOBSERVED_INPUT) and not off.guard
+    assert [e.reason for e in float_op_report(quantized, qconfig_dict) if e.kind == "aten::group_norm"] == [
+        SAFETY_RULE,
+        NO_QCONFIG,
+    ]
+
+
+class OneByOneGroupedConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(12, 12, 1, groups=6)  # 2 channels per group but a 1x1 kernel: not the groupwise path
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_grouped_conv_off_the_groupwise_path_stays_quantized_and_unreported(tracing):
+    example = (torch.randn(1, 12, 4, 4),)
+    quantized = _quantize_static(OneByOneGroupedConv(), example, tracing)
+    FileCheck().check("quantized::conv2d").check_not("aten::conv2d").run(str(quantized.graph))
+    assert len(float_op_report(quantized)) == 0
+
+
+# --- module paths -------------------------------------------------------------------------------
+
+
+def _squash(x):
+    return torch.exp(x)
+
+
+class Inner(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def _activation(self, x):
+        return torch.softmax(x, 1)
+
+    def forward(self, x):
+        return _squash(self._activation(self.fc(x)))
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(Inner())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_ops_in_submodule_methods_and_functions_name_the_submodule(tracing):
+    example = (torch.randn(2, 4),)
+    quantized = _quantize_static(Outer(), example, tracing, {"": default_qconfig})
+    paths = {entry.kind: entry.module_path for entry in float_op_report(quantized)}
+    assert paths == {"aten::softmax": "block.0", "aten::exp": "block.0"}
+
+
+# --- the qconfig_dict rule ----------------------------------------------------------------------
+
+
+class KeepAndSkip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.keep = nn.Linear(4, 4)
+        self.skip = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.keep(x) + self.skip(x)
+
+
+class Branches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = KeepAndSkip()
+        self.blocky = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.block(x) + self.blocky(x)
+
+
+def test_no_qconfig_follows_the_longest_prefix_rule_of_qconfig_py():
+    torch.manual_seed(0)
+    example = (torch.randn(2, 4),)
+    qconfig_dict = {"": default_qconfig, "block": None, "block.keep": default_qconfig}
+    quantized = _quantize_static(Branches(), example, False, qconfig_dict)
+    off = {(e.module_path, e.kind): e.detail for e in float_op_report(quantized, qconfig_dict).by_reason(NO_QCONFIG)}
+    assert off == {
+        ("block", "aten::add"): "the qconfig of module 'block' is None",
+        ("block.skip", "aten::linear"): "the qconfig of module 'block.skip' is None (from the entry 'block')",
+    }
+    # "block" covers "block.skip", not "blocky"; without a "" entry, nothing else is covered.
+    assert qconfig_key_for_path(qconfig_dict, "blocky") == ""
+    assert qconfig_for_path({"block": default_qconfig}, "blocky") is None
+    only_keep = {"block.keep": default_qconfig}
+    quantized = _quantize_static(Branches(), example, False, only_keep)
+    details = {e.module_path: e.detail for e in float_op_report(quantized, only_keep).by_reason(NO_QCONFIG)}
+    assert details["blocky"] == "no qconfig_dict entry covers module 'blocky'"
+    assert "block.keep" not in details
+
+
+# --- dynamic quantization: RNNs left in float ---------------------------------------------------
+
+
+class ProjectedLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, proj_size=3)
+        self.plain = nn.LSTM(4, 3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0] + self.plain(x)[0])
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_dynamic_report_says_why_an_lstm_stays_float(tracing):
+    torch.manual_seed(0)
+    example = (torch.randn(5, 1, 4),)
+    qconfig_dict = {"": default_dynamic_qconfig, "plain": None}
+    quantized = qgraph.quantize_dynamic_jit(capture(ProjectedLSTM(), example, tracing), qconfig_dict)
+    # The reason travels as a node tag until convert records it; none is left in the graph.
+    assert "qgraph_float" not in str(quantized.graph)
+    for model in (quantized, _round_trip(quantized)):
+        report = float_op_report(model, qconfig_dict, QuantType.DYNAMIC)
+        (projected,) = [e for e in report if e.reason == UNSUPPORTED_OP]
+        assert (projected.module_path, projected.kind) == ("rnn", "aten::lstm")
+        assert "proj_size > 0" in projected.detail
+    (switched_off,) = float_op_report(quantized, qconfig_dict, QuantType.DYNAMIC).by_reason(NO_QCONFIG)
+    assert (switched_off.module_path, switched_off.kind) == ("plain", "aten::lstm")
+
+
+# --- which values are quantized -----------------------------------------------------------------
+
+
+class ConvLoop(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, n: int):
+        for _ in range(n):
+            x = torch.relu(self.conv(x))
+        return x
+
+
+def test_loop_carried_quantized_values_are_not_reported():
+    torch.manual_seed(0)
+    example = (torch.randn(1, 3, 5, 5), 2)
+    quantized = qgraph.quantize_jit(torch.jit.script(ConvLoop().eval()), {"": default_qconfig}, _calibrate, [example])
+    FileCheck().check("prim::Loop").check("quantized::conv2d_relu").run(str(quantized.graph))
+    assert len(float_op_report(quantized)) == 0

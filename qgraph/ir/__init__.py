@@ -19,6 +19,7 @@ from qgraph.ir.graph import (
     insert_op,
     is_alive,
     is_constant,
+    module_path_of,
     nested_blocks,
     nodes_before,
     outputs_of,

@@ -9,6 +9,7 @@ dicts while a pass runs.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "erase_nodes",
     "erase_dead",
     "nodes_before",
+    "module_path_of",
 ]
 
 
@@ -348,3 +350,28 @@ def nodes_before(end: Node, stop: Node | None) -> list[Node]:
         node = node.prev()
     found.reverse()
     return found
+
+
+_HIERARCHY_ENTRY = re.compile(r"([^.()]+)\([^()]*\)")
+# Call-stack entries that name no submodule: a method called on the same
+# module, and a free function.
+_NOT_SUBMODULES = frozenset({"SELF", "UNKNOWN_INSTANCE"})
+
+
+def module_path_of(node: Node) -> str:
+    """Dotted path of the submodule whose code created ``node``; "" for the root or when unknown.
+
+    Inlined graphs keep each node's module call stack
+    (``getModuleHierarchy()``, e.g. ``"block(Block).conv(Conv2d).SELF(Conv2d)"``
+    gives ``"block.conv"``; ``SELF`` and ``UNKNOWN_INSTANCE`` entries are a
+    method of the same module and a free function). Traced nodes that were
+    never inlined carry a scope instead (``"__module.block/__module.block.conv"``).
+    Both are in-memory metadata: a graph loaded with ``torch.jit.load`` has neither.
+    """
+    hierarchy = node.getModuleHierarchy()
+    if hierarchy:
+        return ".".join(name for name in _HIERARCHY_ENTRY.findall(hierarchy) if name not in _NOT_SUBMODULES)
+    innermost = node.scopeName().rsplit("/", 1)[-1]
+    if innermost == "__module" or not innermost.startswith("__module."):
+        return ""
+    return innermost[len("__module."):]
