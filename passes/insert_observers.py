@@ -49,7 +49,13 @@ Where qgraph goes past the reference:
   observer of its own at the end of the branch, so each branch hands back
   a value quantized with its own range (as two convs would). A result
   defined outside its branch leaves the ``if`` output unobserved, to be
-  observed after the ``if``. The reference raises "branches for `if`
+  observed after the ``if``. The ops after such an ``if`` in its block
+  that read its result move into each branch first (one copy per branch),
+  so they too are observed per side: a head conv after ``conv`` / ``exp``
+  branches gets one output range per side instead of one widened by the
+  other side. A dry run of the analysis finds those ifs; ifs whose
+  branches agree stay as they are (the reference's bits), and a graph
+  grows by at most its own size. The reference raises "branches for `if`
   should return values that are observed consistently".
 - ``prim::Loop`` bodies are observed like straight-line code (the reference
   only warns and leaves them float). A loop-carried parameter that a
@@ -108,7 +114,7 @@ from torch.ao.quantization.quant_type import QuantType
 from passes import _observed_values as rules
 from qgraph.ir.callgraph import call_graph, callees_first
 from qgraph.ir.clone import clone_module, unshare_types
-from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, walk
+from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, is_alive, walk
 from qgraph.ir.module import CppModule, as_cpp, as_python, getattr_path, method_graph, register_submodule
 from qgraph.pattern import Match, compile_pattern, find_matches
 from qgraph.qconfig import is_scripted_qconfig, qconfig_paths_needing_own_type, resolve_qconfigs, script_qconfig
@@ -235,10 +241,16 @@ def _scripted(qconfig_dict: dict) -> dict:
 class _ObserverPlacement:
     """The analysis state and the insertion walk over one module tree."""
 
-    def __init__(self, root: CppModule, qconfigs: dict[str, QConfig | None], quant_type: QuantType):
+    def __init__(
+        self, root: CppModule, qconfigs: dict[str, QConfig | None], quant_type: QuantType, dry_run: bool = False
+    ):
         self.root = root
         self.qconfigs = qconfigs
         self.quant_type = quant_type
+        # A dry run decides everything and changes nothing (no observer is
+        # inserted); it reports the ``if`` nodes whose branches disagree.
+        self.dry_run = dry_run
+        self.inconsistent_ifs: list[tuple[Node, Graph]] = []
         self.delayed: dict[Value, Value] = {}
         self.observer_for_value: dict[Value, CppModule] = {}
         # call-site value -> callee values (the callee's output first, then inputs of consumers)
@@ -459,7 +471,7 @@ class _ObserverPlacement:
             ]
         self._keep.append(block)
         visited = block in self.block_observers
-        if visited:
+        if visited and not self.dry_run:
             # Another instance of the same class type: its observers have the
             # same names, each instance its own copies.
             for name, observer in self.block_observers[block]:
@@ -480,7 +492,7 @@ class _ObserverPlacement:
                 if not self._observe_call(node, graph, module, observed, boundary, to_observe, in_function):
                     continue
             elif kind == "prim::If":
-                self._observe_if(node, graph, module, observed, boundary, to_observe)
+                self._observe_if(node, graph, module, observed, boundary, to_observe, in_function)
             elif kind == "prim::Loop":
                 self._observe_loop(node, graph, module, observed, boundary, to_observe)
             for value in node.outputs():
@@ -491,7 +503,9 @@ class _ObserverPlacement:
                         self._record(value, observer, to_observe, observed)
 
         observed_outputs = [i for i, v in enumerate(block.outputs()) if self.is_observed(v, observed)]
-        if not visited:
+        if not visited and self.dry_run:
+            self.block_observers[block] = []
+        elif not visited:
             inserted: list[tuple[str, CppModule]] = []
             for value, observer in to_observe.items():
                 if in_function:
@@ -536,7 +550,7 @@ class _ObserverPlacement:
                 self._record(value, wanted, to_observe, observed)
         return True
 
-    def _observe_if(self, node, graph, module, observed, boundary, to_observe) -> None:
+    def _observe_if(self, node, graph, module, observed, boundary, to_observe, in_function=False) -> None:
         # Each branch is observed as its own ops dictate. An output counts as
         # observed only when every branch that can return hands back an
         # observed value; otherwise it is a float value after the `if`, and
@@ -545,6 +559,7 @@ class _ObserverPlacement:
         # reference raises "branches for `if` should return values that are
         # observed consistently" instead.)
         agreed: list[bool] | None = None
+        states = []
         for block in node.blocks():
             if rules.always_raises(block):
                 continue
@@ -556,7 +571,10 @@ class _ObserverPlacement:
             for index in observed_outputs:
                 observed.add(block_outputs[index])
             state = [self.is_observed(v, observed) for v in block_outputs]
+            states.append(state)
             agreed = state if agreed is None else [a and b for a, b in zip(agreed, state)]
+        if not in_function and any(state != states[0] for state in states):
+            self.inconsistent_ifs.append((node, graph))
         if node.outputsSize() == 1 and agreed == [False]:
             self._observe_branch_results(node, observed, to_observe)
             agreed = [self.is_observed(node.output(), observed)]
@@ -658,6 +676,108 @@ class _ObserverPlacement:
         self.observed.add(call.output())
 
 
+# Rounds of "find the ifs whose branches disagree, move their continuations":
+# each round can expose an outer `if` (whose branch now ends in the inner one).
+_MAX_CONTINUATION_ROUNDS = 8
+
+
+def _nested_nodes(node: Node):
+    for block in node.blocks():
+        yield from walk(block)
+
+
+def _uses_any(nodes: list[Node], values: set[Value]) -> bool:
+    return any(v in values for node in nodes for inner in [node, *_nested_nodes(node)] for v in inner.inputs())
+
+
+def _node_count(nodes: list[Node]) -> int:
+    return sum(1 + sum(1 for _ in _nested_nodes(node)) for node in nodes)
+
+
+def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
+    """Move the nodes after ``if_node`` in its block into every branch; returns the nodes added.
+
+    Each branch gets its own copy of the rest of the block, reading that
+    branch's results; the ``if`` then returns what the block returned::
+
+        %y = prim::If(%c)            %r = prim::If(%c)
+          block0(): -> (%a)            block0(): %r.0 = f(%a) -> (%r.0)
+          block1(): -> (%b)            block1(): %r.1 = f(%b) -> (%r.1)
+        %r = f(%y)                   -> (%r)
+        -> (%r)
+    """
+    block = if_node.owningBlock()
+    nodes = list(block.nodes())
+    rest = nodes[nodes.index(if_node) + 1:]
+    returned = list(block.outputs())
+    old_outputs = list(if_node.outputs())
+    added = _node_count(rest) * (len(list(if_node.blocks())) - 1)
+    for branch in if_node.blocks():
+        env: dict[Value, Value] = dict(zip(old_outputs, branch.outputs()))
+        branch_return = branch.returnNode()
+        for node in rest:
+            clone = graph.createClone(node, lambda v: env.get(v, v))
+            clone.insertBefore(branch_return)
+            for old, new in zip(node.outputs(), clone.outputs()):
+                new.copyMetadata(old)
+                env[old] = new
+        branch_return.removeAllInputs()
+        for value in returned:
+            branch_return.addInput(env.get(value, value))
+    block_return = block.returnNode()
+    for index, value in enumerate(returned):
+        result = if_node.addOutput()
+        result.copyMetadata(value)
+        block_return.replaceInput(index, result)
+    for node in reversed(rest):
+        node.destroy()
+    for index in reversed(range(len(old_outputs))):
+        if_node.eraseOutput(index)
+    return added
+
+
+def _separate_branch_continuations(root: CppModule, qconfigs: dict, quant_type: QuantType, method_name: str) -> None:
+    """Give each side of an ``if`` whose branches are observed differently its own continuation.
+
+    The ops after such an ``if`` see both sides' values; observed once, they
+    would get one range for both (a conv side would be quantized with the
+    range an ``exp`` side widened). Moving the rest of the block into each
+    branch gives every side its own observers. Ifs the reference accepts
+    (consistent branches) are left alone, so their bits stay the reference's.
+    Each graph grows by at most its own size; past that, an ``if`` keeps one
+    continuation for both sides.
+    """
+    budget: dict[Graph, int] = {}
+    keep = []
+    for _ in range(_MAX_CONTINUATION_ROUNDS):
+        dry = _ObserverPlacement(root, qconfigs, quant_type, dry_run=True)
+        dry.analyze(method_name)
+        graph = method_graph(root, method_name)
+        dry.observe_block(graph.block(), graph, root, set(), entry=True)
+        keep.append(dry)
+        moved = False
+        done: set[Node] = set()
+        # Recorded after their branches, so reversed: an `if` later in a block,
+        # or nested in a later node, moves before the one whose continuation holds it.
+        for if_node, owner in reversed(dry.inconsistent_ifs):
+            if if_node in done or not is_alive(if_node):
+                continue
+            done.add(if_node)
+            block_nodes = list(if_node.owningBlock().nodes())
+            rest = block_nodes[block_nodes.index(if_node) + 1:]
+            if not _uses_any(rest, set(if_node.outputs())):
+                continue
+            if owner not in budget:
+                budget[owner] = sum(1 for _ in walk(owner))
+            cost = _node_count(rest) * (len(list(if_node.blocks())) - 1)
+            if cost > budget[owner]:
+                continue
+            budget[owner] -= _move_continuation_into_branches(owner, if_node)
+            moved = True
+        if not moved:
+            return
+
+
 def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace: bool, quant_type: Any) -> Any:
     """Observe every value of ``module.<method_name>`` (and what it calls) that quantization needs.
 
@@ -685,6 +805,7 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
     own_type = qconfig_paths_needing_own_type(root, qconfigs)
     if own_type:
         root = unshare_types(root, own_type)
+    _separate_branch_continuations(root, qconfigs, kind, method_name)
     placement = _ObserverPlacement(root, qconfigs, kind)
     placement.analyze(method_name)
     graph = method_graph(root, method_name)

@@ -77,15 +77,31 @@ def save_and_load(model):
 
 
 def assert_sound(debug_model, quantized, inputs):
-    """Finite, equal to the debug model, the same on a second run and after save/load."""
+    """Finite, equal to the debug model (unless None), the same on a second run and after save/load."""
     loaded = save_and_load(quantized)
     with torch.no_grad():
         for args in inputs:
             out = quantized(*args)
             assert torch.isfinite(out).all()
-            assert torch.equal(out, debug_model(*args))
+            if debug_model is not None:
+                assert torch.equal(out, debug_model(*args))
             assert torch.equal(out, quantized(*args))
             assert torch.equal(out, loaded(*args))
+
+
+def observer_calls_on(graph: torch._C.Graph, value: torch._C.Value) -> list[tuple[str, torch._C.Node]]:
+    """(observer attribute, call node) for each ``_observer_N`` forward call that reads ``value``."""
+    found = []
+    for use in value.uses():
+        call = use.user
+        receiver = call.inputsAt(0).node()
+        if (
+            call.kind() == "prim::CallMethod"
+            and receiver.kind() == "prim::GetAttr"
+            and receiver.s("name").startswith("_observer_")
+        ):
+            found.append((receiver.s("name"), call))
+    return found
 
 
 def body_of(graph: torch._C.Graph, kind: str) -> str:
@@ -335,8 +351,7 @@ def straight_threshold(source, use_conv, data, inputs):
 
 @pytest.mark.parametrize(
     "tail",
-    [pytest.param(t, marks=pytest.mark.xfail(reason="conv side 4 dB below its straight-line reference")) if t is ExpTail
-     else t for t in TAILS],
+    TAILS,
     ids=[t.__name__ for t in TAILS],
 )
 def test_if_branches_observed_differently_flag_argument(tail):
@@ -454,6 +469,26 @@ def test_value_read_under_two_qconfigs_takes_the_first_readers_observer(first, t
     with pytest.raises(RuntimeError, match="only configured with one observer"):
         prepare_jit(model, qconfig_dict)
     prepared = qgraph.prepare_jit(model, qconfig_dict)
+    # Observed once, in the root, by the first reader's activation observer: both readers
+    # read one observer's output, and that observer is the only one watching the value.
+    reader_calls = {
+        node.inputsAt(0).node().s("name"): node
+        for node in prepared.graph.nodes()
+        if node.kind() == "prim::CallMethod" and node.inputsAt(0).node().kind() == "prim::GetAttr"
+    }
+    read = reader_calls["a"].inputsAt(1)
+    assert reader_calls["b"].inputsAt(1) == read
+    shared = read.node().inputsAt(1)
+    # Scripted, `if self.through_float_op` stays in the graph and its output is the shared value.
+    if not tracing:
+        assert shared.node().kind() == "prim::If"
+    else:
+        assert shared.node().kind() == ("aten::sin" if through_float_op else "prim::Param")
+    watchers = observer_calls_on(prepared.graph, shared)
+    assert [call for _, call in watchers] == [read.node()]
+    name = watchers[0][0]
+    expected = HistogramObserver if first == "per_channel" else MinMaxObserver
+    assert getattr(prepared, name).original_name == expected.__name__
     # Each reader keeps its own weight observer.
     weight_types = {
         path: [m.original_name for name, m in getattr(prepared, path).conv.named_children() if "_observer_" in name]
@@ -566,8 +601,7 @@ PER_CHANNEL_MINMAX = QConfig(activation=MinMaxObserver.with_args(reduce_range=Tr
 @TRACING
 @pytest.mark.parametrize(
     "entry",
-    [pytest.param(None, marks=pytest.mark.xfail(reason="bits differ from the distinct-class reference")),
-     PER_CHANNEL_MINMAX],
+    [None, PER_CHANNEL_MINMAX],
     ids=["none", "per_channel"],
 )
 def test_qconfig_for_a_child_of_one_of_two_shared_instances(entry, tracing):
@@ -584,18 +618,29 @@ def test_qconfig_for_a_child_of_one_of_two_shared_instances(entry, tracing):
     else:
         FileCheck().check_count("quantized::conv2d_relu", 2, exactly=True).run(graph)
     inputs = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
-    assert_sound(debug_model, quantized, inputs)
+    # With the child float, a float conv reads the quantized conv_relu's output: the kernel
+    # rounds some elements one step away from the debug model's float conv, and the float
+    # conv passes that on unrounded. The reference's debug and final models differ the same
+    # way, so each of ours is compared with the reference's own.
+    assert_sound(None if entry is None else debug_model, quantized, inputs)
 
     torch.manual_seed(0)
     distinct = capture(TwoBlocks(second=TwinBlock), data[0], tracing)
     distinct.load_state_dict(model.state_dict())
     reference = reference_quantize(distinct, qconfig_dict, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference_debug = quantize_jit(distinct, qconfig_dict, calibrate, [data], debug=True)
     with torch.no_grad():
         for args in inputs:
             assert torch.equal(quantized(*args), reference(*args))
+            assert torch.equal(debug_model(*args), reference_debug(*args))
+        if entry is None:
+            assert any(not torch.equal(reference(*args), reference_debug(*args)) for args in inputs)
     # The twin keeps the default (per-tensor) weight quantization.
     prepared = qgraph.prepare_jit(model, qconfig_dict)
     first_weight = [m.original_name for n, m in prepared.first.conv.named_children() if "_observer_" in n]
     assert first_weight == [MinMaxObserver.__name__]
     second_weight = [m.original_name for n, m in prepared.second.conv.named_children() if "_observer_" in n]
     assert second_weight == ([] if entry is None else [PerChannelMinMaxObserver.__name__])
+

@@ -17,6 +17,7 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 from passes.insert_observers import insert_observers
+from qgraph.ir.graph import walk
 from qgraph.pipeline import inspect
 from qgraph.prepare import prepare
 from qgraph.qconfig import script_qconfig_dict
@@ -398,6 +399,57 @@ def test_inconsistent_if_branches_leave_the_if_output_unobserved():
     FileCheck().check("prim::If").check("block0").check("_observer_").check("block1").check_not(
         "_observer_"
     ).check("aten::exp").check("_observer_").run(str(prepared.graph))
+
+
+class Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+class BranchThenHead(nn.Module):
+    def __init__(self, other: nn.Module):
+        super().__init__()
+        self.conv, self.other, self.head = nn.Conv2d(3, 3, 1), other, nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, flag: bool):
+        if flag:
+            y = self.conv(x)
+        else:
+            y = self.other(x)
+        return self.head(y) + 1.0
+
+
+def test_ops_after_inconsistent_if_branches_are_observed_per_branch():
+    # The reference raises "observed consistently". The head after the `if` moves into
+    # each branch, so each side calibrates its own head output range.
+    prepared = prepare(capture(BranchThenHead(Exp()), None, False), {"": default_qconfig})
+    graph = prepared.graph
+    FileCheck().check("prim::If").check("block0").check('name="conv"').check(OBSERVER).check(
+        'name="head"'
+    ).check(OBSERVER).check("aten::add").check("block1").check('name="other"').check(OBSERVER).check(
+        'name="head"'
+    ).check(OBSERVER).check("aten::add").check("return").run(str(graph))
+    assert next(graph.outputs()).node().kind() == "prim::If"
+    # Calibrating one side leaves the other side's head observer untouched.
+    prepared(torch.randn(1, 3, 4, 4), True)
+    head_observers = [
+        node.inputsAt(0).node().s("name")
+        for node in walk(graph)
+        if node.kind() == "prim::CallMethod"
+        and node.inputsAt(0).node().kind() == "prim::GetAttr"
+        and node.inputsAt(0).node().s("name").startswith("_observer_")
+        and node.inputsAt(1).node().kind() == "prim::CallMethod"
+        and node.inputsAt(1).node().inputsAt(0).node().s("name") == "head"
+    ]
+    assert len(head_observers) == 2
+    assert [bool(torch.isfinite(getattr(prepared, name).min_val)) for name in head_observers] == [True, False]
+
+
+def test_ops_after_consistent_if_branches_stay_after_the_if_like_the_reference():
+    model = capture(BranchThenHead(nn.Conv2d(3, 3, 1)), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    assert observed_values(prepared) == observed_values(prepare_jit(model, {"": default_qconfig}))
+    FileCheck().check("prim::If").check("block1").check("-> (").check('name="head"').run(str(prepared.graph))
 
 
 class Stages(nn.Module):
