@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from passes.fold_prepacking import ATTRIBUTE_PREFIX, PREPACK_OPS
-from qgraph.ir.graph import NodeIndex, Value, erase_dead, inputs_of, insert_op, walk
+from qgraph.ir.graph import Node, NodeIndex, Value, erase_dead, inputs_of, insert_op, walk
 from qgraph.ir.module import as_cpp, like, method_graph, register_attribute, unique_attr_name
 
 __all__ = ["freeze"]
@@ -70,20 +70,22 @@ def freeze(module: Any, preserved_attrs: Sequence[str] = ()) -> Any:
     if isinstance(preserved_attrs, str) or not all(isinstance(name, str) for name in preserved_attrs):
         raise TypeError(f"preserved_attrs must be a list of attribute names, got {preserved_attrs!r}")
     preserved = list(preserved_attrs)
-    packed: list[str] = []
+    reads: list[Node] = []
     if not preserved and module_c._has_method("forward"):
-        packed = _prepack_from_attributes(module_c)
-    return like(torch._C._freeze_module(module_c, preserved + packed), module)
+        reads = _prepack_from_attributes(module_c)
+    if not reads:
+        return like(torch._C._freeze_module(module_c, preserved), module)
+    return like(_freeze_with_packed_arguments(module_c, reads), module)
 
 
-def _prepack_from_attributes(module_c) -> list[str]:
-    """Replace attribute-fed prepacks of ``forward`` by packed-params attributes; their names."""
+def _prepack_from_attributes(module_c) -> list[Node]:
+    """Replace attribute-fed prepacks of ``forward`` by packed-params attribute reads; the reads."""
     graph = method_graph(module_c, "forward")
     self_value = next(graph.inputs())
     index = NodeIndex(graph)
     if index.of_kind("prim::SetAttr") or not _attributes_read_only(index):
         return []
-    names: list[str] = []
+    reads: list[Node] = []
     next_index = 0
     for node in [n for n in walk(graph) if n.kind() in _PREPACK_KINDS]:
         order = _constant_slice(node, self_value)
@@ -99,10 +101,70 @@ def _prepack_from_attributes(module_c) -> list[str]:
         read = insert_op(graph, "prim::GetAttr", [self_value], before=node, output_types=[packed_type], source=node)
         read.s_("name", name)
         node.output().replaceAllUsesWith(read.output())
-        names.append(name)
-    if names:
+        reads.append(read)
+    if reads:
         erase_dead(graph)
-    return names
+    return reads
+
+
+def _freeze_with_packed_arguments(module_c, reads: list[Node]):
+    """Freeze ``module_c`` while its packed params reach ``forward`` as arguments, then read them back.
+
+    Freezing would turn each packed-params read into a constant (or, kept,
+    into a ``prim::GetAttr`` of ``%self``); all of those look alike to its
+    common subexpression elimination, which then compares them pairwise.
+    Arguments are values it leaves alone, so for the time of freezing each
+    read's uses go to an extra argument of ``forward``. The method's schema
+    is read first, so callers keep seeing the original signature.
+    """
+    forward = module_c._get_method("forward")
+    forward.schema  # noqa: B018 -- computes and caches the schema before the graph gains arguments
+    graph = forward.graph
+    names, packed = [], []
+    arguments = []
+    for read in reads:
+        argument = graph.addInput(read.s("name"))
+        argument.setType(read.output().type())
+        read.output().replaceAllUsesWith(argument)
+        arguments.append(argument)
+        names.append(read.s("name"))
+        packed.append(module_c.getattr(read.s("name")))
+    first_argument = len(inputs_of(graph)) - len(arguments)
+    try:
+        frozen = torch._C._freeze_module(module_c, [])
+    finally:
+        for read, argument in zip(reads, arguments):
+            argument.replaceAllUsesWith(read.output())
+        for position in reversed(range(first_argument, first_argument + len(arguments))):
+            graph.eraseInput(position)
+    frozen_graph = method_graph(frozen, "forward")
+    self_value = next(frozen_graph.inputs())
+    frozen_arguments = inputs_of(frozen_graph)[first_argument:]
+    for read, name, value, argument in zip(reads, names, packed, frozen_arguments):
+        register_attribute(frozen, name, value, argument.type())
+        users = [use.user for use in argument.uses()]
+        if users:
+            first = min((_in_top_block(user) for user in users), key=functools.cmp_to_key(_program_order))
+            frozen_read = insert_op(
+                frozen_graph, "prim::GetAttr", [self_value], before=first, output_types=[argument.type()], source=read
+            )
+            frozen_read.s_("name", name)
+            argument.replaceAllUsesWith(frozen_read.output())
+    for position in reversed(range(first_argument, first_argument + len(frozen_arguments))):
+        frozen_graph.eraseInput(position)
+    return frozen
+
+
+def _in_top_block(node: Node) -> Node:
+    while node.owningBlock().owningNode() is not None:
+        node = node.owningBlock().owningNode()
+    return node
+
+
+def _program_order(a: Node, b: Node) -> int:
+    if a == b:
+        return 0
+    return -1 if a.isBefore(b) else 1
 
 
 def _attributes_read_only(index: NodeIndex) -> bool:
