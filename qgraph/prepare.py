@@ -84,7 +84,7 @@ def _each_method_graph(graph_pass):
 def _inline_fork_wait(module: CppModule) -> None:
     # A forked call can hide further calls, so repeat until no fork is left.
     while True:
-        forked = [g for g in _called_graphs(module) if "prim::fork" in str(g)]
+        forked = [g for g in _called_graphs(module) if g.findNode("prim::fork", True) is not None]
         if not forked:
             return
         for graph in forked:
