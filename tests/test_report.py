@@ -199,7 +199,7 @@ def test_ops_legalize_keeps_in_float_are_reported_as_safety_rules(tracing):
     conv, norm = float_op_report(quantized).entries
     assert (conv.module_path, conv.kind, conv.reason, conv.guard) == ("conv", "aten::conv2d", SAFETY_RULE, "")
     assert "2 channels per group and 10 channels" in conv.detail
-    assert conv.source == "conv.py:560" or conv.source.startswith("conv.py:")
+    assert conv.source.startswith("conv.py:")  # the model's conv, not legalize's code
     # The group_norm guard: float on 1x1 maps only, the quantized kernel otherwise.
     assert (norm.module_path, norm.kind, norm.reason) == ("norm", "aten::group_norm", SAFETY_RULE)
     assert norm.guard == "1x1 spatial map" and "other inputs run the quantized kernel" in norm.detail
