@@ -25,6 +25,11 @@ becomes, frozen::
     %packed = prim::GetAttr[name="_packed_params_0"](%self)
     %y = quantized::conv2d(%x_q, %packed, 0.0081, 64)
 
+While PyTorch freezes ``forward``, the packed params reach it as extra
+arguments and only afterwards become attribute reads of the frozen module:
+freezing's common subexpression elimination hashes every read of ``%self``
+(or every object constant) alike and would compare them pairwise too.
+
 The packed params are computed by the same kernels on the same values
 (detached, as freezing detaches them), so they are the bits freezing and
 ``fold_prepacking`` would give. Prepacking is done early only when freezing
