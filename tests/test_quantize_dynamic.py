@@ -605,14 +605,6 @@ def test_lstm_with_projection_stays_float_with_a_reason(how):
     _assert_same(quantized(*inputs), eager(*inputs), "qgraph vs eager with the LSTM in float")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the float-op report of the converted model gives 'unobserved input' for the proj_size "
-        "LSTM: freezing drops quantize_rnn's _rnn_float_reason attribute and qgraph/report.py "
-        "_classify does not consult rnn_float_reasons"
-    ),
-)
 def test_report_says_why_a_projected_lstm_stays_float():
     torch.manual_seed(0)
     inputs = _language_model_inputs(proj_size=6)
