@@ -396,3 +396,33 @@ def test_call_graph_and_callees_first():
     assert order.index(conv_key) < order.index(leaf_key) < order.index(root_key)
     conv_forward_calls = [key for key in graph if key[0] == conv_key[0]]
     assert (conv_key[0], "_conv_forward") in conv_forward_calls
+
+
+class ReadsGrandchildren(torch.nn.Module):
+    """The root reaches ``block.keep`` itself: a ModuleDict has no forward of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = torch.nn.ModuleDict({"keep": torch.nn.Conv2d(2, 2, 1), "skip": torch.nn.Conv2d(2, 2, 1)})
+
+    def forward(self, x):
+        return self.block["skip"](self.block["keep"](x))
+
+
+def test_unshare_types_retypes_reads_of_grandchildren_through_containers():
+    torch.manual_seed(0)
+    model = torch.jit.script(ReadsGrandchildren())
+    x = torch.randn(1, 2, 3, 3)
+    expected = model(x)
+    shared = model._c.getattr("block").getattr("keep")._type()
+    root = unshare_types(clone_module(model._c), ["block.keep"])
+    keep_type = root.getattr("block").getattr("keep")._type()
+    assert keep_type != shared
+    assert root.getattr("block").getattr("skip")._type() != keep_type
+    reads = [
+        node.output().type()
+        for node in walk(root._get_method("forward").graph)
+        if node.kind() == "prim::GetAttr" and node.s("name") == "keep"
+    ]
+    assert reads == [keep_type]
+    assert torch.equal(torch.jit._recursive.wrap_cpp_module(root)(x), expected)

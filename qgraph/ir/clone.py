@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 
 from qgraph.ir.graph import nested_blocks, outputs_of, walk
-from qgraph.ir.module import CppModule, children_of, method_graph, resolve_path
+from qgraph.ir.module import CppModule, children_of, getattr_path, method_graph, resolve_path
 
 __all__ = ["clone_module", "drop_attributes", "unshare_types"]
 
@@ -108,17 +108,23 @@ def _declared_child_types(module: CppModule) -> dict:
 
 
 def _retype_child_reads(module: CppModule, new_children: dict[str, CppModule]) -> None:
+    """Give every read of a rebuilt child, or of anything below it, the type it now has.
+
+    A method may reach a grandchild directly (``self.block.keep`` where the
+    ``block`` container has no methods of its own), so whole ``prim::GetAttr``
+    chains from ``%self`` are followed, not just the first step.
+    """
     for method in module._method_names():
         graph = method_graph(module, method)
-        self_value = graph.inputs().__next__()
         for node in walk(graph):
-            if (
-                node.kind() == "prim::GetAttr"
-                and node.input() == self_value
-                and node.s("name") in new_children
-                and node.output().type().kind() == "ClassType"
-            ):
-                node.output().setType(new_children[node.s("name")]._type())
+            if node.kind() != "prim::GetAttr" or node.output().type().kind() != "ClassType":
+                continue
+            path = getattr_path(node.output())
+            if not path or path[0] not in new_children:
+                continue
+            target = resolve_path(module, path)
+            if isinstance(target, CppModule):
+                node.output().setType(target._type())
 
 
 def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppModule:
