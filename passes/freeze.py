@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from passes.fold_prepacking import ATTRIBUTE_PREFIX, PREPACK_OPS
-from qgraph.ir.graph import Node, NodeIndex, Value, erase_dead, inputs_of, insert_op, walk
+from qgraph.ir.graph import Node, NodeIndex, Value, erase_dead, inputs_of, insert_op, is_alive, walk
 from qgraph.ir.module import as_cpp, like, method_graph, register_attribute, unique_attr_name
 
 __all__ = ["freeze"]
@@ -87,6 +87,9 @@ def _prepack_from_attributes(module_c) -> list[Node]:
     """Replace attribute-fed prepacks of ``forward`` by packed-params attribute reads; the reads."""
     graph = method_graph(module_c, "forward")
     self_value = next(graph.inputs())
+    # Freezing drops dead code too; dropping it first keeps dead prepacks
+    # (a traced call whose result is unused) from taking attribute numbers.
+    erase_dead(graph)
     index = NodeIndex(graph)
     if index.of_kind("prim::SetAttr") or not _attributes_read_only(index):
         return []
@@ -109,7 +112,7 @@ def _prepack_from_attributes(module_c) -> list[Node]:
         reads.append(read)
     if reads:
         erase_dead(graph)
-    return reads
+    return [read for read in reads if is_alive(read)]
 
 
 def _freeze_with_packed_arguments(module_c, reads: list[Node]):

@@ -219,3 +219,30 @@ def test_quantized_model_through_the_pipeline_equals_the_reference_freeze(monkey
     # (constant pooling keeps whichever equal constant it met first).
     assert _structure(ours.graph) == _structure(reference.graph)
     _assert_same_outputs(ours, reference, x)
+
+
+class DeadPrepack(nn.Module):
+    """A prepack whose result is never used, before one that is (dead code, as tracing can leave)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Linear(4, 3)
+        self.used = nn.Linear(4, 2)
+
+    def forward(self, x):
+        dead_w = torch.quantize_per_tensor(self.unused.weight, 0.02, 0, torch.qint8)
+        torch.ops.quantized.linear_prepack(dead_w, self.unused.bias)
+        w = torch.quantize_per_tensor(self.used.weight, 0.02, 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(w, self.used.bias)
+        x_q = torch.quantize_per_tensor(x, 0.05, 64, torch.quint8)
+        return torch.ops.quantized.linear(x_q, packed, 0.2, 64).dequantize()
+
+
+def test_dead_prepacks_take_no_attribute():
+    torch.manual_seed(0)
+    model = _scripted(DeadPrepack())
+    x = torch.randn(3, 4)
+    ours = _frozen_by_pass(model)
+    names = [name for name, _ in torch._C._jit_debug_module_iterators(ours._c)["named_attributes_r"]]
+    assert names == ["_packed_params_0"]
+    _assert_same_outputs(ours, _frozen_by_reference(model), x)
