@@ -55,8 +55,9 @@ Where qgraph goes past the reference:
   branches gets one output range per side instead of one widened by the
   other side. A dry run of the analysis finds those ifs; ifs whose
   branches agree stay as they are (the reference's bits), and a graph
-  grows by at most its own size. The reference raises "branches for `if`
-  should return values that are observed consistently".
+  grows by at most its own size (a thousand nodes at least). The
+  reference raises "branches for `if` should return values that are
+  observed consistently".
 - ``prim::Loop`` bodies are observed like straight-line code (the reference
   only warns and leaves them float). A loop-carried parameter that a
   quantizable op reads, or that an add/mul/cat combines with a back-edge
@@ -181,8 +182,11 @@ _RELU_OPS = {
     # No name in the pattern: a traced model that calls one ReLU module twice
     # records the second call as ``forward1`` (and so on), and the reference
     # delays observation across any ``forward\d*`` call of a ReLU.
-    "nn_relu": ("%second_output = prim::CallMethod(%relu, %first_output)", ["%relu"],
-                (_module_type_is("relu", "torch.nn.modules.activation.ReLU"), _calls_method("second_output", "forward"))),
+    "nn_relu": (
+        "%second_output = prim::CallMethod(%relu, %first_output)",
+        ["%relu"],
+        (_module_type_is("relu", "torch.nn.modules.activation.ReLU"), _calls_method("second_output", "forward")),
+    ),
     "f_relu": ("%second_output = prim::CallFunction(%relu, %first_output, %inplace)", ["%relu", "%inplace"],
                (_calls_function("relu", "relu"),)),
     "aten_relu": ("%second_output = aten::relu(%first_output)", [], ()),
@@ -263,6 +267,14 @@ class _ObserverPlacement:
         # values observed by an observer call of their own (or by the callee returning them)
         self.explicit: set[Value] = set()
         self._keep: list[Any] = []  # graph/block wrappers used as keys stay alive
+
+    def for_insertion(self) -> "_ObserverPlacement":
+        """This dry run's analysis, ready for the walk that inserts observers (the graphs are unchanged)."""
+        self.dry_run = False
+        self.inconsistent_ifs = []
+        self.block_observers = {}
+        self.explicit = set()
+        return self
 
     # ---- analysis -------------------------------------------------------
 
@@ -679,6 +691,8 @@ class _ObserverPlacement:
 # Rounds of "find the ifs whose branches disagree, move their continuations":
 # each round can expose an outer `if` (whose branch now ends in the inner one).
 _MAX_CONTINUATION_ROUNDS = 8
+# Nodes a graph may gain by moved continuations: its own size, and at least this.
+_MIN_CONTINUATION_BUDGET = 1000
 
 
 def _nested_nodes(node: Node):
@@ -736,7 +750,18 @@ def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
     return added
 
 
-def _separate_branch_continuations(root: CppModule, qconfigs: dict, quant_type: QuantType, method_name: str) -> None:
+def _has_if_with_tensor_result(root: CppModule, method_name: str) -> bool:
+    """Whether a method reachable from ``root.<method_name>`` has an ``if`` returning a Tensor (or list)."""
+    for _, data in call_graph(root, method_name).nodes(data=True):
+        for node in data["graph"].findAllNodes("prim::If", True):
+            if any(rules.is_tensor_or_tensor_list(v) for v in node.outputs()):
+                return True
+    return False
+
+
+def _separate_branch_continuations(
+    root: CppModule, qconfigs: dict, quant_type: QuantType, method_name: str
+) -> _ObserverPlacement | None:
     """Give each side of an ``if`` whose branches are observed differently its own continuation.
 
     The ops after such an ``if`` see both sides' values; observed once, they
@@ -744,17 +769,20 @@ def _separate_branch_continuations(root: CppModule, qconfigs: dict, quant_type: 
     range an ``exp`` side widened). Moving the rest of the block into each
     branch gives every side its own observers. Ifs the reference accepts
     (consistent branches) are left alone, so their bits stay the reference's.
-    Each graph grows by at most its own size; past that, an ``if`` keeps one
-    continuation for both sides.
+    Each graph grows by at most its own size (or ``_MIN_CONTINUATION_BUDGET``
+    nodes); past that, an ``if`` keeps one continuation for both sides.
+
+    Returns the last dry run when it left the graphs as it found them: its
+    analysis still holds, so the insertion walk reuses it.
     """
+    if not _has_if_with_tensor_result(root, method_name):
+        return None
     budget: dict[Graph, int] = {}
-    keep = []
     for _ in range(_MAX_CONTINUATION_ROUNDS):
         dry = _ObserverPlacement(root, qconfigs, quant_type, dry_run=True)
         dry.analyze(method_name)
         graph = method_graph(root, method_name)
         dry.observe_block(graph.block(), graph, root, set(), entry=True)
-        keep.append(dry)
         moved = False
         done: set[Node] = set()
         # Recorded after their branches, so reversed: an `if` later in a block,
@@ -768,14 +796,15 @@ def _separate_branch_continuations(root: CppModule, qconfigs: dict, quant_type: 
             if not _uses_any(rest, set(if_node.outputs())):
                 continue
             if owner not in budget:
-                budget[owner] = sum(1 for _ in walk(owner))
+                budget[owner] = max(sum(1 for _ in walk(owner)), _MIN_CONTINUATION_BUDGET)
             cost = _node_count(rest) * (len(list(if_node.blocks())) - 1)
             if cost > budget[owner]:
                 continue
             budget[owner] -= _move_continuation_into_branches(owner, if_node)
             moved = True
         if not moved:
-            return
+            return dry.for_insertion()
+    return None
 
 
 def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace: bool, quant_type: Any) -> Any:
@@ -805,9 +834,10 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
     own_type = qconfig_paths_needing_own_type(root, qconfigs)
     if own_type:
         root = unshare_types(root, own_type)
-    _separate_branch_continuations(root, qconfigs, kind, method_name)
-    placement = _ObserverPlacement(root, qconfigs, kind)
-    placement.analyze(method_name)
+    placement = _separate_branch_continuations(root, qconfigs, kind, method_name)
+    if placement is None:
+        placement = _ObserverPlacement(root, qconfigs, kind)
+        placement.analyze(method_name)
     graph = method_graph(root, method_name)
     placement.observe_block(graph.block(), graph, root, set(), entry=True)
     if isinstance(module, torch.jit.ScriptModule):

@@ -445,6 +445,36 @@ def test_ops_after_inconsistent_if_branches_are_observed_per_branch():
     assert [bool(torch.isfinite(getattr(prepared, name).min_val)) for name in head_observers] == [True, False]
 
 
+class TwoBranchPoints(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.head = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, first: bool, second: bool):
+        if first:
+            x = self.conv1(x)
+        else:
+            x = torch.exp(x)
+        if second:
+            x = self.conv2(x)
+        else:
+            x = torch.exp(-x)
+        return self.head(x), first
+
+
+def test_moved_continuations_compute_what_the_model_computes():
+    torch.manual_seed(0)
+    model = capture(TwoBranchPoints(), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    prepared.graph.lint()
+    # One head per path through the two ifs.
+    assert str(prepared.graph).count('prim::GetAttr[name="head"]') == 4
+    x = torch.randn(1, 3, 4, 4)
+    for first in (True, False):
+        for second in (True, False):
+            assert torch.equal(prepared(x, first, second)[0], model(x, first, second)[0])
+
+
 def test_ops_after_consistent_if_branches_stay_after_the_if_like_the_reference():
     model = capture(BranchThenHead(nn.Conv2d(3, 3, 1)), None, False)
     prepared = prepare(model, {"": default_qconfig})
