@@ -32,7 +32,10 @@ at run time; fp16 observers give ``aten::_saturate_weight_to_fp16`` instead;
 an embedding_bag weight observed by a ``PlaceholderObserver`` whose
 ``custom_op_name`` is ``embedding_bag_byte`` / ``embedding_bag_4bit`` turns the
 bag into ``quantized::embedding_bag_{byte,4bit}_rowwise_offsets`` over a
-prepacked weight (in static mode too).
+prepacked weight (in static mode too). Those kernels always sum, whatever
+their mode argument says: a ``mode="mean"`` bag divides their result by the
+bag sizes (the reference returns the sum), and a ``mode="max"`` bag keeps
+its float weight and op.
 
 Then ``forward`` is inlined and quantization is propagated through ops that
 need no observer of their own (see ``passes._quant_propagation``): shape ops
@@ -44,6 +47,9 @@ between quantize / dequantize pairs, which finalize fuses into quantized ops.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Optional
 
 import torch
 from torch.ao.quantization.quant_type import QuantType
@@ -87,6 +93,26 @@ EMBEDDING_BAG_OPS = {
         (False, 200, float(torch.tensor(0.16, dtype=torch.float32))),
     ),
 }
+
+
+# EmbeddingBag modes: F.embedding_bag names them, aten::embedding_bag numbers them.
+EMBEDDING_BAG_MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+@functools.cache
+def _bag_mean_graph() -> Graph:
+    """``sums`` of each bag divided by its size (empty bags stay 0), as a graph to inline."""
+
+    def bag_mean(sums: torch.Tensor, indices: torch.Tensor, offsets: Optional[torch.Tensor], include_last_offset: bool):
+        assert offsets is not None, "quantized embedding_bag needs offsets"
+        if include_last_offset:
+            sizes = offsets[1:] - offsets[:-1]
+        else:
+            end = torch.full([1], indices.numel(), dtype=offsets.dtype)
+            sizes = torch.cat([offsets[1:], end]) - offsets
+        return sums / sizes.clamp(min=1).to(sums.dtype).unsqueeze(1)
+
+    return torch.jit.script(bag_mean).graph
 
 
 # TorchScript keeps dtype attributes as c10::ScalarType codes.
@@ -347,27 +373,34 @@ def _quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op
             bag = use.user
     if bag is None:
         raise RuntimeError(f"%{weight.debugName()} is observed as an embedding_bag weight but no embedding_bag reads it")
-    extra_values = [cursor.constant(v) for v in extra]
-    prepack = cursor.op(prepack_op, [weight, *extra_values], type_=_TENSOR)
     args = list(bag.inputs())
-    none = cursor.constant(None)
-    zero = cursor.constant(0)
-    pruned = cursor.constant(False)
     is_aten = aten_name(bag) == "embedding_bag"
-    if is_aten:
-        if len(args) != 9:
-            raise RuntimeError(f"expected aten::embedding_bag to have 9 inputs, got {len(args)}")
-        # indices, offsets, scale_grad_by_freq, mode, pruned_weights (sparse is a
-        # training flag; at inference its slot says whether rows were pruned), per_sample_weights
-        q_args = [prepack.output(), *args[1:5], pruned, args[6]]
-    else:
-        if len(args) != 12:
-            raise RuntimeError(f"expected F.embedding_bag to have 12 inputs, got {len(args)}")
-        q_args = [prepack.output(), args[1], args[3], args[6], zero, pruned, args[9]]
-    q_args += [none, args[-2]]
+    expected_inputs = 9 if is_aten else 12
+    if len(args) != expected_inputs:
+        name = "aten::embedding_bag" if is_aten else "F.embedding_bag"
+        raise RuntimeError(f"expected {name} to have {expected_inputs} inputs, got {len(args)}")
+    mode = _embedding_bag_mode(args[4] if is_aten else args[7])
+    if mode == EMBEDDING_BAG_MODES["max"]:
+        # The quantized kernels only sum; a max bag keeps its float weight.
+        return
     padding_idx = args[-1]
     if padding_idx.type().kind() != "NoneType":
         raise RuntimeError("Expected aten::embedding_bag padding_idx input to be None")
+    extra_values = [cursor.constant(v) for v in extra]
+    prepack = cursor.op(prepack_op, [weight, *extra_values], type_=_TENSOR)
+    none = cursor.constant(None)
+    pruned = cursor.constant(False)
+    mode_value = cursor.constant(mode)
+    if is_aten:
+        # indices, offsets, scale_grad_by_freq, mode, pruned_weights (sparse is a
+        # training flag; at inference its slot says whether rows were pruned), per_sample_weights
+        indices, offsets = args[1], args[2]
+        q_args = [prepack.output(), indices, offsets, args[3], mode_value, pruned, args[6]]
+    else:
+        indices, offsets = args[1], args[3]
+        q_args = [prepack.output(), indices, offsets, args[6], mode_value, pruned, args[9]]
+    include_last_offset = args[-2]
+    q_args += [none, include_last_offset]
     quantized = graph.create(quantized_op, q_args, 1)
     quantized.output().setType(_TENSOR)
     if is_aten:
@@ -377,9 +410,28 @@ def _quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op
                 raise RuntimeError("Expected aten::embedding_bag to only have use for its first output.")
     else:
         cursor.place(quantized)
-    bag.outputsAt(0).replaceAllUsesWith(quantized.output())
+    result = quantized.output()
+    if mode == EMBEDDING_BAG_MODES["mean"]:
+        # The quantized kernels ignore their mode argument and always sum (so
+        # do the reference and eager quantized EmbeddingBag): divide by the
+        # bag sizes here.
+        with graph.insert_point_guard(bag):
+            result = graph.insertGraph(_bag_mean_graph(), [result, indices, offsets, include_last_offset])[0]
+    bag.outputsAt(0).replaceAllUsesWith(result)
     bag.removeAllInputs()
     bag.destroy()
+
+
+def _embedding_bag_mode(mode: Value) -> int:
+    """The mode of an embedding_bag as aten numbers it, from its constant (a number or F's name)."""
+    if mode.node().kind() != "prim::Constant":
+        raise ValueError(f"embedding_bag mode %{mode.debugName()} must be a constant to quantize the bag")
+    value = mode.toIValue()
+    if isinstance(value, str):
+        if value not in EMBEDDING_BAG_MODES:
+            raise ValueError(f"unknown embedding_bag mode {value!r}; expected one of {sorted(EMBEDDING_BAG_MODES)}")
+        return EMBEDDING_BAG_MODES[value]
+    return int(value)
 
 
 def _subgraph_function(self_value: Value, value: Value):

@@ -19,7 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.ao.quantization import QConfig, default_qconfig, get_default_qconfig, prepare_jit, quantize_jit
-from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+from torch.ao.quantization.observer import (
+    HistogramObserver,
+    MinMaxObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+)
 from torch.testing import FileCheck
 
 import qgraph
@@ -644,3 +649,103 @@ def test_qconfig_for_a_child_of_one_of_two_shared_instances(entry, tracing):
     second_weight = [m.original_name for n, m in prepared.second.conv.named_children() if "_observer_" in n]
     assert second_weight == ([] if entry is None else [PerChannelMinMaxObserver.__name__])
 
+
+# ---- EmbeddingBag in mean mode ---------------------------------------------------------------
+
+
+class Bag(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 12, mode=mode, include_last_offset=True)
+
+    def forward(self, indices, offsets):
+        return self.bag(indices, offsets)
+
+
+def bag_qconfig(op_name: str) -> QConfig:
+    return QConfig(
+        activation=PlaceholderObserver.with_args(dtype=torch.float, custom_op_name=op_name),
+        weight=PlaceholderObserver.with_args(dtype=torch.quint8, custom_op_name=op_name),
+    )
+
+
+def rowwise_quantized(weight: torch.Tensor, op_name: str) -> torch.Tensor:
+    """``weight`` as the quantized bag sees it: prepacked row by row, then unpacked to float."""
+    ops = torch.ops.quantized
+    if op_name == "embedding_bag_byte":
+        return ops.embedding_bag_byte_unpack(ops.embedding_bag_byte_prepack(weight))
+    ratio = float(torch.tensor(0.16, dtype=torch.float32))
+    return ops.embedding_bag_4bit_unpack(ops.embedding_bag_4bit_prepack(weight, False, 200, ratio))
+
+
+def bag_data():
+    # Bags of 3, 0 (empty), 3 and 2 indices; include_last_offset=True.
+    return [(torch.tensor([1, 2, 4, 5, 4, 3, 2, 9]), torch.tensor([0, 3, 3, 6, 8]))]
+
+
+BAG_OPS = pytest.mark.parametrize("op_name", ["embedding_bag_byte", "embedding_bag_4bit"], ids=["byte", "4bit"])
+
+
+@TRACING
+@BAG_OPS
+def test_embedding_bag_mean_mode_computes_the_mean(op_name, tracing):
+    # Reference: computes the sum for mode="mean" (the quantized kernels ignore their mode argument).
+    torch.manual_seed(0)
+    data = bag_data()
+    float_model = Bag("mean").eval()
+    model = capture(float_model, data[0], tracing)
+    qconfig_dict = {"": bag_qconfig(op_name)}
+    debug_model, quantized = quantize_both(model, qconfig_dict, data)
+    FileCheck().check(f"quantized::{op_name}_rowwise_offsets").check("aten::div").check_not(
+        "aten::embedding_bag"
+    ).run(str(quantized.graph))
+    assert_sound(debug_model, quantized, data)
+
+    indices, offsets = data[0]
+    weight = rowwise_quantized(float_model.bag.weight.detach(), op_name)
+    mean = F.embedding_bag(indices, weight, offsets, mode="mean", include_last_offset=True)
+    total = F.embedding_bag(indices, weight, offsets, mode="sum", include_last_offset=True)
+    with torch.no_grad():
+        out = quantized(indices, offsets)
+        torch.testing.assert_close(out, mean, rtol=1e-6, atol=1e-6)
+        assert torch.equal(out[1], torch.zeros(12))  # the empty bag
+        # The reference and eager quantized nn.EmbeddingBag(mode="mean") both give the sum.
+        torch.testing.assert_close(reference_quantize(model, qconfig_dict, data)(indices, offsets), total)
+        same_weights = nn.EmbeddingBag.from_pretrained(weight, mode="mean", include_last_offset=True)
+        same_weights.qconfig = (
+            torch.ao.quantization.float_qparams_weight_only_qconfig
+            if op_name == "embedding_bag_byte"
+            else torch.ao.quantization.float_qparams_weight_only_qconfig_4bit
+        )
+        eager = torch.ao.nn.quantized.EmbeddingBag.from_float(same_weights)
+        assert eager.mode == "mean"
+        torch.testing.assert_close(eager(indices, offsets), total)
+
+
+@TRACING
+@BAG_OPS
+def test_embedding_bag_sum_mode_keeps_the_reference_bits(op_name, tracing):
+    # Reference: quantizes it; qgraph must give the same bits.
+    torch.manual_seed(0)
+    data = bag_data()
+    model = capture(Bag("sum"), data[0], tracing)
+    qconfig_dict = {"": bag_qconfig(op_name)}
+    debug_model, quantized = quantize_both(model, qconfig_dict, data)
+    FileCheck().check(f"quantized::{op_name}_rowwise_offsets").check_not("aten::div").run(str(quantized.graph))
+    assert_sound(debug_model, quantized, data)
+    reference = reference_quantize(model, qconfig_dict, data)
+    with torch.no_grad():
+        assert torch.equal(quantized(*data[0]), reference(*data[0]))
+
+
+@BAG_OPS
+def test_embedding_bag_max_mode_stays_float(op_name):
+    # Reference: computes the sum for mode="max" too.
+    torch.manual_seed(0)
+    data = bag_data()
+    model = capture(Bag("max"), data[0], False)
+    debug_model, quantized = quantize_both(model, {"": bag_qconfig(op_name)}, data)
+    FileCheck().check("aten::embedding_bag").check_not(f"quantized::{op_name}").run(str(quantized.graph))
+    assert_sound(debug_model, quantized, data)
+    with torch.no_grad():
+        assert torch.equal(quantized(*data[0]), model(*data[0]))
