@@ -191,12 +191,18 @@ def _count_changes(previous: StageRecord | None, record: StageRecord) -> str:
     if previous.pipeline != record.pipeline:
         return "-"
     before, after = previous.node_counts, record.node_counts
-    changes = []
-    for kind in sorted(set(before) | set(after)):
-        delta = after.get(kind, 0) - before.get(kind, 0)
-        if delta:
-            changes.append(f"{kind}{delta:+d}")
-    return " ".join(changes) or "none"
+    deltas = {kind: after.get(kind, 0) - before.get(kind, 0) for kind in set(before) | set(after)}
+    changed = sorted((kind for kind, delta in deltas.items() if delta), key=lambda k: (-abs(deltas[k]), k))
+    if not changed:
+        return "none"
+    # A stage like observer insertion adds dozens of kinds (the observers'
+    # own code); the largest changes say what the stage did.
+    shown = " ".join(f"{kind}{deltas[kind]:+d}" for kind in changed[:_CHANGES_SHOWN])
+    hidden = len(changed) - _CHANGES_SHOWN
+    return f"{shown} (+{hidden} more kinds)" if hidden > 0 else shown
+
+
+_CHANGES_SHOWN = 6
 
 
 @dataclass
