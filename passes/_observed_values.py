@@ -20,7 +20,7 @@ import functools
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from qgraph.ir.graph import Block, Node, Value
+from qgraph.ir.graph import Block, Node, Value, inputs_of, nested_blocks, outputs_of
 
 STATIC_QUANTIZABLE_CALLS = frozenset(
     {
@@ -126,6 +126,14 @@ def is_bias(value: Value) -> bool:
     return any(_use_matches(u.user, u.offset, BIAS_ARGS_ATEN, BIAS_ARGS_CALL) for u in value.uses())
 
 
+def is_weight_only_weight(value: Value) -> bool:
+    """The weight of a weight-only op (an embedding_bag's table)."""
+    return any(
+        is_weight_only(u.user) and _use_matches(u.user, u.offset, WEIGHT_ARGS_ATEN, WEIGHT_ARGS_CALL)
+        for u in value.uses()
+    )
+
+
 def is_embedding_bag_float_arg(value: Value) -> bool:
     return any(
         u.user.kind() == "aten::embedding_bag" and u.offset in EMBEDDING_BAG_FLOAT_ARGS for u in value.uses()
@@ -224,7 +232,7 @@ def always_raises(block: Block) -> bool:
     for node in block.nodes():
         if node.kind() == "prim::RaiseException":
             return True
-        if node.kind() == "prim::If" and all(always_raises(b) for b in node.blocks()):
+        if node.kind() == "prim::If" and all(always_raises(b) for b in nested_blocks(node)):
             return True
     return False
 
@@ -238,26 +246,26 @@ def pass_through_inputs(value: Value) -> list[Value]:
     if is_general_aten(node) or (kind == "aten::sort" and value.offset() == 0):
         return [node.inputsAt(0)]
     if kind == "prim::If" and node.outputsSize() == 1:
-        return [next(b.outputs()) for b in node.blocks() if not always_raises(b)]
+        return [next(b.outputs()) for b in nested_blocks(node) if not always_raises(b)]
     if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
         return [node.inputsAt(0)] if value.type().isSubtypeOf(_TENSOR) else []
     if kind == "prim::ListConstruct" and value.type().isSubtypeOf(_TENSOR_LIST):
-        return list(node.inputs())
+        return inputs_of(node)
     if kind == "prim::TupleConstruct":
-        return [v for v in node.inputs() if v.type().isSubtypeOf(_TENSOR)]
+        return [v for v in inputs_of(node) if v.type().isSubtypeOf(_TENSOR)]
     if kind == "aten::append":
-        return list(node.inputs())
+        return inputs_of(node)
     return []
 
 
 def loop_carried_params(loop: Node) -> list[Value]:
     """The body parameters of a ``prim::Loop`` that carry values between iterations (not the counter)."""
-    return list(next(loop.blocks()).inputs())[1:]
+    return inputs_of(next(loop.blocks()))[1:]
 
 
 def loop_back_edges(loop: Node) -> list[Value]:
     """What the body of a ``prim::Loop`` hands to the next iteration, one per carried parameter."""
-    return list(next(loop.blocks()).outputs())[1:]
+    return outputs_of(next(loop.blocks()))[1:]
 
 
 def is_defined_in(value: Value, block: Block) -> bool:

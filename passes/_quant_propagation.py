@@ -53,7 +53,7 @@ from passes._observed_values import (
     is_quantizable,
     pass_through_inputs,
 )
-from qgraph.ir.graph import Block, Graph, Node, Value
+from qgraph.ir.graph import Block, Graph, Node, Value, inputs_of, nested_blocks, outputs_of
 from qgraph.pattern import Match, Rewrite, find_matches, rewrite
 
 __all__ = ["NodeBuilder", "propagate_quantization", "insert_dequantize_per_use"]
@@ -196,7 +196,7 @@ def _stack_order_nodes(graph: Graph, kinds: frozenset[str] | None = None) -> lis
         for node in block.nodes():
             if kinds is None or node.kind() in kinds:
                 found.append(node)
-            stack.extend(node.blocks())
+            stack.extend(nested_blocks(node))
     return found
 
 
@@ -239,13 +239,13 @@ def replicate_quantize_into_if(graph: Graph) -> None:
     for quant in quants:
         result = quant.inputsAt(0)
         if_node, position = result.node(), result.offset()
-        for qparam in list(quant.inputs())[1:]:
+        for qparam in inputs_of(quant)[1:]:
             producer = qparam.node()
             if producer.owningBlock() == if_node.owningBlock() and _is_after(producer, if_node):
                 producer.moveBefore(if_node)
-        for block in if_node.blocks():
-            returned = list(block.outputs())[position]
-            inputs = [returned, *list(quant.inputs())[1:]]
+        for block in nested_blocks(if_node):
+            returned = outputs_of(block)[position]
+            inputs = [returned, *inputs_of(quant)[1:]]
             branch_quant = graph.create(quant.kind(), inputs, 1)
             branch_quant.insertBefore(block.returnNode())
             block.returnNode().replaceInput(position, branch_quant.output())
@@ -270,7 +270,7 @@ def replicate_clamp_scalar_args(graph: Graph) -> None:
     """A clamp bound that has other uses too is copied for each use, so it can be quantized alone."""
     shared: dict[Node, None] = {}
     for node in _stack_order_nodes(graph):
-        for output in node.outputs():
+        for output in outputs_of(node):
             if _clamp_bound_use(output) and len(output.uses()) > 1:
                 shared.setdefault(node, None)
     for node in shared:
@@ -315,8 +315,8 @@ def carry_quantized_through_loop(graph: Graph, loop: Node) -> list[int]:
     """
     body = next(loop.blocks())
     outer = loop.owningBlock()
-    params = list(body.inputs())
-    returned = list(body.outputs())
+    params = inputs_of(body)
+    returned = outputs_of(body)
     rewritten = []
     for index in range(1, len(params)):
         param, back = params[index], returned[index]
@@ -375,13 +375,13 @@ class _Propagator:
             self.block(next(node.blocks()))
             return
         if node.kind() == "prim::If":
-            for block in node.blocks():
+            for block in nested_blocks(node):
                 self.block(block)
             if node.outputsSize() != 1:
                 return
         name = aten_name(node)
         if name in GENERAL_VALUE_ATEN or is_binary_with_scalar(node):
-            for output in node.outputs():
+            for output in outputs_of(node):
                 if output in self.quantized:
                     continue
                 inputs = _dequantized_inputs(output)
@@ -391,7 +391,7 @@ class _Propagator:
                         for bound in (1, 2):
                             self.requantize(node.inputsAt(bound), inputs, scalar=True)
         elif name in FIXED_QPARAMS:
-            for output in node.outputs():
+            for output in outputs_of(node):
                 if output in self.quantized:
                     continue
                 inputs = _dequantized_inputs(output)
@@ -400,7 +400,7 @@ class _Propagator:
         else:
             dequantized: dict[Value, None] = {}
             outputs = []
-            for output in node.outputs():
+            for output in outputs_of(node):
                 if output in self.quantized:
                     continue
                 inputs = _dequantized_inputs(output)

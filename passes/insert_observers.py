@@ -115,7 +115,7 @@ from torch.ao.quantization.quant_type import QuantType
 from passes import _observed_values as rules
 from qgraph.ir.callgraph import call_graph, callees_first
 from qgraph.ir.clone import clone_module, unshare_types
-from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, is_alive, walk
+from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, inputs_of, is_alive, nested_blocks, outputs_of, walk
 from qgraph.ir.module import CppModule, as_cpp, as_python, getattr_path, method_graph, register_submodule
 from qgraph.pattern import Match, compile_pattern, find_matches
 from qgraph.qconfig import is_scripted_qconfig, qconfig_paths_needing_own_type, resolve_qconfigs, script_qconfig
@@ -225,6 +225,15 @@ def _observer_dtype(observer: CppModule) -> torch.dtype | None:
     return _SCALAR_TYPES.get(dtype) if isinstance(dtype, int) else dtype
 
 
+def _is_embedding_bag_placeholder(observer: CppModule) -> bool:
+    """A ``PlaceholderObserver`` whose ``custom_op_name`` names an embedding_bag kernel."""
+    return (
+        "PlaceholderObserver" in observer._type().qualified_name()
+        and observer.hasattr("custom_op")
+        and "embedding_bag_" in observer.getattr("custom_op")
+    )
+
+
 def parse_quant_type(quant_type: Any) -> QuantType:
     if isinstance(quant_type, QuantType):
         return quant_type
@@ -297,6 +306,8 @@ class _ObserverPlacement:
     def _instance_methods(self, method: str):
         """(path, instance, method) for every method call reachable from the root, each instance once."""
         seen = set()
+        # Instances of one class share its graphs: walk each (type, method) once.
+        calls_in: dict[tuple[str, str], list[Node]] = {}
         stack = [("", self.root, method)]
         while stack:
             path, module, name = stack.pop()
@@ -304,12 +315,14 @@ class _ObserverPlacement:
                 continue
             seen.add((path, name))
             yield path, module, name
-            for node in walk(method_graph(module, name)):
-                if node.kind() == "prim::CallMethod":
-                    target = self._invoked(module, node)
-                    if target is not None:
-                        sub_path = ".".join(p for p in [path, *getattr_path(node.inputsAt(0))] if p)
-                        stack.append((sub_path, target, node.s("name")))
+            key = (module._type().qualified_name(), name)
+            if key not in calls_in:
+                calls_in[key] = [n for n in walk(method_graph(module, name)) if n.kind() == "prim::CallMethod"]
+            for node in calls_in[key]:
+                target = self._invoked(module, node)
+                if target is not None:
+                    sub_path = ".".join(p for p in [path, *getattr_path(node.inputsAt(0))] if p)
+                    stack.append((sub_path, target, node.s("name")))
 
     def _find_delayed(self, graph: Graph) -> None:
         index = NodeIndex(graph)
@@ -321,11 +334,11 @@ class _ObserverPlacement:
                     self.delayed[match["first_output"]] = match["second_output"]
 
     def _fill_observers(self, graph: Graph, qconfig: QConfig) -> None:
-        for value in graph.inputs():
+        for value in inputs_of(graph):
             if self._needs_observer(value, qconfig):
                 self.observer_for_value[value] = self._observer_module(value, qconfig)
         for node in walk(graph):
-            values = list(node.outputs())
+            values = outputs_of(node)
             if node.kind() == "prim::Loop":
                 values += rules.loop_carried_params(node)
             for value in values:
@@ -353,6 +366,10 @@ class _ObserverPlacement:
             # fp16 dynamic quantization converts weights only.
             if _observer_dtype(self._observer_module(value, qconfig)) == torch.float16 and not rules.is_weight(value):
                 return False
+            # Weight-only quantization needs no calibration, so the dynamic API
+            # gives an embedding_bag what the static API gives when its qconfig asks for it.
+            if rules.is_weight_only_weight(value) and _is_embedding_bag_placeholder(qconfig.weight):
+                return True
         return any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in value.uses())
 
     def _fill_pass_through(self, graph: Graph, analysed_functions: set) -> None:
@@ -366,7 +383,7 @@ class _ObserverPlacement:
                         analysed_functions.add(callee)
                         self._keep.append(callee)
                         pending.append(callee)
-                for value in node.outputs():
+                for value in outputs_of(node):
                     inputs = rules.pass_through_inputs(value)
                     if inputs:
                         self.pass_through[value] = inputs
@@ -378,13 +395,13 @@ class _ObserverPlacement:
                 callee_graph, offset = self._callee(module, node)
                 if callee_graph is None:
                     continue
-                for out, ret in zip(node.outputs(), callee_graph.outputs()):
+                for out, ret in zip(outputs_of(node), outputs_of(callee_graph)):
                     self._link(out, ret)
-                for i, param in enumerate(callee_graph.inputs()):
+                for i, param in enumerate(inputs_of(callee_graph)):
                     self._link(node.inputsAt(i + offset), param)
             elif kind == "prim::If":
-                for block in node.blocks():
-                    for out, block_out in zip(node.outputs(), block.outputs()):
+                for block in nested_blocks(node):
+                    for out, block_out in zip(outputs_of(node), outputs_of(block)):
                         self._link(out, block_out)
 
     def _link(self, caller_value: Value, callee_value: Value) -> None:
@@ -442,7 +459,7 @@ class _ObserverPlacement:
             observed.add(value)
 
     def _should_observe(self, node: Node, observed: set) -> bool:
-        for out in node.outputs():
+        for out in outputs_of(node):
             if any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in out.uses()):
                 return True
         name = rules.aten_name(node)
@@ -473,13 +490,13 @@ class _ObserverPlacement:
         input_observers: list = []
         output_observers: list = []
         if not entry:
-            boundary.update(graph.inputs())
-            boundary.update(graph.outputs())
+            boundary.update(inputs_of(graph))
+            boundary.update(outputs_of(graph))
             if not loop_body:
-                boundary.update(block.outputs())
-            input_observers = [self.observer_for(v) for v in block.inputs()]
+                boundary.update(outputs_of(block))
+            input_observers = [self.observer_for(v) for v in inputs_of(block)]
             output_observers = [
-                None if self.is_observed(v, observed) else self.observer_for(v) for v in block.outputs()
+                None if self.is_observed(v, observed) else self.observer_for(v) for v in outputs_of(block)
             ]
         self._keep.append(block)
         visited = block in self.block_observers
@@ -490,7 +507,7 @@ class _ObserverPlacement:
                 module.setattr(name, copy.deepcopy(observer))
 
         to_observe: dict[Value, CppModule] = {}
-        for value in block.inputs():
+        for value in inputs_of(block):
             if value not in boundary and value not in to_observe and not self.is_observed(value, observed):
                 observer = self.observer_for(value)
                 if observer is not None:
@@ -507,14 +524,14 @@ class _ObserverPlacement:
                 self._observe_if(node, graph, module, observed, boundary, to_observe, in_function)
             elif kind == "prim::Loop":
                 self._observe_loop(node, graph, module, observed, boundary, to_observe)
-            for value in node.outputs():
+            for value in outputs_of(node):
                 self._propagate(value, observed)
                 if value not in boundary and not self.is_observed(value, observed):
                     observer = self.observer_for(value)
                     if observer is not None and self._should_observe(node, observed):
                         self._record(value, observer, to_observe, observed)
 
-        observed_outputs = [i for i, v in enumerate(block.outputs()) if self.is_observed(v, observed)]
+        observed_outputs = [i for i, v in enumerate(outputs_of(block)) if self.is_observed(v, observed)]
         if not visited and self.dry_run:
             self.block_observers[block] = []
         elif not visited:
@@ -542,14 +559,14 @@ class _ObserverPlacement:
             if callee_graph is None:
                 return True
         self._keep.append(callee_graph)
-        params = list(callee_graph.inputs())
+        params = inputs_of(callee_graph)
         callee_observed = {
             param for i, param in enumerate(params) if self.is_observed(node.inputsAt(i + offset), observed)
         }
         inputs_wanted, outputs_wanted, observed_outputs = self.observe_block(
             callee_graph.block(), callee_graph, callee, callee_observed, False, callee_in_function
         )
-        outputs = list(node.outputs())
+        outputs = outputs_of(node)
         for index in observed_outputs:
             observed.add(outputs[index])
             self.explicit.add(outputs[index])
@@ -572,11 +589,11 @@ class _ObserverPlacement:
         # observed consistently" instead.)
         agreed: list[bool] | None = None
         states = []
-        for block in node.blocks():
+        for block in nested_blocks(node):
             if rules.always_raises(block):
                 continue
             _, outputs_wanted, observed_outputs = self.observe_block(block, graph, module, observed)
-            block_outputs = list(block.outputs())
+            block_outputs = outputs_of(block)
             for value, wanted in zip(block_outputs, outputs_wanted):
                 if wanted is not None and value not in boundary and not self.is_observed(value, observed):
                     self._record(value, wanted, to_observe, observed)
@@ -590,7 +607,7 @@ class _ObserverPlacement:
         if node.outputsSize() == 1 and agreed == [False]:
             self._observe_branch_results(node, observed, to_observe)
             agreed = [self.is_observed(node.output(), observed)]
-        for value, is_obs in zip(node.outputs(), agreed or []):
+        for value, is_obs in zip(outputs_of(node), agreed or []):
             if is_obs:
                 observed.add(value)
 
@@ -601,7 +618,7 @@ class _ObserverPlacement:
         when both branches end in a conv; a result defined outside its branch
         leaves the ``if`` output to be observed after the ``if``.
         """
-        blocks = [b for b in node.blocks() if not rules.always_raises(b)]
+        blocks = [b for b in nested_blocks(node) if not rules.always_raises(b)]
         results = [next(b.outputs()) for b in blocks]
         wanted = self.observer_for(node.output())
         if wanted is None or not any(self.is_observed(v, observed) for v in results):
@@ -633,7 +650,7 @@ class _ObserverPlacement:
         Dynamic mode observes parameters at the start of the body.
         """
         body = next(node.blocks())
-        entries = list(node.inputs())[2:]
+        entries = inputs_of(node)[2:]
         carried = []
         for param, entry, back in zip(rules.loop_carried_params(node), entries, rules.loop_back_edges(node)):
             if self.quant_type != QuantType.STATIC or not rules.is_tensor_or_tensor_list(param):
@@ -696,12 +713,12 @@ _MIN_CONTINUATION_BUDGET = 1000
 
 
 def _nested_nodes(node: Node):
-    for block in node.blocks():
+    for block in nested_blocks(node):
         yield from walk(block)
 
 
 def _uses_any(nodes: list[Node], values: set[Value]) -> bool:
-    return any(v in values for node in nodes for inner in [node, *_nested_nodes(node)] for v in inner.inputs())
+    return any(v in values for node in nodes for inner in [node, *_nested_nodes(node)] for v in inputs_of(inner))
 
 
 def _node_count(nodes: list[Node]) -> int:
@@ -723,16 +740,16 @@ def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
     block = if_node.owningBlock()
     nodes = list(block.nodes())
     rest = nodes[nodes.index(if_node) + 1:]
-    returned = list(block.outputs())
-    old_outputs = list(if_node.outputs())
-    added = _node_count(rest) * (len(list(if_node.blocks())) - 1)
-    for branch in if_node.blocks():
-        env: dict[Value, Value] = dict(zip(old_outputs, branch.outputs()))
+    returned = outputs_of(block)
+    old_outputs = outputs_of(if_node)
+    added = _node_count(rest) * (len(nested_blocks(if_node)) - 1)
+    for branch in nested_blocks(if_node):
+        env: dict[Value, Value] = dict(zip(old_outputs, outputs_of(branch)))
         branch_return = branch.returnNode()
         for node in rest:
             clone = graph.createClone(node, lambda v: env.get(v, v))
             clone.insertBefore(branch_return)
-            for old, new in zip(node.outputs(), clone.outputs()):
+            for old, new in zip(outputs_of(node), outputs_of(clone)):
                 new.copyMetadata(old)
                 env[old] = new
         branch_return.removeAllInputs()
@@ -754,7 +771,7 @@ def _has_if_with_tensor_result(root: CppModule, method_name: str) -> bool:
     """Whether a method reachable from ``root.<method_name>`` has an ``if`` returning a Tensor (or list)."""
     for _, data in call_graph(root, method_name).nodes(data=True):
         for node in data["graph"].findAllNodes("prim::If", True):
-            if any(rules.is_tensor_or_tensor_list(v) for v in node.outputs()):
+            if any(rules.is_tensor_or_tensor_list(v) for v in outputs_of(node)):
                 return True
     return False
 
@@ -793,11 +810,11 @@ def _separate_branch_continuations(
             done.add(if_node)
             block_nodes = list(if_node.owningBlock().nodes())
             rest = block_nodes[block_nodes.index(if_node) + 1:]
-            if not _uses_any(rest, set(if_node.outputs())):
+            if not _uses_any(rest, set(outputs_of(if_node))):
                 continue
             if owner not in budget:
                 budget[owner] = max(sum(1 for _ in walk(owner)), _MIN_CONTINUATION_BUDGET)
-            cost = _node_count(rest) * (len(list(if_node.blocks())) - 1)
+            cost = _node_count(rest) * (len(nested_blocks(if_node)) - 1)
             if cost > budget[owner]:
                 continue
             budget[owner] -= _move_continuation_into_branches(owner, if_node)

@@ -69,7 +69,7 @@ from qgraph.ir import (
     named_modules,
     resolve_path,
 )
-from qgraph.ir.graph import Graph, Node, Value
+from qgraph.ir.graph import Graph, Node, Value, inputs_of, nested_blocks, outputs_of
 
 __all__ = ["insert_quant_dequant"]
 
@@ -150,7 +150,7 @@ def _nodes_stack_order(graph: Graph) -> list[Node]:
         block = stack.pop()
         for node in block.nodes():
             order.append(node)
-            stack.extend(node.blocks())
+            stack.extend(nested_blocks(node))
     return order
 
 
@@ -196,7 +196,7 @@ def _is_weight(module: CppModule, value: Value) -> bool:
         callee = _invoked_module(module, use.user)
         if callee is None:
             return False
-        param = list(method_graph(callee, use.user.s("name")).inputs())[use.offset]
+        param = inputs_of(method_graph(callee, use.user.s("name")))[use.offset]
         found = _is_weight(callee, param)
         if result is not None and found != result:
             raise RuntimeError(
@@ -240,7 +240,7 @@ class _QuantDequantInserter:
         weights = [
             v
             for node in _nodes_stack_order(graph)
-            for v in node.outputs()
+            for v in outputs_of(node)
             if v.type().isSubtypeOf(_TENSOR) and observer_name(v) is not None and _is_weight(module, v)
         ]
         for value in weights:
@@ -268,7 +268,7 @@ class _QuantDequantInserter:
             return
         found = []
         for node in _nodes_stack_order(graph):
-            for value in node.outputs():
+            for value in outputs_of(node):
                 if value.type().isSubtypeOf(_TENSOR) and (name := observer_name(value)) is not None:
                     found.append(node)
                     self.observer_attrs.setdefault(module._type().qualified_name(), set()).add(name)
@@ -373,7 +373,7 @@ def _quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op
             bag = use.user
     if bag is None:
         raise RuntimeError(f"%{weight.debugName()} is observed as an embedding_bag weight but no embedding_bag reads it")
-    args = list(bag.inputs())
+    args = inputs_of(bag)
     is_aten = aten_name(bag) == "embedding_bag"
     expected_inputs = 9 if is_aten else 12
     if len(args) != expected_inputs:
@@ -405,7 +405,7 @@ def _quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op
     quantized.output().setType(_TENSOR)
     if is_aten:
         quantized.insertBefore(bag)
-        for extra_output in list(bag.outputs())[1:]:
+        for extra_output in outputs_of(bag)[1:]:
             if extra_output.uses():
                 raise RuntimeError("Expected aten::embedding_bag to only have use for its first output.")
     else:
@@ -444,7 +444,7 @@ def _subgraph_function(self_value: Value, value: Value):
         if node in seen:
             return
         seen.add(node)
-        for input_value in node.inputs():
+        for input_value in inputs_of(node):
             if input_value.node().kind() == "prim::Param":
                 if input_value != self_value:
                     raise RuntimeError(
@@ -462,7 +462,7 @@ def _subgraph_function(self_value: Value, value: Value):
     for node in nodes:
         clone = sub.createClone(node, lambda v: remap[v])
         sub.insertNode(clone)
-        for old, new in zip(node.outputs(), clone.outputs()):
+        for old, new in zip(outputs_of(node), outputs_of(clone)):
             remap[old] = new
     sub.registerOutput(remap[value])
     return torch._C._create_function_from_graph("observer_subgraph", sub)

@@ -109,7 +109,7 @@ from qgraph.ir import (
     resolve_path,
     walk,
 )
-from qgraph.ir.graph import Block, Graph, Node, Value
+from qgraph.ir.graph import Block, Graph, Node, Value, inputs_of, nested_blocks, outputs_of
 from qgraph.pattern import Match, Rewrite, rewrite
 
 __all__ = [
@@ -202,7 +202,7 @@ def _type_may_hold_tensor(type_: Any) -> bool:
 def _quantized_outputs(node: Node, quantized: set[Value]) -> list[Value]:
     """The outputs of ``node`` that hold quantized tensors, given what its inputs hold."""
     kind = node.kind()
-    outputs = list(node.outputs())
+    outputs = outputs_of(node)
     if kind in ("aten::quantize_per_tensor", "aten::quantize_per_channel", "aten::quantize_per_tensor_dynamic"):
         return outputs[:1]
     if kind.startswith("quantized::"):
@@ -212,13 +212,13 @@ def _quantized_outputs(node: Node, quantized: set[Value]) -> list[Value]:
             return outputs[:1]  # the weight; the bias is float
         return [v for v in outputs if v.type().kind() == "TensorType"]
     if kind in _CONTAINER_BUILDS:
-        return outputs if any(v in quantized for v in node.inputs()) else []
+        return outputs if any(v in quantized for v in inputs_of(node)) else []
     if kind in _CONTAINER_READS:
         if node.inputsSize() and node.inputsAt(0) in quantized:
             return [v for v in outputs if _may_hold_tensor(v)]
         return []
     if kind.startswith("aten::") and kind[6:] in _QUANTIZATION_KEEPING_ATEN:
-        first = next((v for v in node.inputs() if _may_hold_tensor(v)), None)
+        first = next((v for v in inputs_of(node) if _may_hold_tensor(v)), None)
         if first is not None and first in quantized and outputs and _may_hold_tensor(outputs[0]):
             return outputs[:1]
     return []
@@ -228,16 +228,16 @@ def _mark_block(block: Block, quantized: set[Value]) -> None:
     for node in block.nodes():
         kind = node.kind()
         if kind == "prim::If":
-            branches = list(node.blocks())
+            branches = nested_blocks(node)
             for branch in branches:
                 _mark_block(branch, quantized)
-            for i, out in enumerate(node.outputs()):
-                if all(list(b.outputs())[i] in quantized for b in branches):
+            for i, out in enumerate(outputs_of(node)):
+                if all(outputs_of(b)[i] in quantized for b in branches):
                     quantized.add(out)
         elif kind == "prim::Loop":
             _mark_loop(node, quantized)
         else:
-            for block_ in node.blocks():
+            for block_ in nested_blocks(node):
                 _mark_block(block_, quantized)
             quantized.update(_quantized_outputs(node, quantized))
 
@@ -247,9 +247,9 @@ def _mark_loop(node: Node, quantized: set[Value]) -> None:
     # and every iteration hands it back quantized. Start from the entry and
     # drop assumptions the body breaks, until nothing changes.
     body = next(node.blocks())
-    initial = list(node.inputs())[2:]
-    params = list(body.inputs())[1:]
-    results = list(body.outputs())[1:]
+    initial = inputs_of(node)[2:]
+    params = inputs_of(body)[1:]
+    results = outputs_of(body)[1:]
     assumed = [v in quantized for v in initial]
     while True:
         trial = set(quantized)
@@ -258,7 +258,7 @@ def _mark_loop(node: Node, quantized: set[Value]) -> None:
         kept = [a and r in trial for a, r in zip(assumed, results)]
         if kept == assumed:
             quantized.update(trial)
-            quantized.update(out for out, a in zip(node.outputs(), assumed) if a)
+            quantized.update(out for out, a in zip(outputs_of(node), assumed) if a)
             return
         assumed = kept
 
@@ -300,13 +300,13 @@ def _dequantize_elements(graph: Graph, value: Value, before: Node) -> Value:
         return value
     producer = value.node()
     if producer.kind() == "prim::TupleConstruct":
-        elements = list(producer.inputs())
+        elements = inputs_of(producer)
     else:
         types = list(value.type().elements())
         unpack = insert_op(
             graph, "prim::TupleUnpack", [value], before=before, n_outputs=len(types), output_types=types
         )
-        elements = list(unpack.outputs())
+        elements = outputs_of(unpack)
     floats = [_dequantize_elements(graph, element, before) for element in elements]
     rebuilt = insert_op(graph, "prim::TupleConstruct", floats, before=before, output_types=[value.type()])
     return rebuilt.output()
@@ -557,7 +557,7 @@ def _nodes_inserted_before(before: Node, previous: Node) -> list[Node]:
     found = []
     for node in reversed(top):
         found.append(node)
-        for block in node.blocks():
+        for block in nested_blocks(node):
             found.extend(walk(block))
     return found
 
@@ -580,7 +580,7 @@ def _kernel_rewrites(module: CppModule, placed: list[_Placed]) -> list[Rewrite]:
         # the pass runs a second time.
         owner = match.anchor.owningBlock().owningNode()
         return owner is None or owner.kind() != "prim::If" or not any(
-            node.kind() == "aten::group_norm" for block in owner.blocks() for node in block.nodes()
+            node.kind() == "aten::group_norm" for block in nested_blocks(owner) for node in block.nodes()
         )
 
     conv_parameters: dict[Node, dict] = {}
@@ -602,7 +602,7 @@ def _kernel_rewrites(module: CppModule, placed: list[_Placed]) -> list[Rewrite]:
         reason = _GROUPWISE_CONV_REASON.format(per_group=in_per_group, channels=out_channels)
         unpack = insert_op(graph, unpack_kind, [match["packed"]], before=before, n_outputs=2,
                            output_types=[_TENSOR, _OPTIONAL_TENSOR], source=anchor)
-        weight_q, bias = unpack.outputs()
+        weight_q, bias = outputs_of(unpack)
         weight = insert_op(graph, "aten::dequantize", [weight_q], before=before, source=anchor).output()
         x = insert_op(graph, "aten::dequantize", [match["x"]], before=before, source=anchor).output()
         conv = insert_op(

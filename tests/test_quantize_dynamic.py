@@ -22,9 +22,11 @@ same way.
 Embedding bags: the reference quantizes ``aten::embedding_bag`` weight-only
 through ``prepare_jit`` / ``convert_jit`` with a ``PlaceholderObserver``
 qconfig whose ``custom_op_name`` is ``embedding_bag_byte`` or
-``embedding_bag_4bit``; its dynamic API leaves bags in float (qgraph's too,
-for now: see the xfail test). The ``float_qparams_weight_only_qconfig`` /
-``_4bit`` qconfigs (eager mode's per-row float qparams) do not apply to
+``embedding_bag_4bit``; its dynamic API leaves bags in float. Weight-only
+quantization needs no calibration, so qgraph's dynamic API gives a bag with
+such a qconfig exactly what the reference's static API gives; under any other
+qconfig the bag stays float, as in the reference. The
+``float_qparams_weight_only_qconfig`` / ``_4bit`` qconfigs (eager mode's per-row float qparams) do not apply to
 graph mode: the reference's ``convert_jit`` fails on them ("a Tensor with 10
 elements cannot be converted to Scalar", and qgraph's with the same message)
 and its dynamic API ignores them; they serve here as eager mode's oracle only.
@@ -493,14 +495,6 @@ def test_embedding_bag_weight_only_is_prepacked_and_quantized(bits, how):
         torch.testing.assert_close(ours(*inputs), eager(*inputs), rtol=0, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the dynamic API leaves embedding_bag in float, as the reference's does: "
-        "passes/_observed_values.py DYNAMIC_QUANTIZABLE_ATEN / DYNAMIC_QUANTIZABLE_CALLS hold only "
-        "'linear', so prepare_dynamic_jit puts no weight observer on the bag"
-    ),
-)
 @pytest.mark.parametrize("bits", EMBEDDING_BAG_OPS)
 def test_dynamic_api_quantizes_embedding_bag_weight_only(bits):
     # Weight-only quantization needs no calibration, so the dynamic API can
@@ -515,6 +509,48 @@ def test_dynamic_api_quantizes_embedding_bag_weight_only(bits):
     reference = reference_convert_jit(reference_prepared)
     FileCheck().check(f"quantized::embedding_bag_{bits}_rowwise_offsets(").run(str(ours.graph))
     _assert_same(ours(*inputs), reference(*inputs), "qgraph vs reference")
+
+
+class BagThenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 12, mode="sum", include_last_offset=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, indices, offsets):
+        return self.head(self.bag(indices, offsets))
+
+
+@pytest.mark.parametrize("how", CAPTURES)
+def test_dynamic_api_leaves_bag_float_under_a_linear_qconfig(how):
+    # Only a qconfig asking for an embedding_bag kernel quantizes the bag.
+    torch.manual_seed(0)
+    inputs = _bag_inputs()
+    captured = _capture(BagThenLinear(), inputs, how)
+    ours, reference = _both(captured, {"": default_dynamic_qconfig})
+    FileCheck().check("aten::embedding_bag(").check("quantized::linear_dynamic(").run(_inlined(ours.graph))
+    _assert_same(ours(*inputs), reference(*inputs), "qgraph vs reference")
+
+
+@pytest.mark.parametrize("how", CAPTURES)
+@pytest.mark.parametrize("bits", EMBEDDING_BAG_OPS)
+def test_dynamic_api_quantizes_bag_and_linear_each_by_its_qconfig(bits, how):
+    torch.manual_seed(0)
+    inputs = _bag_inputs()
+    captured = _capture(BagThenLinear(), inputs, how)
+    qconfig_dict = {"": default_dynamic_qconfig, "bag": _embedding_bag_qconfig(EMBEDDING_BAG_OPS[bits])}
+    ours = qgraph.quantize_dynamic_jit(captured, qconfig_dict)
+    graph = _inlined(ours.graph)
+    FileCheck().check_not("aten::embedding_bag(").run(graph)
+    FileCheck().check(f"quantized::embedding_bag_{bits}_rowwise_offsets(").check("quantized::linear_dynamic(").run(
+        graph
+    )
+    # The bag's output, from the reference's static API, feeds the reference's dynamic linear.
+    reference_bag = reference_prepare_jit(_capture(Bag(), inputs, how), {"bag": qconfig_dict["bag"]})
+    reference_bag.bag.weight = captured.bag.weight
+    reference_bag = reference_convert_jit(reference_bag)
+    head = reference_quantize_dynamic_jit(torch.jit.script(captured.head), {"": default_dynamic_qconfig})
+    _assert_same(ours(*inputs), head(reference_bag(*inputs)), "qgraph vs reference")
 
 
 @pytest.mark.parametrize("how", CAPTURES)
