@@ -41,6 +41,12 @@ The rules are the reference's (``torch.ao.quantization.prepare_jit``):
 
 Where qgraph goes past the reference:
 
+- dynamic mode observes an embedding_bag weight whose qconfig's weight
+  observer is a ``PlaceholderObserver`` naming an embedding_bag kernel
+  (``custom_op_name="embedding_bag_byte"`` / ``"embedding_bag_4bit"``):
+  weight-only quantization needs no calibration, so the dynamic API gives
+  the bag what the static API gives (the reference's dynamic API leaves it
+  float). Under any other qconfig the bag stays float, as in the reference.
 - ``if`` branches observed differently (a conv in one, a float op such as
   ``exp`` or an op with its own observer such as ``relu6`` in the other):
   each branch is observed as its own ops dictate; when the ``if`` result
