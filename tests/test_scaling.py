@@ -92,9 +92,16 @@ def _count_work(monkeypatch, depth: int) -> Counter:
 def test_work_grows_linearly_with_depth(monkeypatch):
     small = _count_work(monkeypatch, SMALL)
     large = _count_work(monkeypatch, LARGE)
-    for key in ("nodes read", "block lists read", "node indexes built", "matches tried"):
+    for key in ("nodes read", "node indexes built", "matches tried"):
         assert small[key] > 0, key
         assert large[key] <= GROWTH_LIMIT * small[key], (key, small[key], large[key])
+    # Passes ask only prim:: nodes for their blocks, and this model may have
+    # none left to ask about once compiled patterns are cached: zero is fine,
+    # growth is not.
+    assert large["block lists read"] <= GROWTH_LIMIT * small["block lists read"], (
+        small["block lists read"],
+        large["block lists read"],
+    )
 
 
 def test_freezing_gets_no_tensor_attributes_to_compare(monkeypatch):
