@@ -53,6 +53,8 @@ from passes._observed_values import (
     is_quantizable,
     pass_through_inputs,
 )
+from passes.replicate_dequantize import replicate_dequantize
+from passes.replicate_quantize import replicate_quantize
 from qgraph.ir.graph import Block, Graph, Node, Value, inputs_of, nested_blocks, outputs_of
 from qgraph.pattern import Match, Rewrite, find_matches, rewrite
 
@@ -221,45 +223,6 @@ def replicate_choose_qparams_quant_dequant(graph: Graph) -> None:
             use.user.replaceInputWith(dequantized, new.output())
     for choose, quant, dequant in chains:
         _destroy([dequant, quant, choose])
-
-
-def replicate_quantize_into_if(graph: Graph) -> None:
-    """A quantize of an ``if`` output moves to the end of each branch.
-
-    Only when the quantize is the output's single reader and sits in the
-    ``if``'s block; with several outputs, only the quantized one changes.
-    """
-    quants = [
-        n
-        for n in _stack_order_nodes(graph, frozenset({"aten::quantize_per_tensor", "aten::quantize_per_channel"}))
-        if n.inputsAt(0).node().kind() == "prim::If"
-        and len(n.inputsAt(0).uses()) == 1
-        and n.inputsAt(0).node().owningBlock() == n.owningBlock()
-    ]
-    for quant in quants:
-        result = quant.inputsAt(0)
-        if_node, position = result.node(), result.offset()
-        for qparam in inputs_of(quant)[1:]:
-            producer = qparam.node()
-            if producer.owningBlock() == if_node.owningBlock() and _is_after(producer, if_node):
-                producer.moveBefore(if_node)
-        for block in nested_blocks(if_node):
-            returned = outputs_of(block)[position]
-            inputs = [returned, *inputs_of(quant)[1:]]
-            branch_quant = graph.create(quant.kind(), inputs, 1)
-            branch_quant.insertBefore(block.returnNode())
-            block.returnNode().replaceInput(position, branch_quant.output())
-            branch_quant.output().copyMetadata(returned)
-        quant.output().replaceAllUsesWith(result)
-    _destroy(quants)
-
-
-def replicate_dequantize(graph: Graph) -> None:
-    """A dequantize with several uses becomes one dequantize per use, next to its user."""
-    shared = [n for n in _stack_order_nodes(graph, frozenset({"aten::dequantize"})) if len(n.output().uses()) > 1]
-    for dequant in shared:
-        insert_dequantize_per_use(graph, dequant.inputsAt(0), dequant.output())
-    _destroy(shared)
 
 
 def _clamp_bound_use(value: Value) -> bool:
@@ -479,7 +442,7 @@ def propagate_quantization(graph: Graph, *, debug: bool = False) -> None:
     """Steps 1-6 of the module docstring on an inlined graph, in place."""
     replicate_choose_qparams_quant_dequant(graph)
     rewrite(graph, REDUNDANT_QUANTIZATION)
-    replicate_quantize_into_if(graph)
+    replicate_quantize(graph)
     replicate_dequantize(graph)
     replicate_clamp_scalar_args(graph)
     _Propagator(graph, debug).block(graph.block())

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 
 from qgraph.ir.graph import nested_blocks, outputs_of, walk
-from qgraph.ir.module import CppModule, children_of, getattr_path, method_graph, resolve_path
+from qgraph.ir.module import CppModule, children_of, getattr_path, method_graph, named_modules, resolve_path
 
 __all__ = ["clone_module", "drop_attributes", "unshare_types"]
 
@@ -139,16 +139,15 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
     """
     new_types: dict[str, object] = {}
     rebuilt = _drop(root, names_by_type, new_types, {})
-    by_name = {old: new for old, new in new_types.items()}
-    # Method graphs belong to class types: retype each type's graphs once.
+        # Method graphs belong to class types: retype each type's graphs once.
     retyped: set[str] = set()
-    for _, module in _named_instances(rebuilt):
+    for _, module in named_modules(rebuilt):
         type_name = module._type().qualified_name()
         if type_name in retyped:
             continue
         retyped.add(type_name)
         for method in module._method_names():
-            _retype_graph(method_graph(module, method), by_name)
+            _retype_graph(method_graph(module, method), new_types)
     return rebuilt
 
 
@@ -188,12 +187,6 @@ def _drop(
             continue
         fresh.setattr(name, new_children[name] if name in new_children else module.getattr(name))
     return fresh
-
-
-def _named_instances(module: CppModule, prefix: str = ""):
-    yield prefix, module
-    for name, child in children_of(module):
-        yield from _named_instances(child, f"{prefix}.{name}" if prefix else name)
 
 
 def _retype_graph(graph, new_types: dict) -> None:
