@@ -3,7 +3,7 @@
     python examples/quickstart.py [--dump-dir DIR]
 
 Prints, for each pipeline stage, its time and how the node counts changed;
-then the quantized model's forward graph, the ops left in float, the
+then the quantized model's forward code, the ops left in float, the
 accuracy against the float model, and the size of the saved model.
 """
 
@@ -50,8 +50,8 @@ def main() -> None:
 
     print("== what each stage did")
     print(report.format())
-    print("\n== quantized forward graph")
-    print(quantized.graph)
+    print("\n== quantized forward, as TorchScript code")
+    print(quantized.code)
     print("== ops left in float")
     print(float_op_report(quantized, qconfig_dict).format())
 
