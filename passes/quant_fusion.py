@@ -422,29 +422,20 @@ STATIC_QUANT_FUSION: list[Rewrite] = [
         "instance_norm",
     ),
     # quantized::elu takes the output qparams before elu's own arguments.
-    Rewrite(
-        name="elu",
-        pattern="""graph(%a_quant, %alpha, %scale, %input_scale, %r_scale, %r_zero_point, %r_dtype):
-            %a_dequant = aten::dequantize(%a_quant)
-            %r = aten::elu(%a_dequant, %alpha, %scale, %input_scale)
-            %r_quant = aten::quantize_per_tensor(%r, %r_scale, %r_zero_point, %r_dtype)
-            return (%r_quant)""",
-        replacement="""graph(%a_quant, %alpha, %scale, %input_scale, %r_scale, %r_zero_point, %r_dtype):
-            %r_quant = quantized::elu(%a_quant, %r_scale, %r_zero_point, %alpha, %scale, %input_scale)
-            return (%r_quant)""",
-        source="r",
-    ),
-    Rewrite(
-        name="elu_",
-        pattern="""graph(%a_quant, %alpha, %scale, %input_scale, %r_scale, %r_zero_point, %r_dtype):
-            %a_dequant = aten::dequantize(%a_quant)
-            %r = aten::elu_(%a_dequant, %alpha, %scale, %input_scale)
-            %r_quant = aten::quantize_per_tensor(%r, %r_scale, %r_zero_point, %r_dtype)
-            return (%r_quant)""",
-        replacement="""graph(%a_quant, %alpha, %scale, %input_scale, %r_scale, %r_zero_point, %r_dtype):
-            %r_quant = quantized::elu(%a_quant, %r_scale, %r_zero_point, %alpha, %scale, %input_scale)
-            return (%r_quant)""",
-        source="r",
+    *(
+        Rewrite(
+            name=op,
+            pattern=f"""graph(%a_quant, %alpha, %scale, %input_scale, %r_scale, %r_zero_point, %r_dtype):
+                %a_dequant = aten::dequantize(%a_quant)
+                %r = aten::{op}(%a_dequant, %alpha, %scale, %input_scale)
+                %r_quant = aten::quantize_per_tensor(%r, %r_scale, %r_zero_point, %r_dtype)
+                return (%r_quant)""",
+            replacement="""graph(%a_quant, %alpha, %scale, %input_scale, %r_scale, %r_zero_point, %r_dtype):
+                %r_quant = quantized::elu(%a_quant, %r_scale, %r_zero_point, %alpha, %scale, %input_scale)
+                return (%r_quant)""",
+            source="r",
+        )
+        for op in ("elu", "elu_")
     ),
     _keeps_input_qparams("avg_pool1d", _POOL_ARGS),
     _keeps_input_qparams("avg_pool2d", [*_POOL_ARGS, "%divisor_override"]),

@@ -177,32 +177,21 @@ _TABLE: tuple[_RnnOp, ...] = (
         owner=(nn.LSTMCell,),
         params="w_ih",
     ),
-    _RnnOp(
-        name="gru_cell",
-        overload="aten::gru_cell",
-        pattern="""graph(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh):
-            %h = aten::gru_cell(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh)
-            return (%h)""",
-        owner=(nn.GRUCell,),
-        params="w_ih",
-    ),
-    _RnnOp(
-        name="rnn_tanh_cell",
-        overload="aten::rnn_tanh_cell",
-        pattern="""graph(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh):
-            %h = aten::rnn_tanh_cell(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh)
-            return (%h)""",
-        owner=(nn.RNNCell,),
-        params="w_ih",
-    ),
-    _RnnOp(
-        name="rnn_relu_cell",
-        overload="aten::rnn_relu_cell",
-        pattern="""graph(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh):
-            %h = aten::rnn_relu_cell(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh)
-            return (%h)""",
-        owner=(nn.RNNCell,),
-        params="w_ih",
+    *(
+        _RnnOp(
+            name=name,
+            overload=f"aten::{name}",
+            pattern=f"""graph(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh):
+                %h = aten::{name}(%input, %hx, %w_ih, %w_hh, %b_ih, %b_hh)
+                return (%h)""",
+            owner=owner,
+            params="w_ih",
+        )
+        for name, owner in (
+            ("gru_cell", (nn.GRUCell,)),
+            ("rnn_tanh_cell", (nn.RNNCell,)),
+            ("rnn_relu_cell", (nn.RNNCell,)),
+        )
     ),
     # Last: a traced cell's decomposition. Only linears on a cell's own
     # weight_ih / weight_hh match (see _linear_of_traced_cell).
