@@ -20,7 +20,7 @@ becomes::
 and ``flatten``'s output gets no observer: observation passes through
 general ops.
 
-The rules are the reference's (``torch.ao.quantization.prepare_jit``):
+The rules are those of PyTorch's own graph-mode prepare (the reference):
 
 - a Tensor (or List[Tensor]) is observed when a quantizable op produces it
   (static mode; also cat/add/mul when their inputs are observed) or a
