@@ -681,14 +681,6 @@ def test_embedding_bag_rowwise_offsets_with_prepacked_weight(op_name, tracing):
 # --- the whole qgraph path ---------------------------------------------------------------
 
 
-def _qgraph_convert_uses_finalize() -> bool:
-    try:
-        import qgraph.convert  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class SmallNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -702,7 +694,6 @@ class SmallNet(nn.Module):
         return self.fc(x)
 
 
-@pytest.mark.skipif(not _qgraph_convert_uses_finalize(), reason="qgraph.convert is not there yet")
 @pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
 def test_whole_qgraph_path_matches_reference(tracing):
     import qgraph
