@@ -32,7 +32,7 @@ import torch
 from qgraph.ir.graph import erase_nodes, inputs_of, insert_op, walk
 from qgraph.ir.module import as_cpp, like, method_graph, register_attribute, unique_attr_name
 
-__all__ = ["PREPACK_OPS", "ATTRIBUTE_PREFIX", "fold_prepacking"]
+__all__ = ["PREPACK_OPS", "ATTRIBUTE_PREFIX", "fold_prepacking", "read_from_attribute"]
 
 # Prepacking ops with no side effects, whose result depends only on their inputs.
 PREPACK_OPS = (
@@ -60,6 +60,29 @@ def _all_inputs_constant(node: torch._C.Node) -> bool:
     return all(value.node().kind() == "prim::Constant" for value in inputs_of(node))
 
 
+def read_from_attribute(
+    module_c: torch._C.ScriptModule,
+    graph: torch._C.Graph,
+    self_value: torch._C.Value,
+    prepack: torch._C.Node,
+    packed: Any,
+    next_index: int,
+) -> tuple[torch._C.Node, int]:
+    """Store ``packed`` as ``_packed_params_<k>`` and make the users of ``prepack`` read it.
+
+    ``k`` is the first free index from ``next_index`` on; returns the new
+    ``prim::GetAttr`` and the index to start from next time, which keeps
+    naming linear in the number of ops. ``prepack`` is left without users.
+    """
+    name = unique_attr_name(module_c, ATTRIBUTE_PREFIX, next_index)
+    packed_type = prepack.output().type()
+    register_attribute(module_c, name, packed, packed_type)
+    read = insert_op(graph, "prim::GetAttr", [self_value], before=prepack, output_types=[packed_type], source=prepack)
+    read.s_("name", name)
+    prepack.output().replaceAllUsesWith(read.output())
+    return read, int(name.removeprefix(ATTRIBUTE_PREFIX)) + 1
+
+
 def fold_prepacking(module: Any) -> Any:
     """Replace constant-input prepack ops in ``module``'s methods by attributes holding their result.
 
@@ -76,15 +99,7 @@ def fold_prepacking(module: Any) -> Any:
         for node in [n for n in walk(graph) if n.kind() in _PREPACK_KINDS]:
             if self_value is None or not _all_inputs_constant(node):
                 continue
-            packed = _run(node)
-            # Counting on from the last name found keeps naming linear in the number of ops.
-            name = unique_attr_name(module_c, ATTRIBUTE_PREFIX, next_index)
-            next_index = int(name.removeprefix(ATTRIBUTE_PREFIX)) + 1
-            packed_type = node.output().type()
-            register_attribute(module_c, name, packed, packed_type)
-            read = insert_op(graph, "prim::GetAttr", [self_value], before=node, output_types=[packed_type], source=node)
-            read.s_("name", name)
-            node.output().replaceAllUsesWith(read.output())
+            _, next_index = read_from_attribute(module_c, graph, self_value, node, _run(node), next_index)
             folded.append(node)
         erase_nodes(folded)
     return like(module_c, module)

@@ -49,9 +49,9 @@ from typing import Any
 
 import torch
 
-from passes.fold_prepacking import ATTRIBUTE_PREFIX, PREPACK_OPS
+from passes.fold_prepacking import PREPACK_OPS, read_from_attribute
 from qgraph.ir.graph import Node, NodeIndex, Value, erase_dead, inputs_of, insert_op, is_alive, walk
-from qgraph.ir.module import as_cpp, like, method_graph, register_attribute, unique_attr_name
+from qgraph.ir.module import as_cpp, like, method_graph, register_attribute
 
 __all__ = ["freeze"]
 
@@ -102,13 +102,7 @@ def _prepack_from_attributes(module_c) -> list[Node]:
         packed = _evaluate(order, node, module_c, self_value)
         if packed is _UNFOLDABLE:
             continue
-        name = unique_attr_name(module_c, ATTRIBUTE_PREFIX, next_index)
-        next_index = int(name.removeprefix(ATTRIBUTE_PREFIX)) + 1
-        packed_type = node.output().type()
-        register_attribute(module_c, name, packed, packed_type)
-        read = insert_op(graph, "prim::GetAttr", [self_value], before=node, output_types=[packed_type], source=node)
-        read.s_("name", name)
-        node.output().replaceAllUsesWith(read.output())
+        read, next_index = read_from_attribute(module_c, graph, self_value, node, packed, next_index)
         reads.append(read)
     if reads:
         erase_dead(graph)

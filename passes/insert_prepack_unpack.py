@@ -43,8 +43,9 @@ def _packed_type(op: str) -> str:
     return f"__torch__.torch.classes.quantized.{kind}PackedParamsBase"
 
 
-def _conv_rewrite(op: str) -> Rewrite:
-    args = "%stride, %padding, %dilation, %groups"
+def _weighted_rewrite(op: str, args: str, prepack_args: str) -> Rewrite:
+    """``op``'s weight goes through ``<op>_prepack`` / ``<op>_unpack``; ``prepack_args``
+    is the order the prepack op takes the op's own arguments in."""
     header = f"graph(%a_dequant, %w_quant, %b, {args}):"
     return Rewrite(
         name=f"{op}_prepack_unpack",
@@ -53,30 +54,25 @@ def _conv_rewrite(op: str) -> Rewrite:
             %r = aten::{op}(%a_dequant, %w_dequant, %b, {args})
             return (%r)""",
         replacement=f"""{header}
-            %packed_params : {_packed_type(op)} = quantized::{op}_prepack(%w_quant, %b, {args})
+            %packed_params : {_packed_type(op)} = quantized::{op}_prepack(%w_quant, %b, {prepack_args})
             %w_quant_unpacked : Tensor, %b_unpacked : Tensor? = quantized::{op}_unpack(%packed_params)
             %w_dequant = aten::dequantize(%w_quant_unpacked)
             %r = aten::{op}(%a_dequant, %w_dequant, %b_unpacked, {args})
             return (%r)""",
     )
+
+
+_CONV_ARGS = "%stride, %padding, %dilation, %groups"
+_CONV_TRANSPOSE_ARGS = "%stride, %padding, %output_padding, %groups, %dilation"
+
+
+def _conv_rewrite(op: str) -> Rewrite:
+    return _weighted_rewrite(op, _CONV_ARGS, _CONV_ARGS)
 
 
 def _conv_transpose_rewrite(op: str) -> Rewrite:
-    args = "%stride, %padding, %output_padding, %groups, %dilation"
-    header = f"graph(%a_dequant, %w_quant, %b, {args}):"
-    return Rewrite(
-        name=f"{op}_prepack_unpack",
-        pattern=f"""{header}
-            %w_dequant = aten::dequantize(%w_quant)
-            %r = aten::{op}(%a_dequant, %w_dequant, %b, {args})
-            return (%r)""",
-        replacement=f"""{header}
-            %packed_params : {_packed_type(op)} = quantized::{op}_prepack(%w_quant, %b, %stride, %padding, %output_padding, %dilation, %groups)
-            %w_quant_unpacked : Tensor, %b_unpacked : Tensor? = quantized::{op}_unpack(%packed_params)
-            %w_dequant = aten::dequantize(%w_quant_unpacked)
-            %r = aten::{op}(%a_dequant, %w_dequant, %b_unpacked, {args})
-            return (%r)""",
-    )
+    # The prepack op takes dilation before groups; conv_transpose itself the other way round.
+    return _weighted_rewrite(op, _CONV_TRANSPOSE_ARGS, "%stride, %padding, %output_padding, %dilation, %groups")
 
 
 # Order follows the reference: linear (int8, then fp16), then the convolutions.
