@@ -60,7 +60,7 @@ from passes.replicate_dequantize import replicate_dequantize
 from passes.replicate_quantize import replicate_quantize
 from passes.swap_functional_linear import swap_functional_linear
 from qgraph.ir import CppModule, as_cpp, like, method_graph
-from qgraph.pipeline import Pipeline, Stage, method_graphs
+from qgraph.pipeline import Pipeline, Stage
 
 __all__ = ["finalize", "finalize_pipeline"]
 
@@ -72,9 +72,8 @@ def _forward_stage(name: str, graph_pass) -> Stage:
     return Stage(name, run)
 
 
-def _swap_functional_linear_everywhere(module: CppModule) -> None:
-    for _, _, graph in method_graphs(module, distinct=True):
-        swap_functional_linear(graph)
+def _swap_functional_linear(module: CppModule) -> None:
+    swap_functional_linear(module)  # every method of the tree; the count is not a stage result
 
 
 def _cleanup(module: CppModule) -> None:
@@ -91,7 +90,7 @@ def finalize_pipeline(quant_type: QuantType = QuantType.STATIC, preserved_attrs:
     return Pipeline(
         "finalize",
         [
-            Stage("swap-functional-linear", _swap_functional_linear_everywhere),
+            Stage("swap-functional-linear", _swap_functional_linear),
             _forward_stage("inline", torch._C._jit_pass_inline),
             _forward_stage("replicate-quantize", replicate_quantize),
             _forward_stage("replicate-dequantize", replicate_dequantize),

@@ -54,11 +54,13 @@ value, is removed from the graph: both calls go, the weights stay.
 
 PyTorch folds Conv2d/3d only; qgraph folds Conv1d+BatchNorm1d too.
 
-The pass edits the module it is given. TorchScript compiles a method on its
-first run from a copy of its graph and keeps that copy, so a module that
-already ran (``torch.jit.trace`` runs the traced module to check it) goes on
-running its old graphs: fold a fresh clone (``qgraph.ir.clone_module``), as
-``qgraph.fuse_conv_bn_jit`` does.
+``fold_conv_bn`` folds a fresh clone (new class types, so the caller's
+model and its graphs stay as they were) and returns it, as PyTorch's pass
+does. ``fold_conv_bn_in_place`` edits the module it is given, for a pipeline
+that cloned already; TorchScript compiles a method on its first run from a
+copy of its graph and keeps that copy, so a module that already ran
+(``torch.jit.trace`` runs the traced module to check it) goes on running its
+old graphs there.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ from qgraph.ir import (
     as_cpp,
     call_graph,
     callees_first,
+    clone_module,
     erase_nodes,
     getattr_path,
     is_constant,
@@ -89,7 +92,7 @@ from qgraph.ir import (
 from qgraph.ir.graph import Graph, Node, Value, insert_op
 from qgraph.pattern import Match, compile_pattern, find_matches
 
-__all__ = ["fold_conv_bn"]
+__all__ = ["fold_conv_bn", "fold_conv_bn_in_place"]
 
 # The conv call's output must feed only the BatchNorm call: the matcher
 # rejects a match whose inner value (%conv_out) is used outside it. Matches
@@ -212,15 +215,31 @@ class _Fold:
 
 
 def fold_conv_bn(module: Any) -> Any:
-    """Fold Conv{1,2,3}d -> BatchNorm{1,2,3}d submodule calls; in place, and returned.
+    """A copy of ``module`` with Conv{1,2,3}d -> BatchNorm{1,2,3}d submodule calls folded.
 
-    ``module`` is a ``torch.jit.ScriptModule`` or its ``._c``; the result is the
-    same module, as the same kind of object. Every method graph reachable from
-    the root's methods is visited once per class type. Does not clone: callers
-    that must keep the original clone first (``qgraph.fuse_conv_bn_jit`` does).
+    ``module`` is a ``torch.jit.ScriptModule`` or its ``._c``; the result is a
+    new module of the same kind, and ``module`` itself is left as it was (as
+    PyTorch's own folding pass does). Every method graph reachable from the
+    root's methods is visited once per class type.
     """
+    _check_module(module)
+    return like(fold_conv_bn_in_place(clone_module(as_cpp(module))), module)
+
+
+def _check_module(module: Any) -> None:
     if not isinstance(module, torch.jit.ScriptModule | CppModule):
         raise TypeError(f"fold_conv_bn expects a TorchScript module, got {type(module).__name__}")
+
+
+def fold_conv_bn_in_place(module: Any) -> Any:
+    """``fold_conv_bn`` without the copy: ``module`` itself is folded, and returned.
+
+    For pipelines that cloned the caller's model already (``qgraph.prepare``,
+    ``qgraph.fuse_conv_bn_jit``). A module that already ran keeps running the
+    graphs it compiled on its first run, so fold one that never ran (a fresh
+    clone).
+    """
+    _check_module(module)
     root = as_cpp(module)
     methods, order = _methods_of(root)
     module_uses = _module_use_counts(methods)
@@ -256,7 +275,7 @@ def fold_conv_bn(module: Any) -> Any:
         _remove_batch_norm_call(match)
     for match in to_drop:
         _remove_dead_pair(match)
-    return like(root, module)
+    return module
 
 
 def _methods_of(root: CppModule) -> tuple[dict[tuple[str, str], _Method], list[tuple[str, str]]]:

@@ -1,9 +1,11 @@
 """Insert observer modules after every value that quantization will need qparams for.
 
-Takes a script module whose method graphs are already preprocessed (Conv-BN
-folded, functional linear swapped, fork/wait inlined, linear fused, traced
-``aten::_convolution`` canonicalised; ``qgraph.prepare`` does all that) and a
-``qconfig_dict``. Leaves, after each observed value ``%v`` of a method graph,
+Takes a script module (Conv-BN already folded, if wanted: ``fold_conv_bn``)
+and a ``qconfig_dict``; first cleans up the graphs it observes, as PyTorch's
+pass of the same name does (``passes._observer_preprocessing``: functional
+linear swapped, fork/wait inlined, linear fused, traced
+``aten::_convolution`` canonicalised, lists built by ``append`` folded into
+their construct). Leaves, after each observed value ``%v`` of a method graph,
 a call of a fresh observer submodule ``_observer_N`` of the module that owns
 the graph; later uses of ``%v`` read the observer's output::
 
@@ -119,6 +121,7 @@ from torch.ao.quantization import QConfig
 from torch.ao.quantization.quant_type import QuantType
 
 from passes import _observed_values as rules
+from passes._observer_preprocessing import preprocess
 from qgraph.ir.callgraph import call_graph, callees_first
 from qgraph.ir.clone import clone_module, unshare_types
 from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, inputs_of, is_alive, nested_blocks, outputs_of, walk
@@ -126,7 +129,7 @@ from qgraph.ir.module import CppModule, as_cpp, as_python, getattr_path, method_
 from qgraph.pattern import Match, compile_pattern, find_matches
 from qgraph.qconfig import is_scripted_qconfig, qconfig_paths_needing_own_type, resolve_qconfigs, script_qconfig
 
-__all__ = ["insert_observers", "DELAYED_OBSERVATION", "parse_quant_type"]
+__all__ = ["insert_observers", "insert_observers_in_place", "DELAYED_OBSERVATION", "parse_quant_type"]
 
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")
 
@@ -833,27 +836,47 @@ def _separate_branch_continuations(
 def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace: bool, quant_type: Any) -> Any:
     """Observe every value of ``module.<method_name>`` (and what it calls) that quantization needs.
 
+    Called alone, it does what PyTorch's pass of the same name does: the
+    graphs are cleaned up first (``passes._observer_preprocessing``: linear
+    swapped and fused, fork/wait inlined, traced convolutions canonicalised,
+    lists built by ``append`` folded into their construct), then observed.
+
     ``module`` is a ScriptModule or its ``._c`` and comes back as the same
     kind; ``qconfig_dict`` may hold QConfigs or scripted QConfigs
     (``qgraph.script_qconfig``); ``quant_type`` is a ``QuantType`` or
-    ``"static"`` / ``"dynamic"``. With ``inplace=False`` the input is cloned
-    first (fresh class types, so the caller's graphs stay as they were);
-    with ``inplace=True`` a ``torch._C.ScriptModule`` is changed in place and
-    a Python ScriptModule is re-pointed at a prepared clone.
-    Instances of one class type that resolve to different qconfigs get class
-    types of their own first.
+    ``"static"`` / ``"dynamic"``. The observers go into a clone with fresh
+    class types, so the caller's graphs never change (nor the types that
+    scripting hands to later instances of the same Python class); with
+    ``inplace=False`` the clone has copies of the tensors, with
+    ``inplace=True`` it shares the caller's, and a Python ScriptModule is
+    re-pointed at it. Instances of one class type that resolve to different
+    qconfigs get class types of their own.
+    """
+    _check_method(as_cpp(module), method_name)
+    root = clone_module(as_cpp(module), share_values=inplace)
+    preprocess(root, method_name)
+    root = insert_observers_in_place(root, method_name, qconfig_dict, quant_type)
+    if isinstance(module, torch.jit.ScriptModule):
+        if inplace:
+            module._reconstruct(root)
+            return module
+        return as_python(root)
+    return root
+
+
+def insert_observers_in_place(module: CppModule, method_name: str, qconfig_dict: dict, quant_type: Any) -> CppModule:
+    """``insert_observers`` on ``module`` itself, whose graphs are already cleaned up.
+
+    For a pipeline that cloned the caller's model and runs
+    ``passes._observer_preprocessing``'s steps as stages of their own
+    (``qgraph.prepare``). Returns the prepared module: a new root when
+    instances had to get class types of their own (the given one must not be
+    used after), else ``module``.
     """
     root = as_cpp(module)
-    if not root._has_method(method_name):
-        raise ValueError(f"module {root._type().qualified_name()} has no method {method_name!r}")
+    _check_method(root, method_name)
     kind = parse_quant_type(quant_type)
-    scripted = _scripted(qconfig_dict)
-    if not inplace or isinstance(module, torch.jit.ScriptModule):
-        # A Python wrapper is re-pointed at the result, so even in place the
-        # observers go to fresh class types and the types that scripting
-        # caches for later instances of the same Python class stay clean.
-        root = clone_module(root)
-    qconfigs = resolve_qconfigs(root, scripted)
+    qconfigs = resolve_qconfigs(root, _scripted(qconfig_dict))
     own_type = qconfig_paths_needing_own_type(root, qconfigs)
     if own_type:
         root = unshare_types(root, own_type)
@@ -863,9 +886,9 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
         placement.analyze(method_name)
     graph = method_graph(root, method_name)
     placement.observe_block(graph.block(), graph, root, set(), entry=True)
-    if isinstance(module, torch.jit.ScriptModule):
-        if inplace:
-            module._reconstruct(root)
-            return module
-        return as_python(root)
     return root
+
+
+def _check_method(root: CppModule, method_name: str) -> None:
+    if not root._has_method(method_name):
+        raise ValueError(f"module {root._type().qualified_name()} has no method {method_name!r}")

@@ -66,12 +66,11 @@ from qgraph.ir import (
     like,
     method_graph,
     method_key,
-    named_modules,
     resolve_path,
 )
 from qgraph.ir.graph import Graph, Node, Value, inputs_of, nested_blocks, outputs_of
 
-__all__ = ["insert_quant_dequant"]
+__all__ = ["insert_quant_dequant", "insert_quant_dequant_in_place"]
 
 OBSERVER_MARK = "_observer_"
 _TENSOR = torch._C.TensorType.get()
@@ -473,15 +472,30 @@ def insert_quant_dequant(module, method_name: str = "forward", inplace: bool = F
     """Replace calibrated observers by quantize/dequantize ops; see the module docstring.
 
     ``module`` is a ScriptModule (or its ``._c``) after observer insertion and
-    calibration; the result is the same kind of object. With ``inplace=False``
-    the input is left untouched. ``debug`` only matters for warnings (the
-    graph produced is the debug model either way).
+    calibration; the result is the same kind of object. As PyTorch's pass of
+    the same name does, the rewrite goes to a clone with fresh class types,
+    so ``module`` itself is left as it was: with ``inplace=False`` the clone
+    has copies of the tensors, with ``inplace=True`` it shares ``module``'s.
+    ``debug`` only matters for warnings (the graph produced is the debug
+    model either way).
+    """
+    cpp = as_cpp(module)
+    _check_method(cpp, method_name)
+    result = insert_quant_dequant_in_place(clone_module(cpp, share_values=inplace), method_name, debug, quant_type)
+    return like(result, module)
+
+
+def insert_quant_dequant_in_place(module, method_name: str = "forward", debug: bool = False,
+                                  quant_type=QuantType.STATIC):
+    """``insert_quant_dequant`` on ``module`` itself, for a pipeline that cloned the caller's model already.
+
+    Returns the converted module as a ``torch._C.ScriptModule``: a new root
+    (removing the observers gives the class types new layouts), after which
+    ``module`` must not be used.
     """
     quant_type = _quant_type(quant_type)
-    cpp = as_cpp(module)
-    if not cpp._has_method(method_name):
-        raise ValueError(f"module has no method {method_name!r} to convert")
-    work = cpp if inplace else clone_module(cpp)
+    work = as_cpp(module)
+    _check_method(work, method_name)
     inserter = _QuantDequantInserter(quant_type)
     if quant_type == QuantType.DYNAMIC:
         inserter.run_weight_observers(work, method_name)
@@ -491,12 +505,15 @@ def insert_quant_dequant(module, method_name: str = "forward", inplace: bool = F
     # new method objects: inlining below must not see call targets whose
     # optimized graphs were cached (by calibration runs) before the rewrite.
     result = drop_attributes(work, inserter.observer_attrs)
-    for _, instance in named_modules(result):
-        for name in instance._method_names():
-            swap_functional_linear(method_graph(instance, name))
+    swap_functional_linear(result)
     graph = method_graph(result, "forward")
     torch._C._jit_pass_inline(graph)
     torch._C._jit_pass_constant_propagation(graph)
     propagate_quantization(graph, debug=debug)
-    return like(result, module)
+    return result
+
+
+def _check_method(module, method_name: str) -> None:
+    if not module._has_method(method_name):
+        raise ValueError(f"module has no method {method_name!r} to convert")
 

@@ -19,13 +19,21 @@ not inspected, so any function called ``linear`` taking three arguments is
 assumed to compute ``F.linear``. Names that merely end in the letters
 ``linear`` (``my_linear``, ``bilinear``) are not matched. The function
 constant is left in place for DCE to remove. Graphs are rewritten in place;
-nested blocks are included.
+nested blocks are included. Given a module instead of a graph, the pass
+rewrites every method of every module in its tree, as PyTorch's pass of the
+same name does for a module.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from qgraph.ir.graph import Graph
+from qgraph.ir.module import CppModule, as_cpp
 from qgraph.pattern import Match, Rewrite, rewrite
+from qgraph.pipeline import method_graphs
 
 __all__ = ["SWAP_FUNCTIONAL_LINEAR", "swap_functional_linear"]
 
@@ -51,12 +59,22 @@ SWAP_FUNCTIONAL_LINEAR = [
 ]
 
 
-def swap_functional_linear(graph: Graph) -> int:
+def swap_functional_linear(graph: Graph | Any) -> int:
     """Replace calls of functions named ``linear`` in ``graph`` with ``aten::linear``.
 
-    Works in place on one graph (the caller runs it per method graph) and
+    Works in place on one graph, or on every method graph of a script module
+    (a ``torch.jit.ScriptModule`` or its ``._c``) and its submodules, and
     returns the number of calls replaced.
     """
-    if not isinstance(graph, Graph):
-        raise TypeError(f"swap_functional_linear expects a torch._C.Graph, got {type(graph).__name__}")
-    return rewrite(graph, SWAP_FUNCTIONAL_LINEAR)
+    if isinstance(graph, Graph):
+        return rewrite(graph, SWAP_FUNCTIONAL_LINEAR)
+    if isinstance(graph, torch.jit.ScriptModule | CppModule):
+        return _swap_in_module_tree(as_cpp(graph))
+    raise TypeError(
+        f"swap_functional_linear expects a torch._C.Graph or a script module, got {type(graph).__name__}"
+    )
+
+
+def _swap_in_module_tree(root: CppModule) -> int:
+    # Instances of one class type share their method graphs: each is rewritten once.
+    return sum(rewrite(graph, SWAP_FUNCTIONAL_LINEAR) for _, _, graph in method_graphs(root, distinct=True))

@@ -48,10 +48,10 @@ def fuse_conv_bn_jit(model: torch.jit.ScriptModule, inplace: bool = False) -> to
         %x1 = prim::CallMethod[name="forward"](%conv, %x)
     """
     check_script_module(model)
-    # Always a clone, also for inplace=True: a method that has already run
-    # keeps executing its cached plan, so edits to its graph in place would
-    # be ignored (every traced model has run).
-    module_c = ir.as_cpp(fold_conv_bn(ir.clone_module(ir.as_cpp(model))))
+    # The pass folds a clone, also for inplace=True: a method that has already
+    # run keeps executing its cached plan, so edits to its graph in place
+    # would be ignored (every traced model has run).
+    module_c = fold_conv_bn(ir.as_cpp(model))
     if inplace:
         model._reconstruct(module_c)
         return model

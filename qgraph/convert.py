@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes.insert_quant_dequant import insert_quant_dequant
+from passes.insert_quant_dequant import insert_quant_dequant_in_place
 from passes.legalize_quantized import legalize_quantized
 from qgraph.ir import CppModule, as_python, clone_module, named_modules
 from qgraph.pipeline import Pipeline, Stage
@@ -30,7 +30,7 @@ def _check_model(model) -> None:
 def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> list[Stage]:
     def quant_dequant(module: CppModule) -> CppModule:
         # convert cloned the caller's model already (or was given it with inplace=True).
-        return insert_quant_dequant(module, "forward", True, debug, quant_type)
+        return insert_quant_dequant_in_place(module, "forward", debug, quant_type)
 
     def finalize(module: CppModule) -> CppModule:
         from passes.finalize import finalize as finalize_pass

@@ -6,19 +6,12 @@ The stages, run by a ``qgraph.pipeline.Pipeline`` named ``"prepare"`` (so
 1. ``fold-conv-bn``: Conv2d/Conv3d followed by their BatchNorm become one conv;
 2. ``unshare-qconfig-types``: instances of one class type whose subtrees got
    different qconfigs get class types of their own;
-3. ``swap-functional-linear``: calls of a function named ``linear`` become
-   ``aten::linear`` (every method of every module);
-4. ``inline-fork-wait``: ``prim::fork`` subgraphs are inlined;
-5. ``fuse-linear``: ``addmm`` / ``matmul`` with a transposed weight become
-   ``aten::linear``;
-6. ``canonicalize-conv``: traced ``aten::_convolution`` becomes
-   ``aten::conv{1,2,3}d`` / ``aten::conv_transpose{1,2,3}d``;
-7. ``remove-list-mutation``: ``append`` to a fresh list folds into its
-   ``prim::ListConstruct``;
-8. ``insert-observers``: ``passes.insert_observers``.
-
-Stages 4-7 apply to the methods reachable from ``forward``, as in the
-reference.
+3.-7. the clean-up that observer insertion needs first
+   (``passes._observer_preprocessing``, one stage per step):
+   ``swap-functional-linear``, ``inline-fork-wait``, ``fuse-linear``,
+   ``canonicalize-conv``, ``remove-list-mutation``;
+8. ``insert-observers``: ``passes.insert_observers_in_place`` (without its own
+   clean-up: the stages above did it).
 """
 
 from __future__ import annotations
@@ -28,14 +21,11 @@ from typing import Any
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes._remove_list_mutation import remove_list_mutation
-from passes.canonicalize_conv import canonicalize_conv
-from passes.fold_conv_bn import fold_conv_bn
-from passes.fuse_linear import fuse_linear
-from passes.insert_observers import insert_observers, parse_quant_type
+from passes._observer_preprocessing import PREPROCESSING
+from passes.fold_conv_bn import fold_conv_bn_in_place
+from passes.insert_observers import insert_observers_in_place, parse_quant_type
 from passes.quantize_rnn import quantize_rnn
-from passes.swap_functional_linear import swap_functional_linear
-from qgraph.ir import CppModule, as_cpp, as_python, call_graph, clone_module, method_graph, named_modules, unshare_types
+from qgraph.ir import CppModule, as_cpp, as_python, clone_module, unshare_types
 from qgraph.pipeline import Pipeline, Stage
 from qgraph.qconfig import _resolve, check_qconfig_dict, qconfig_paths_needing_own_type, script_qconfig_dict
 
@@ -54,45 +44,16 @@ def check_script_module(model: Any) -> None:
     raise ValueError(f"input must be a TorchScript module (torch.jit.ScriptModule), got {type(model).__name__}")
 
 
-def _called_graphs(module: CppModule, method: str = "forward") -> list[torch._C.Graph]:
-    graphs = call_graph(module, method)
-    return [graphs.nodes[key]["graph"] for key in graphs.nodes]
-
-
-def _each_called_graph(graph_pass):
+def _on_forward(step):
     def run(module: CppModule) -> None:
-        for graph in _called_graphs(module):
-            graph_pass(graph)
+        step(module, "forward")
 
     return run
-
-
-def _each_method_graph(graph_pass):
-    def run(module: CppModule) -> None:
-        seen = set()
-        for _, instance in named_modules(module):
-            type_name = instance._type().qualified_name()
-            if type_name in seen:
-                continue
-            seen.add(type_name)
-            for name in instance._method_names():
-                graph_pass(method_graph(instance, name))
-
-    return run
-
-
-def _inline_fork_wait(module: CppModule) -> None:
-    # A forked call can hide further calls, so repeat until no fork is left.
-    while True:
-        forked = [g for g in _called_graphs(module) if g.findNode("prim::fork", True) is not None]
-        if not forked:
-            return
-        for graph in forked:
-            torch._C._jit_pass_inline_fork_wait(graph)
 
 
 def _fold_conv_bn(module: CppModule) -> CppModule:
-    return as_cpp(fold_conv_bn(module))
+    # prepare cloned the caller's model already.
+    return as_cpp(fold_conv_bn_in_place(module))
 
 
 def _unshare_qconfig_types(qconfig_dict: dict):
@@ -105,7 +66,7 @@ def _unshare_qconfig_types(qconfig_dict: dict):
 
 def _insert_observers(qconfig_dict: dict, quant_type: QuantType):
     def run(module: CppModule) -> CppModule:
-        return insert_observers(module, "forward", qconfig_dict, True, quant_type)
+        return insert_observers_in_place(module, "forward", qconfig_dict, quant_type)
 
     return run
 
@@ -131,11 +92,7 @@ def prepare_pipeline(qconfig_dict: dict, quant_type: QuantType) -> Pipeline:
             Stage("fold-conv-bn", _fold_conv_bn),
             Stage("unshare-qconfig-types", _unshare_qconfig_types(qconfig_dict)),
             *rnn,
-            Stage("swap-functional-linear", _each_method_graph(swap_functional_linear)),
-            Stage("inline-fork-wait", _inline_fork_wait),
-            Stage("fuse-linear", _each_called_graph(fuse_linear)),
-            Stage("canonicalize-conv", _each_called_graph(canonicalize_conv)),
-            Stage("remove-list-mutation", _each_called_graph(remove_list_mutation)),
+            *(Stage(name, _on_forward(step)) for name, step in PREPROCESSING),
             Stage("insert-observers", _insert_observers(qconfig_dict, quant_type)),
         ],
     )

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch.testing import FileCheck
 
-from passes.fold_conv_bn import fold_conv_bn
+from passes.fold_conv_bn import fold_conv_bn, fold_conv_bn_in_place
 from qgraph.ir import clone_module
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -21,13 +21,7 @@ def capture(model, example, tracing):
 
 
 def fold(model):
-    """The pass on a fresh clone, as qgraph.fuse_conv_bn_jit runs it.
-
-    A method that already ran (torch.jit.trace runs the traced module to
-    check it) executes a copy of its graph taken on that first run, so
-    in-place edits only show on modules that never ran.
-    """
-    return fold_conv_bn(torch.jit._recursive.wrap_cpp_module(clone_module(model._c)))
+    return fold_conv_bn(model)
 
 
 def reference_fold(scripted):
@@ -412,7 +406,7 @@ def test_each_class_type_graph_is_matched_once(monkeypatch):
     blocks = [getattr(model, str(i)) for i in range(6)]
     assert len({block._c._type().qualified_name() for block in blocks}) == 1
 
-    fold_conv_bn(model)
+    fold_conv_bn_in_place(model)
 
     # Six blocks share one class type, so one Block.forward graph is matched.
     assert sum(name.endswith(".Block") for name in owners) == 1
@@ -534,22 +528,44 @@ def test_scripted_dead_conv_bn_pair_folds_like_the_reference():
 
 
 @pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
-def test_works_in_place_on_the_module_it_is_given_and_keeps_its_kind(tracing):
+def test_folds_a_copy_and_leaves_the_module_it_is_given_alone(tracing):
+    # As PyTorch's own folding pass does: a new module comes back, the input keeps its graphs and weights.
+    torch.manual_seed(0)
+    eager = ConvBn(2).eval()
+    x = example_input(2)
+    model = capture(eager, x, tracing)
+    graph_before, weight_before = forward_text(model), model.conv.weight.clone()
+    reference = torch._C._jit_pass_fold_convbn(model._c)
+
+    cpp_result = fold_conv_bn(model._c)
+    python_result = fold_conv_bn(model)
+
+    assert isinstance(cpp_result, torch._C.ScriptModule) and isinstance(python_result, torch.jit.ScriptModule)
+    assert forward_text(model) == graph_before and torch.equal(model.conv.weight, weight_before)
+    FileCheck().check_count(CALL, 1, exactly=True).run(str(cpp_result.forward.graph))
+    assert torch.equal(cpp_result.getattr("conv").getattr("weight"), reference.getattr("conv").getattr("weight"))
+    torch.testing.assert_close(python_result(x), eager(x))
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
+def test_in_place_variant_folds_the_module_it_is_given_and_keeps_its_kind(tracing):
     torch.manual_seed(0)
     eager = ConvBn(2).eval()
     x = example_input(2)
     model = capture(eager, x, tracing)  # never run, so no stale compiled plan
 
-    cpp_result = fold_conv_bn(model._c)
+    cpp_result = fold_conv_bn_in_place(model._c)
 
-    assert isinstance(cpp_result, torch._C.ScriptModule)
+    assert cpp_result is model._c
     FileCheck().check_count(CALL, 1, exactly=True).run(forward_text(model))
     torch.testing.assert_close(model(x), eager(x))
-    again = fold_conv_bn(model)
-    assert isinstance(again, torch.jit.ScriptModule)
+    again = fold_conv_bn_in_place(model)
+    assert again is model
     torch.testing.assert_close(again(x), eager(x))  # nothing left to fold, nothing changes
 
 
 def test_rejects_a_module_that_is_not_torchscript():
     with pytest.raises(TypeError, match="ConvBn"):
         fold_conv_bn(ConvBn(2))
+    with pytest.raises(TypeError, match="ConvBn"):
+        fold_conv_bn_in_place(ConvBn(2))

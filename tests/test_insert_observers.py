@@ -80,6 +80,24 @@ def test_inplace_false_leaves_model_unchanged(tracing):
     assert observer_names(model) == []
 
 
+def test_pass_inplace_on_a_cpp_module_shares_tensors_and_keeps_its_types():
+    # As the reference's pass: the observers go to fresh class types. Scripting
+    # hands the original types to every later instance of the same classes, so
+    # observers added to them would reach models that were never prepared.
+    model = capture(ConvOnly(), None, False)
+    before = graph_texts(model)
+    prepared = insert_observers(model._c, "forward", {"": default_qconfig}, True, QuantType.STATIC)
+    reference = torch._C._jit_pass_insert_observers(
+        model._c, "forward", script_qconfig_dict({"": default_qconfig}), True
+    )
+    assert graph_texts(model) == before and observer_names(model) == []
+    assert observed_values(prepared) == observed_values(reference)
+    for result in (prepared, reference):
+        assert result.getattr("conv").getattr("weight") is model.conv._c.getattr("weight")
+    later = capture(ConvOnly(), None, False)
+    assert observer_names(later) == [] and observer_names(later.conv) == []
+
+
 def test_inplace_true_returns_the_same_object():
     model = capture(ConvOnly(), None, False)
     prepared = prepare(model, {"": default_qconfig}, inplace=True)
@@ -600,6 +618,39 @@ def test_pass_takes_scripted_or_plain_qconfigs_and_quant_type_strings():
     assert observed_values(plain) == observed_values(scripted)
     with pytest.raises(ValueError, match="quant_type"):
         insert_observers(model, "forward", {"": default_qconfig}, False, "weird")
+
+
+class NeedsCleanUp(nn.Module):
+    """A list built by ``append`` and stacked, and a linear spelled as ``matmul`` with a transposed weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, 1)
+        self.conv2 = nn.Conv2d(3, 3, 1)
+        self.weight = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):
+        first = self.conv1(x)
+        pieces = []
+        pieces.append(first)
+        y = torch.stack(pieces, 0)[0]
+        return torch.matmul(self.conv2(y).mean((2, 3)), self.weight.t())
+
+
+@both
+def test_pass_called_alone_cleans_up_graphs_like_the_reference_pass(tracing):
+    model = capture(NeedsCleanUp(), torch.randn(1, 3, 4, 4), tracing)
+    qconfig_dict = {"": default_qconfig}
+    alone = insert_observers(model, "forward", qconfig_dict, False, QuantType.STATIC)
+    reference = torch._C._jit_pass_insert_observers(model._c, "forward", script_qconfig_dict(qconfig_dict), False)
+    # The stacked list is observed once, as a list literal would be, and the
+    # matmul becomes a linear whose weight is observed: what the reference's
+    # pass does alone, and what prepare does.
+    assert observed_values(alone) == observed_values(reference) == observed_values(prepare(model, qconfig_dict))
+    assert "aten::append" not in str(alone.graph) and "aten::linear" in str(alone.graph)
+    # inplace=False: the caller's graph keeps its list mutation and matmul.
+    assert "aten::matmul" in str(model.graph)
+    assert tracing or "aten::append" in str(model.graph)
 
 
 def test_loop_body_is_observed():

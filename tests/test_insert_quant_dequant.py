@@ -307,6 +307,22 @@ def test_inplace_false_leaves_the_prepared_model_alone():
     assert observer_children(prepared)
 
 
+def test_inplace_true_shares_the_tensors_and_still_leaves_the_prepared_model_alone():
+    # As the reference's pass: fresh class types either way; inplace=True only spares copying the tensors.
+    torch.manual_seed(8)
+    x = torch.randn(1, 3, 6, 6)
+    prepared = calibrated(torch.jit.script(ConvNet().eval()), {"": default_qconfig}, [(x,)])
+    before = str(prepared.graph) + str(prepared.conv.graph)
+    reference = torch._C._jit_pass_insert_quant_dequant(prepared._c, "forward", True, False, QuantType.STATIC)
+
+    ours = insert_quant_dequant(prepared._c, "forward", True, False, QuantType.STATIC)
+
+    assert str(prepared.graph) + str(prepared.conv.graph) == before and observer_children(prepared)
+    for converted in (ours, reference):
+        assert converted.getattr("conv").getattr("weight") is prepared.conv._c.getattr("weight")
+    assert torch.equal(ours.forward(x), reference.forward(x))
+
+
 def test_bad_quant_type_is_rejected():
     prepared = calibrated(torch.jit.script(LinearNet().eval()), {"": default_qconfig}, [(torch.randn(2, 5),)])
     with pytest.raises(ValueError, match="quant_type"):

@@ -4,6 +4,7 @@ from torch.testing import FileCheck
 
 from helpers.graph_structure import dataflow_signature
 from passes.swap_functional_linear import swap_functional_linear
+from qgraph.ir import as_python, clone_module
 
 
 def run_graph(graph, *args):
@@ -148,6 +149,40 @@ def test_traced_function_call_is_already_aten_linear():
     FileCheck().check("aten::linear").check_not("prim::CallFunction").run(before)
 
 
-def test_rejects_a_module():
-    with pytest.raises(TypeError, match="torch._C.Graph"):
-        swap_functional_linear(torch.jit.script(DequantizedLinear()))
+class TwoFunctionalLinears(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = FunctionalLinearModel()
+        self.second = FunctionalLinearModel()
+        self.other = DequantizedLinear()
+
+    def forward(self, x):
+        return self.second(self.first(x).narrow(1, 0, 3))
+
+    @torch.jit.export
+    def also(self, x_q, weight_q, bias):
+        return self.other(x_q, weight_q, bias)
+
+
+@pytest.mark.parametrize("cpp", [False, True], ids=["ScriptModule", "torch._C.ScriptModule"])
+def test_module_overload_swaps_every_method_of_the_tree_like_the_reference(cpp):
+    torch.manual_seed(0)
+    # Clones: the pass rewrites class types, which scripting caches for the next instance.
+    ours, reference = (as_python(clone_module(torch.jit.script(TwoFunctionalLinears())._c)) for _ in range(2))
+    x = torch.randn(2, 3)
+    expected = ours(x)
+
+    # The two FunctionalLinearModel instances share one graph: one call there, one in DequantizedLinear.
+    assert swap_functional_linear(ours._c if cpp else ours) == 2
+    torch._C._jit_pass_swap_functional_linear(reference._c)
+
+    for module in ("first", "other"):
+        ours_graph, reference_graph = getattr(ours, module).graph, getattr(reference, module).graph
+        FileCheck().check("aten::linear").check_not("prim::CallFunction").run(str(ours_graph))
+        assert [n.kind() for n in ours_graph.nodes()] == [n.kind() for n in reference_graph.nodes()]
+    assert torch.equal(ours(x), expected)
+
+
+def test_rejects_what_is_neither_a_graph_nor_a_script_module():
+    with pytest.raises(TypeError, match="torch._C.Graph or a script module"):
+        swap_functional_linear(DequantizedLinear())

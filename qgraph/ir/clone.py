@@ -47,9 +47,29 @@ def _clone(module: CppModule, ignored_attributes: list[str], readded: bool = Fal
     return clone
 
 
-def clone_module(module: CppModule) -> CppModule:
-    """A deep copy of ``module`` with new class types, methods and tensors."""
-    return _clone(module, [])
+def clone_module(module: CppModule, *, share_values: bool = False) -> CppModule:
+    """A deep copy of ``module`` with new class types, methods and tensors.
+
+    With ``share_values`` the copy has new class types and methods but holds
+    the original's attribute values (parameters, buffers, other objects), as
+    C++ ``Module::clone(inplace=true)`` does: graphs can then be rewritten
+    without touching the original's types, which scripting also hands to
+    later instances of the same Python class.
+    """
+    clone = _clone(module, [])
+    if share_values:
+        for (_, original), (_, copy) in zip(named_modules(module), named_modules(clone)):
+            _share_values(original, copy)
+    return clone
+
+
+def _share_values(original: CppModule, copy: CppModule, skip: Iterable[str] = ()) -> None:
+    """Point ``copy``'s attributes (not its submodules, not ``skip``) at ``original``'s values."""
+    skipped = set(skip) | {name for name, _ in children_of(original)}
+    # The debug iterators list the module's own attributes, submodules included.
+    for name, value in torch._C._jit_debug_module_iterators(original)["named_attributes"]:
+        if name not in skipped:
+            copy.setattr(name, value)
 
 
 def unshare_types(root: CppModule, paths: Iterable[str]) -> CppModule:
@@ -133,9 +153,9 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
     ``names_by_type`` maps a class type's qualified name to the attribute
     names to drop from it (a class-type property, so every instance of that
     type loses them). Instances that shared a class type share the new one,
-    so one method graph keeps serving them all. The first instance of each
-    type is deep-copied; later instances of the same type reuse the original
-    attribute values. Returns the new root; the old one must not be used after.
+    so one method graph keeps serving them all. The copy holds the original
+    attribute values (tensors are not copied). Returns the new root; the old
+    one must not be used after.
     """
     new_types: dict[str, object] = {}
     rebuilt = _drop(root, names_by_type, new_types, {})
@@ -168,6 +188,7 @@ def _drop(
     if new_type is None:
         declared = _declared_child_types(module)
         fresh = _clone(module, [name for name, _ in children] + sorted(dropped), readded=True)
+        _share_values(module, fresh, skip=dropped)
         for name, child in children:
             type_ = declared.get(name)
             if type_ is None or type_.kind() == "ClassType":
