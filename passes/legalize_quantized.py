@@ -43,11 +43,27 @@ read out of bounds or corrupt the heap. The rules, in table order:
    ``aten::mean(%x_q, %dtype)`` (all dims) becomes a keepdim mean over every
    dim followed by a reshape to a scalar.
 
-4. ``quantized::group_norm`` reads out of bounds when each (sample, channel)
-   has one element (a 1x1 spatial map, seen from a batch of 4 on). The op is
-   guarded at run time: with spatial size 1 it runs as dequantize -> float
-   ``aten::group_norm`` -> ``aten::quantize_per_tensor`` with the same output
-   scale, zero point and dtype; otherwise the quantized kernel runs as before.
+4. ``quantized::group_norm`` and ``quantized::instance_norm`` on a 4-D
+   channels-last input with fewer than 512 spatial positions (every
+   quantized conv or norm output, and every 1x1 map) run a kernel that steps
+   through the batch modulo the number of elements per group instead of the
+   batch size: with more samples than elements per group (a batch of 3 on a
+   1x1 map with 2 channels per group, of 5 on a 2x2 map with instance norm)
+   the outputs of the later samples are never written and hold whatever
+   memory was there. A run-time guard sends exactly those inputs through a
+   3-D view of the same data (``[N, C, H * W]``), where the kernel's other
+   path computes the same group statistics, and reshapes the result back;
+   every other input runs the kernel as before, so no op runs in float::
+
+       %y = quantized::group_norm(%x, %groups, %weight, %bias, %eps, %scale, %zp)
+     becomes
+       %y = prim::If(<channels-last, H * W < 512, N > C / groups * H * W>)
+         block0():
+           %flat = aten::reshape(%x, [N, C, H * W])
+           %y_flat = quantized::group_norm(%flat, %groups, %weight, %bias, %eps, %scale, %zp)
+           -> (aten::reshape(%y_flat, aten::size(%x)))
+         block1():
+           -> (quantized::group_norm(%x, %groups, %weight, %bias, %eps, %scale, %zp))
 
 5. ``quantized::conv{2,3}d`` (and ``_relu``) on fbgemm's groupwise path with
    2 or 4 channels per group and a channel count above 8 that is not a
@@ -65,8 +81,8 @@ read out of bounds or corrupt the heap. The rules, in table order:
        %y = aten::conv2d(%x, %w, %b, [1, 1], [1, 1], [1, 1], 6)
        %y_q = aten::quantize_per_tensor(%y, %scale, %zp, 13)
 
-Rewrites of kinds 4 and 5 (ops kept in float, or worked around) are recorded
-in the module's string attribute ``_qgraph_float_ops`` (JSON, so it survives
+Rewrites of kind 5 (ops kept in float) are recorded in the module's string
+attribute ``_qgraph_float_ops`` (JSON, so it survives
 ``torch.jit.save``), one ``FloatOpRecord`` per float op left in the graph: the
 quantized op it replaces, the model source line and module, the reason, and
 where the float op is (its method, its kind, and its position among the nodes
@@ -153,7 +169,6 @@ class FloatOpRecord(NamedTuple):
     module: str = ""  # dotted path of the module the op came from ("" = the model)
     method: str = "forward"
     ordinal: int = -1  # position among the method's ``float_op`` nodes, in ``walk`` order
-    guard: str = ""  # when the op runs in float only under a run-time condition: that condition
 
 
 # --- which values are quantized --------------------------------------------------------------
@@ -352,6 +367,21 @@ def _mean_over_all_dims(x: torch.Tensor, dtype: Optional[int]) -> torch.Tensor:
     return torch.mean(x, dims, True, dtype=dtype).reshape([])
 
 
+def _norm_kernel_skips_samples(x: torch.Tensor, num_groups: int) -> bool:
+    # The channels-last kernel of quantized group/instance norm (4-D input,
+    # fewer than 512 spatial positions) wraps the sample index at the number
+    # of elements per group: later samples are never written.
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    spatial = x.size(2) * x.size(3)
+    return spatial < 512 and x.size(0) > x.size(1) // num_groups * spatial
+
+
+def _samples_flattened(x: torch.Tensor) -> torch.Tensor:
+    # [N, C, H * W]: the same group statistics, and a 3-D input takes the kernel's other path.
+    return x.reshape([x.size(0), x.size(1), x.size(2) * x.size(3)])
+
+
 def _group_norm_guarded(
     x: torch.Tensor,
     num_groups: int,
@@ -361,16 +391,35 @@ def _group_norm_guarded(
     output_scale: float,
     output_zero_point: int,
 ) -> torch.Tensor:
-    # One element per (sample, channel): the quantized kernel reads past its input.
-    if x.numel() == x.size(0) * x.size(1):
-        y = torch.group_norm(x.dequantize(), num_groups, weight, bias, eps, False)
-        return torch.quantize_per_tensor(y, output_scale, output_zero_point, x.dtype)
+    if _norm_kernel_skips_samples(x, num_groups):
+        flat = _samples_flattened(x)
+        return torch.ops.quantized.group_norm(flat, num_groups, weight, bias, eps, output_scale,
+                                              output_zero_point).reshape(x.size())
     return torch.ops.quantized.group_norm(x, num_groups, weight, bias, eps, output_scale, output_zero_point)
+
+
+def _instance_norm_guarded(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    output_scale: float,
+    output_zero_point: int,
+) -> torch.Tensor:
+    if _norm_kernel_skips_samples(x, x.size(1)):
+        flat = _samples_flattened(x)
+        return torch.ops.quantized.instance_norm(flat, weight, bias, eps, output_scale,
+                                                 output_zero_point).reshape(x.size())
+    return torch.ops.quantized.instance_norm(x, weight, bias, eps, output_scale, output_zero_point)
 
 
 @functools.lru_cache(maxsize=None)
 def _scripted_graph(name: str) -> Graph:
-    function = {"mean_over_all_dims": _mean_over_all_dims, "group_norm_guarded": _group_norm_guarded}[name]
+    function = {
+        "mean_over_all_dims": _mean_over_all_dims,
+        "group_norm_guarded": _group_norm_guarded,
+        "instance_norm_guarded": _instance_norm_guarded,
+    }[name]
     graph = torch.jit.script(function).graph
     torch._C._jit_pass_inline(graph)
     return graph
@@ -443,11 +492,6 @@ def _mean_rewrites(quantized: set[Value]) -> list[Rewrite]:
 
 # --- rules 4 and 5: kernels with known memory bugs -------------------------------------------
 
-_GROUP_NORM_GUARD = "1x1 spatial map"
-_GROUP_NORM_REASON = (
-    "quantized::group_norm reads out of bounds on a 1x1 spatial map: a run-time guard runs the float "
-    "group_norm there (dequantize -> group_norm -> quantize_per_tensor); other inputs run the quantized kernel"
-)
 _GROUPWISE_CONV_REASON = (
     "quantized grouped conv with {per_group} channels per group and {channels} channels "
     "(above 8, not a multiple of 8) overruns the heap in fbgemm's groupwise kernel; "
@@ -534,7 +578,7 @@ def _source_of(node: Node) -> str:
 _Placed = tuple[FloatOpRecord, Node]
 
 
-def _record(placed: list[_Placed], stands_for: Node, float_node: Node, reason: str, guard: str = "") -> None:
+def _record(placed: list[_Placed], stands_for: Node, float_node: Node, reason: str) -> None:
     record = FloatOpRecord(
         op=stands_for.kind(),
         source=_source_of(stands_for),
@@ -542,7 +586,6 @@ def _record(placed: list[_Placed], stands_for: Node, float_node: Node, reason: s
         reason=reason,
         float_op=float_node.kind(),
         module=module_path_of(stands_for),
-        guard=guard,
     )
     placed.append((record, float_node))
 
@@ -563,25 +606,30 @@ def _nodes_inserted_before(before: Node, previous: Node) -> list[Node]:
 
 
 def _kernel_rewrites(module: CppModule, placed: list[_Placed]) -> list[Rewrite]:
-    def guard_group_norm(graph: Graph, match: Match, before: Node) -> list[Value]:
-        inputs = [match[name] for name in ("x", "groups", "weight", "bias", "eps", "scale", "zero_point")]
-        previous = before.prev()
-        outputs = _insert_scripted("group_norm_guarded", graph, inputs, before)
-        inserted = _nodes_inserted_before(before, previous)
-        for node in inserted:
-            # The guard stands for the model's group_norm: its source line and module, not this file's.
-            node.copyMetadata(match.anchor)
-        (float_group_norm,) = [node for node in inserted if node.kind() == "aten::group_norm"]
-        _record(placed, match.anchor, float_group_norm, _GROUP_NORM_REASON, _GROUP_NORM_GUARD)
-        return outputs
+    def guard(function: str, names: tuple[str, ...]):
+        def replace(graph: Graph, match: Match, before: Node) -> list[Value]:
+            previous = before.prev()
+            outputs = _insert_scripted(function, graph, [match[name] for name in names], before)
+            for node in _nodes_inserted_before(before, previous):
+                # The guard stands for the model's op: its source line and module, not this file's.
+                node.copyMetadata(match.anchor)
+            return outputs
+
+        return replace
 
     def not_yet_guarded(match: Match) -> bool:
-        # The guard's own quantized branch must not be guarded again when
-        # the pass runs a second time.
+        # The guard's own kernel calls must not be guarded again when the
+        # pass runs a second time. They are the two branches of an ``if``:
+        # one calls the kernel on a reshape of the value the other calls it on.
         owner = match.anchor.owningBlock().owningNode()
-        return owner is None or owner.kind() != "prim::If" or not any(
-            node.kind() == "aten::group_norm" for block in nested_blocks(owner) for node in block.nodes()
-        )
+        if owner is None or owner.kind() != "prim::If":
+            return True
+        calls = [[n for n in block.nodes() if n.kind() == match.anchor.kind()] for block in nested_blocks(owner)]
+        if len(calls) != 2 or any(len(found) != 1 for found in calls):
+            return True
+        (on_view,), (direct,) = calls
+        view = on_view.inputsAt(0).node()
+        return view.kind() != "aten::reshape" or view.inputsAt(0) != direct.inputsAt(0)
 
     conv_parameters: dict[Node, dict] = {}
 
@@ -635,11 +683,19 @@ def _kernel_rewrites(module: CppModule, placed: list[_Placed]) -> list[Rewrite]:
     ]
     return [
         Rewrite(
-            name="group_norm_guarded_for_1x1_maps",
+            name="group_norm_guarded_against_skipped_samples",
             pattern="""graph(%x, %groups, %weight, %bias, %eps, %scale, %zero_point):
                 %y = quantized::group_norm(%x, %groups, %weight, %bias, %eps, %scale, %zero_point)
                 return (%y)""",
-            replacement=guard_group_norm,
+            replacement=guard("group_norm_guarded", ("x", "groups", "weight", "bias", "eps", "scale", "zero_point")),
+            filters=(not_yet_guarded,),
+        ),
+        Rewrite(
+            name="instance_norm_guarded_against_skipped_samples",
+            pattern="""graph(%x, %weight, %bias, %eps, %scale, %zero_point):
+                %y = quantized::instance_norm(%x, %weight, %bias, %eps, %scale, %zero_point)
+                return (%y)""",
+            replacement=guard("instance_norm_guarded", ("x", "weight", "bias", "eps", "scale", "zero_point")),
             filters=(not_yet_guarded,),
         ),
         *conv_rewrites,
@@ -780,7 +836,9 @@ def float_op_records(module: Any) -> list[FloatOpRecord]:
     module_c = as_cpp(module)
     if not module_c.hasattr(FLOAT_OPS_ATTRIBUTE):
         return []
-    return [FloatOpRecord(**entry) for entry in json.loads(module_c.getattr(FLOAT_OPS_ATTRIBUTE))]
+    entries = json.loads(module_c.getattr(FLOAT_OPS_ATTRIBUTE))
+    # A model saved by an earlier release may carry fields records no longer have.
+    return [FloatOpRecord(**{k: v for k, v in entry.items() if k in FloatOpRecord._fields}) for entry in entries]
 
 
 def legalize_quantized(module: Any) -> int:
@@ -790,7 +848,7 @@ def legalize_quantized(module: Any) -> int:
     of ``convert_jit`` / ``quantize_jit``, or their ``debug=True`` model.
     Every method of ``module`` itself is rewritten (after convert,
     ``forward`` holds the whole inlined model). Returns the number of
-    rewrites made. Ops kept in float or worked around (rules 4 and 5 of the
+    rewrites made. Ops kept in float (rule 5 of the
     module docstring), and ops earlier passes tagged with ``tag_float_op``,
     are recorded in the module's ``_qgraph_float_ops`` attribute (records of
     an earlier run are kept, renumbered); read them with

@@ -25,13 +25,6 @@ RNNs that dynamic quantization cannot handle) in the model, with their
 reason and module (``passes.legalize_quantized.float_op_records``); those ops
 are reported from their records, every other op from the graph.
 
-A guarded op is float only under a run-time condition: quantized
-``group_norm`` reads out of bounds on a 1x1 spatial map, so convert puts a
-guard in front of it that runs the float ``aten::group_norm`` on such maps
-and the quantized kernel on every other input. The float ``group_norm`` is
-listed with the safety-rule reason, ``FloatOp.guard`` names the condition
-(``"1x1 spatial map"``) and the table marks the op ``(guarded)``.
-
 The report is computed on demand from the model, so convert keeps returning
 just the model (as the reference does) and a model loaded back with
 ``torch.jit.load`` can be analysed as well (there the module of an op is
@@ -154,7 +147,6 @@ class FloatOp:
     reason: str
     detail: str
     method: str = "forward"
-    guard: str = ""  # for an op float only under a run-time condition (a guard): the condition
 
 
 @dataclass
@@ -182,8 +174,7 @@ class FloatOpReport:
         header = ("module", "op", "source", "reason", "detail")
         rows = [header]
         for entry in self.entries:
-            kind = f"{entry.kind} (guarded)" if entry.guard else entry.kind
-            rows.append((entry.module_path or "<model>", kind, entry.source or "-", entry.reason, entry.detail))
+            rows.append((entry.module_path or "<model>", entry.kind, entry.source or "-", entry.reason, entry.detail))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * width for width in widths))
@@ -263,7 +254,7 @@ def float_op_report(
 def _recorded(node: Node, record: FloatOpRecord, method: str) -> FloatOp:
     # The record knows the module also where the graph forgot it (a loaded model).
     path = record.module or module_path_of(node)
-    return FloatOp(path, node.kind(), _source(node), record.category, record.reason, method, record.guard)
+    return FloatOp(path, node.kind(), _source(node), record.category, record.reason, method)
 
 
 def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -> tuple[str, str]:

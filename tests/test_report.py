@@ -166,7 +166,7 @@ def _calibrate(model, inputs):
 
 
 def _rows(report) -> list[tuple]:
-    return [(entry.module_path, entry.kind, entry.reason, entry.detail, entry.guard) for entry in report]
+    return [(entry.module_path, entry.kind, entry.reason, entry.detail) for entry in report]
 
 
 # --- safety rules: what convert's legalize-quantized stage keeps in float ---------------------
@@ -196,16 +196,15 @@ def test_ops_legalize_keeps_in_float_are_reported_as_safety_rules(tracing):
     torch.manual_seed(0)
     example = (torch.randn(2, 10, 6, 6),)
     quantized = _quantize_static(GroupwiseThenGroupNorm(), example, tracing)
-    conv, norm = float_op_report(quantized).entries
-    assert (conv.module_path, conv.kind, conv.reason, conv.guard) == ("conv", "aten::conv2d", SAFETY_RULE, "")
+    (conv,) = float_op_report(quantized).entries
+    assert (conv.module_path, conv.kind, conv.reason) == ("conv", "aten::conv2d", SAFETY_RULE)
     assert "2 channels per group and 10 channels" in conv.detail
     assert conv.source.startswith("conv.py:")  # the model's conv, not legalize's code
-    # The group_norm guard: float on 1x1 maps only, the quantized kernel otherwise.
-    assert (norm.module_path, norm.kind, norm.reason) == ("norm", "aten::group_norm", SAFETY_RULE)
-    assert norm.guard == "1x1 spatial map" and "other inputs run the quantized kernel" in norm.detail
-    assert norm.source.startswith("functional.py:")  # the model's group_norm, not the guard's code
+    # The group_norm's guard against its kernel's skipped samples runs the quantized kernel
+    # on every input: nothing of it is float, nothing is reported.
+    assert "quantized::group_norm" in str(quantized.graph)
     text = float_op_report(quantized).format()
-    assert "aten::group_norm (guarded)" in text and UNOBSERVED_INPUT not in text
+    assert "group_norm" not in text and UNOBSERVED_INPUT not in text
 
 
 @pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
@@ -217,7 +216,7 @@ def test_safety_rule_entries_survive_save_and_load(tracing):
 
 class TwoGroupwiseConvs(nn.Module):
     """Two unsafe grouped convs of different widths (the same source line once scripted), one fused with relu,
-    and a group_norm switched off by the qconfig_dict next to a guarded one."""
+    and a group_norm switched off by the qconfig_dict next to a quantized one."""
 
     def __init__(self):
         super().__init__()
@@ -239,22 +238,16 @@ def test_records_find_their_own_nodes_also_after_load(tracing):
     quantized = _quantize_static(TwoGroupwiseConvs(), example, tracing, qconfig_dict)
     for model in (quantized, _round_trip(quantized)):
         report = float_op_report(model, qconfig_dict)
-        safety = [(e.module_path, e.kind, e.guard) for e in report.by_reason(SAFETY_RULE)]
-        assert safety == [
-            ("narrow", "aten::conv2d", ""),
-            ("wide.0", "aten::conv2d", ""),
-            ("wide.0", "aten::relu", ""),
-            ("norm", "aten::group_norm", "1x1 spatial map"),
-        ]
+        safety = [(e.module_path, e.kind) for e in report.by_reason(SAFETY_RULE)]
+        assert safety == [("narrow", "aten::conv2d"), ("wide.0", "aten::conv2d"), ("wide.0", "aten::relu")]
         details = {(e.module_path, e.kind): e.detail for e in report.by_reason(SAFETY_RULE)}
         assert "2 channels per group and 10 channels" in details[("narrow", "aten::conv2d")]
         assert "2 channels per group and 12 channels" in details[("wide.0", "aten::conv2d")]
-        # The switched-off group_norm shares the guarded one's source line but is not taken for it.
-        (off,) = [e for e in report if e.kind == "aten::group_norm" and e.reason != SAFETY_RULE]
-        assert off.reason in (NO_QCONFIG, UNOBSERVED_INPUT) and not off.guard
+        # The switched-off group_norm shares the quantized one's source line; only it is float.
+        (off,) = [e for e in report if e.kind == "aten::group_norm"]
+        assert off.reason in (NO_QCONFIG, UNOBSERVED_INPUT)
     assert [e.reason for e in float_op_report(quantized, qconfig_dict) if e.kind == "aten::group_norm"] == [
-        SAFETY_RULE,
-        NO_QCONFIG,
+        NO_QCONFIG
     ]
 
 
