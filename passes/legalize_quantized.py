@@ -81,6 +81,19 @@ read out of bounds or corrupt the heap. The rules, in table order:
        %y = aten::conv2d(%x, %w, %b, [1, 1], [1, 1], [1, 1], 6)
        %y_q = aten::quantize_per_tensor(%y, %scale, %zp, 13)
 
+6. ``quantized::add_scalar_relu`` and ``quantized::add_scalar_relu_out`` given
+   their scalar as a 0-dim tensor (a trace records ``x + 0.5`` with a tensor
+   constant) leave out the relu: their ``Tensor`` overloads compute
+   ``add_scalar``. The constant is passed as a number, which takes the
+   overload that applies the relu (for every other scalar op the two
+   overloads give the same bits, and they are left alone)::
+
+       %b : Tensor = prim::Constant[value={0.5}]()
+       %r = quantized::add_scalar_relu(%a_q, %b)
+     becomes
+       %b.1 : float = prim::Constant[value=0.5]()
+       %r = quantized::add_scalar_relu(%a_q, %b.1)
+
 Rewrites of kind 5 (ops kept in float) are recorded in the module's string
 attribute ``_qgraph_float_ops`` (JSON, so it survives
 ``torch.jit.save``), one ``FloatOpRecord`` per float op left in the graph: the
@@ -118,6 +131,7 @@ from qgraph.ir import (
     NodeIndex,
     as_cpp,
     getattr_path,
+    insert_constant,
     insert_op,
     is_alive,
     method_graph,
@@ -716,9 +730,47 @@ TUPLE_REWRITES = [
 ]
 
 
+# --- rule 6: add_scalar_relu with a tensor scalar ---------------------------------------------
+
+
+def _is_tensor_constant(name: str):
+    def check(match: Match) -> bool:
+        node = match[name].node()
+        return (
+            match[name].type().kind() == "TensorType"
+            and node.kind() == "prim::Constant"
+            and node.hasAttribute("value")
+            and node.kindOf("value") == "t"
+            and node.t("value").dim() == 0
+        )
+
+    check.__name__ = f"is_tensor_constant({name})"
+    return check
+
+
+def _scalar_as_number(graph: Graph, match: Match, before: Node) -> list[Value]:
+    number = insert_constant(graph, match["b"].node().t("value").item(), before=before)
+    inputs = [match["a"], number] + ([match["out"]] if match.anchor.kind().endswith("_out") else [])
+    return [insert_op(graph, match.anchor.kind(), inputs, before=before, source=match.anchor).output()]
+
+
+TENSOR_SCALAR_REWRITES = [
+    Rewrite(
+        name=f"{op}_with_a_number",
+        pattern=f"""graph(%a, %b{out}):
+            %r = quantized::{op}(%a, %b{out})
+            return (%r)""",
+        replacement=_scalar_as_number,
+        filters=(_is_tensor_constant("b"),),
+    )
+    for op, out in (("add_scalar_relu", ""), ("add_scalar_relu_out", ", %out"))
+]
+
+
 def _legalize_graph(module: CppModule, graph: Graph, placed: list[_Placed]) -> int:
     index = NodeIndex(graph)
     made = rewrite(graph, TUPLE_REWRITES, index)
+    made += rewrite(graph, TENSOR_SCALAR_REWRITES, index)
     # Rule 3 must see a mean's input as quantized after rule 2 replaced a view
     # feeding it, so the analysis is redone once the reshapes exist.
     made += rewrite(graph, _view_rewrites(quantized_values(graph)), index)

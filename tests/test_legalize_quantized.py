@@ -452,6 +452,46 @@ def test_guard_condition_covers_every_input_the_kernel_gets_wrong(norm):
                     assert torch.equal(guarded.int_repr(), _quantized_norm(norm, x_q, groups, weight, bias).int_repr())
 
 
+# --- rule 6: add_scalar_relu with the scalar as a tensor ----------------------------------------
+
+
+class AddScalarRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return F.relu(self.conv(x) + 0.5)
+
+
+class AddScalarReluInPlace(AddScalarRelu):
+    def forward(self, x):
+        y = self.conv(x)
+        y += 0.5
+        return F.relu(y)
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["add", "add_"])
+def test_traced_add_scalar_relu_gets_its_scalar_as_a_number(in_place):
+    # reference: a trace records the 0.5 as a tensor constant, and the Tensor overload of
+    # quantized::add_scalar_relu(_out) returns add_scalar: negative outputs, no relu.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = (AddScalarReluInPlace if in_place else AddScalarRelu)().eval()
+    _, ref, ours, made = quantize_both(model, (x,), "trace")
+    assert made == 1
+    op = "quantized::add_scalar_relu" + ("_out" if in_place else "")
+    (node,) = [n for n in ours.graph.nodes() if n.kind() == op]
+    assert node.inputsAt(1).type().kind() == "FloatType" and node.inputsAt(1).toIValue() == 0.5
+    out = check_runs_well(ours, (x,))
+    assert (ref(x) < 0).any() and (out >= 0).all()
+    # The scripted model passes 0.5 as a number from the start: the reference's bits there.
+    _, ref_scripted, ours_scripted, made_scripted = quantize_both(model, (x,), "script")
+    assert made_scripted == 0
+    assert_bits_equal(out, ref_scripted(x))
+    assert_bits_equal(ours_scripted(x), ref_scripted(x))
+
+
 # --- rule 5: quantized grouped convs that overrun the heap ---------------------------------------
 
 
