@@ -353,6 +353,13 @@ class _Propagator:
                     if name in CLAMP_ATEN:
                         for bound in (1, 2):
                             self.requantize(node.inputsAt(bound), inputs, scalar=True)
+                    if self.debug and is_binary_with_scalar(node):
+                        # Only a tensor op on a quantized input is concerned, not int arithmetic.
+                        warnings.warn(
+                            "debug=True does not model add/mul with a scalar exactly: the quantized kernels "
+                            "choose their output qparams from the input's, which the debug graph does not encode",
+                            stacklevel=2,
+                        )
         elif name in FIXED_QPARAMS:
             for output in outputs_of(node):
                 if output in self.quantized:
@@ -378,12 +385,6 @@ class _Propagator:
                 _destroy([dequant])
             for output in outputs:
                 insert_dequantize_per_use(self.graph, output, output)
-        if self.debug and is_binary_with_scalar(node):
-            warnings.warn(
-                "debug=True does not model add/mul with a scalar exactly: the quantized kernels "
-                "choose their output qparams from the input's, which the debug graph does not encode",
-                stacklevel=2,
-            )
 
     def requantize(self, output: Value, inputs: list[Value], *, scalar: bool = False, fixed=None) -> None:
         """Quantize ``output`` (of a general value op) with its input's or fixed qparams, then dequantize per use."""

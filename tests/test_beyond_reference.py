@@ -860,7 +860,8 @@ def test_in_place_scalar_op_after_an_earlier_reader(in_place, out_of_place, trac
     data = [(torch.randn(2, 3, 6, 6),) for _ in range(3)]
     eager = in_place().eval()
     model = capture(eager, data[0], tracing)
-    debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
+    with pytest.warns(UserWarning, match="debug=True does not model add/mul with a scalar exactly"):
+        debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
     FileCheck().check("quantized::conv2d").check("aten::relu").check("_scalar").run(str(quantized.graph))
 
     # The same network with the update out of place, scripted: the reference quantizes it right
@@ -901,7 +902,8 @@ def test_in_place_scalar_add_in_one_branch_stays_in_its_branch():
     data = [(torch.randn(2, 3, 6, 6), flag) for flag in (True, False, True)]
     eager = InPlaceAddInOneBranch().eval()
     model = capture(eager, data[0], tracing=False)
-    debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
+    with pytest.warns(UserWarning, match="debug=True does not model add/mul with a scalar exactly"):
+        debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
     x = data[0][0]
     with torch.no_grad():
         taken, not_taken = quantized(x, True), quantized(x, False)

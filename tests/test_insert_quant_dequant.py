@@ -203,6 +203,28 @@ def test_add_and_mul_with_a_scalar_are_general_ops_like_the_reference(tracing):
             ).run(str(quantized.graph))
 
 
+class IntArithmeticBesideConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+
+    def forward(self, x):
+        elements = x.size(2) * x.size(3) + 1
+        return self.conv(x).flatten(2)[:, :, : elements - 1]
+
+
+def test_scalar_warning_is_only_for_tensor_ops_on_quantized_inputs():
+    # int arithmetic on sizes is an aten::mul / aten::add with a scalar too, and not the ops the
+    # warning is about.
+    torch.manual_seed(4)
+    data = [(torch.randn(1, 3, 6, 6),)]
+    prepared = calibrated(torch.jit.script(IntArithmeticBesideConv().eval()), {"": default_qconfig}, data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        insert_quant_dequant(prepared, "forward", False, True, QuantType.STATIC)
+    assert not [w for w in caught if "scalar" in str(w.message)]
+
+
 class Branches(nn.Module):
     def __init__(self):
         super().__init__()
