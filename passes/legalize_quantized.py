@@ -2,9 +2,10 @@
 
 Runs on a converted model: the frozen, quantized module that ``finalize``
 returns (and, where a rule applies there too, the ``debug=True`` model of
-convert). Every rule leaves the bits of a model the reference already runs
+convert). Every rule leaves the bits of a model the reference runs right
 unchanged; it only touches graphs that would otherwise fail to load, raise,
-read out of bounds or corrupt the heap. The rules, in table order:
+corrupt the heap, or compute something else than the model (outputs a kernel
+never writes, a relu a kernel leaves out). The rules, in table order:
 
 1. A tuple of quantized values dequantized as a whole
    (``aten::dequantize(%tuple)``, the ``Tensor[]`` overload, which returns a
