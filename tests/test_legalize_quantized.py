@@ -38,7 +38,8 @@ CAPTURES = ["script", "trace"]
 
 def capture(model: nn.Module, example: tuple, how: str) -> torch.jit.ScriptModule:
     model.eval()
-    return torch.jit.trace(model, example) if how == "trace" else torch.jit.script(model)
+    # strict=False: ListOfConvOutputs returns a list of outputs, which is always the same list.
+    return torch.jit.trace(model, example, strict=False) if how == "trace" else torch.jit.script(model)
 
 
 def calibrate(model, batches):
