@@ -57,7 +57,6 @@ for (``nn.RNN``) are reported.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +71,7 @@ from passes.legalize_quantized import (
     float_op_record_nodes,
     quantized_values,
 )
-from qgraph.ir.graph import Node, Value, module_path_of, walk
+from qgraph.ir.graph import Node, Value, module_path_of, source_location, walk
 from qgraph.ir.module import as_cpp, method_graph
 from qgraph.qconfig import check_qconfig_dict, qconfig_key_for_path
 
@@ -198,18 +197,6 @@ def _carries_tensors(value: Value) -> bool:
     return "Tensor" in str(value.type())
 
 
-_SCRIPTED_SOURCE = re.compile(r'File "([^"]+)", line (\d+)')
-_TRACED_SOURCE = re.compile(r"^(.+)\((\d+)\): ")
-
-
-def _source(node: Node) -> str | None:
-    text = node.sourceRange() or ""
-    found = _SCRIPTED_SOURCE.search(text) or _TRACED_SOURCE.search(text.splitlines()[0] if text else "")
-    if not found:
-        return None
-    return f"{found.group(1).rsplit('/', 1)[-1]}:{found.group(2)}"
-
-
 def _float_inputs(node: Node, quantized: set[Value]) -> list[Value]:
     return [
         v
@@ -256,14 +243,14 @@ def float_op_report(
                 continue
             path = module_path_of(node)
             reason, detail = _classify(node, path, qconfig_dict, dynamic)
-            report.entries.append(FloatOp(path, kind, _source(node), reason, detail, method))
+            report.entries.append(FloatOp(path, kind, source_location(node), reason, detail, method))
     return report
 
 
 def _recorded(node: Node, record: FloatOpRecord, method: str) -> FloatOp:
     # The record knows the module also where the graph forgot it (a loaded model).
     path = record.module or module_path_of(node)
-    return FloatOp(path, node.kind(), _source(node), record.category, record.reason, method, record.guard)
+    return FloatOp(path, node.kind(), source_location(node), record.category, record.reason, method, record.guard)
 
 
 def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -> tuple[str, str]:
