@@ -17,7 +17,7 @@ from passes.fold_conv_bn import fold_conv_bn
 from passes.insert_quant_dequant import first_non_finite_site, non_finite_calibration_message
 from qgraph import ir
 from qgraph.convert import convert
-from qgraph.prepare import check_script_module, prepare
+from qgraph.prepare import check_eval_mode, check_script_module, prepare
 from qgraph.qconfig import script_qconfig, script_qconfig_dict
 
 __all__ = [
@@ -49,6 +49,7 @@ def fuse_conv_bn_jit(model: torch.jit.ScriptModule, inplace: bool = False) -> to
         %x1 = prim::CallMethod[name="forward"](%conv, %x)
     """
     check_script_module(model)
+    check_eval_mode(model)
     # Always a clone, also for inplace=True: a method that has already run
     # keeps executing its cached plan, so edits to its graph in place would
     # be ignored (every traced model has run).

@@ -57,6 +57,7 @@ for (``nn.RNN``) are reported.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,8 @@ from passes.legalize_quantized import (
     quantized_values,
 )
 from qgraph.ir.graph import Node, Value, module_path_of, source_location, walk
-from qgraph.ir.module import as_cpp, method_graph
+from qgraph.ir.module import as_cpp, method_graph, named_modules
+from qgraph.pipeline import method_graphs
 from qgraph.qconfig import check_qconfig_dict, qconfig_key_for_path
 
 __all__ = [
@@ -83,6 +85,11 @@ __all__ = [
     "UNSUPPORTED_OP",
     "UNOBSERVED_INPUT",
     "SAFETY_RULE",
+    "QUANTIZED",
+    "PREPARED",
+    "NOT_QUANTIZED",
+    "quantization_state",
+    "detected_quant_type",
     "STATIC_QUANTIZABLE",
     "DYNAMIC_QUANTIZABLE",
 ]
@@ -137,6 +144,31 @@ DYNAMIC_QUANTIZABLE = frozenset(
     }
 )
 
+# Ops with weights that static quantization quantizes and dynamic quantization has no kernel for.
+_STATIC_ONLY_WEIGHTED = frozenset(
+    f"aten::{name}"
+    for name in "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d _convolution".split()
+)
+
+# Ops only a dynamically quantized model runs.
+_DYNAMIC_MARKERS = frozenset(
+    {
+        "quantized::linear_dynamic",
+        "quantized::linear_relu_dynamic",
+        "quantized::linear_dynamic_fp16",
+        "aten::quantized_lstm",
+        "aten::quantized_gru",
+        "quantized::quantized_lstm_cell_dynamic",
+        "quantized::quantized_gru_cell_dynamic",
+        "quantized::quantized_rnn_tanh_cell_dynamic",
+        "quantized::quantized_rnn_relu_cell_dynamic",
+        "aten::_choose_qparams_per_tensor",
+        "aten::_saturate_weight_to_fp16",
+    }
+)
+# quantized:: ops both kinds of model run (weight packing, weight-only embedding bags).
+_SHARED_QUANTIZED = re.compile(r"quantized::(.*_prepack|.*_unpack|embedding_bag_.*)$")
+
 # RNN ops dynamic quantization has no kernel for (eager quantize_dynamic leaves nn.RNN float too).
 _DYNAMIC_UNSUPPORTED = frozenset({"aten::rnn_tanh", "aten::rnn_relu"})
 _QUANTIZE_KINDS = {"aten::quantize_per_tensor", "aten::quantize_per_channel", "aten::quantize_per_tensor_dynamic"}
@@ -156,11 +188,24 @@ class FloatOp:
     guard: str = ""  # for an op float only under a run-time condition (a guard): the condition
 
 
+# What a model is, as far as quantization goes (``FloatOpReport.state``).
+QUANTIZED = "quantized"
+PREPARED = "prepared"  # observers inserted, not converted yet
+NOT_QUANTIZED = "not quantized"
+
+
 @dataclass
 class FloatOpReport:
-    """Every op a quantized model runs in float, in graph order."""
+    """Every op a quantized model runs in float, in graph order.
+
+    ``state`` says what the model is: ``"quantized"`` (the entries are the
+    ops convert left in float), ``"prepared"`` (it holds observers: calibrate
+    it and convert it) or ``"not quantized"`` (a float model: every op runs
+    in float, and no entry is listed).
+    """
 
     entries: list[FloatOp] = field(default_factory=list)
+    state: str = QUANTIZED
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -175,7 +220,17 @@ class FloatOpReport:
         return [entry.kind for entry in self.entries]
 
     def format(self) -> str:
-        """A table, one row per op; a single line when nothing is left in float."""
+        """A table, one row per op; a single line when nothing is left in float or nothing is quantized."""
+        if self.state == NOT_QUANTIZED:
+            return (
+                "the model is not quantized: it holds no quantize op and no quantized op, so every op runs in float "
+                "(prepare it with qgraph.prepare_jit, calibrate it and convert it with qgraph.convert_jit)"
+            )
+        if self.state == PREPARED:
+            return (
+                "the model is prepared, not quantized: it holds observers and every op still runs in float "
+                "(run calibration data through it, then convert it with qgraph.convert_jit)"
+            )
         if not self.entries:
             return "no ops left in float"
         header = ("module", "op", "source", "reason", "detail")
@@ -220,6 +275,9 @@ def float_op_report(
         check_qconfig_dict(qconfig_dict)
     module_c = as_cpp(model)
     dynamic = quant_type == QuantType.DYNAMIC
+    state = quantization_state(module_c)
+    if state != QUANTIZED:
+        return FloatOpReport(state=state)
     report = FloatOpReport()
     for method in module_c._method_names():
         graph = method_graph(module_c, method)
@@ -233,7 +291,12 @@ def float_op_report(
             kind = node.kind()
             if not kind.startswith("aten::") or kind in _QUANTIZE_KINDS or kind in _FLOAT_KINDS:
                 continue
-            if dynamic and kind not in DYNAMIC_QUANTIZABLE and kind not in _DYNAMIC_UNSUPPORTED:
+            if (
+                dynamic
+                and kind not in DYNAMIC_QUANTIZABLE
+                and kind not in _DYNAMIC_UNSUPPORTED
+                and kind not in _STATIC_ONLY_WEIGHTED
+            ):
                 continue
             if not any(_carries_tensors(o) for o in node.outputs()):
                 continue
@@ -265,7 +328,33 @@ def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -
             return NO_QCONFIG, f"the qconfig of {where} is None{inherited}"
     if dynamic and kind in _DYNAMIC_UNSUPPORTED:
         return UNSUPPORTED_OP, f"no dynamic quantized kernel for {kind}"
+    if dynamic and kind in _STATIC_ONLY_WEIGHTED:
+        return UNSUPPORTED_OP, f"dynamic quantization has no kernel for {kind} (static quantization has: quantize_jit)"
     quantizable = DYNAMIC_QUANTIZABLE if dynamic else STATIC_QUANTIZABLE
     if kind not in quantizable:
         return UNSUPPORTED_OP, f"no quantized kernel for {kind}"
     return UNOBSERVED_INPUT, "its input is a float tensor (not observed, or produced by a float op)"
+
+
+def _node_kinds(module_c) -> set[str]:
+    return {node.kind() for _, _, graph in method_graphs(module_c, distinct=True) for node in walk(graph)}
+
+
+def quantization_state(model: Any) -> str:
+    """``"quantized"``, ``"prepared"`` (observers, not converted) or ``"not quantized"``: what ``model`` is."""
+    module_c = as_cpp(model)
+    if any(path.rpartition(".")[2].startswith("_observer_") for path, _ in named_modules(module_c)):
+        return PREPARED
+    kinds = _node_kinds(module_c)
+    if any(k.startswith(("quantized::", "aten::quantized_")) or k in _QUANTIZE_KINDS or k in _DYNAMIC_MARKERS for k in kinds):
+        return QUANTIZED
+    return NOT_QUANTIZED
+
+
+def detected_quant_type(model: Any) -> QuantType:
+    """DYNAMIC when ``model`` runs dynamic quantization's ops and no static quantized op; else STATIC."""
+    kinds = _node_kinds(as_cpp(model))
+    static_ops = {
+        k for k in kinds if k.startswith("quantized::") and k not in _DYNAMIC_MARKERS and not _SHARED_QUANTIZED.match(k)
+    }
+    return QuantType.DYNAMIC if kinds & _DYNAMIC_MARKERS and not static_ops else QuantType.STATIC
