@@ -72,7 +72,10 @@ _BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d
 def _normalises_with_batch_statistics(batch_norm: CppModule) -> bool:
     if batch_norm.hasattr("training") and batch_norm.getattr("training"):
         return True
-    # A traced BatchNorm keeps the mode it was traced in, whatever its flag says now.
+    # A traced BatchNorm keeps the mode it was traced in, whatever its flag says now
+    # (one the trace never called has no method at all).
+    if not batch_norm._has_method("forward"):
+        return False
     return any(
         node.kind() == "aten::batch_norm" and is_constant(node.inputsAt(BN_TRAINING), True)
         for node in walk(method_graph(batch_norm))

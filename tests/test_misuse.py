@@ -316,3 +316,19 @@ def test_ordinary_ranges_keep_the_histogram_search_and_the_reference_bits():
     _calibrate(reference, batches)
     reference = reference_convert_jit(reference)
     assert torch.equal(ours(batches[0]), reference(batches[0]))
+
+
+class UnusedBatchNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.spare = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_a_batch_norm_the_trace_never_called_is_no_training_mode():
+    traced = torch.jit.trace(UnusedBatchNorm().eval(), torch.randn(1, 3, 6, 6))
+    prepared = qgraph.prepare_jit(traced, {"": default_qconfig})
+    assert prepared(torch.randn(1, 3, 6, 6)).shape == (1, 4, 4, 4)

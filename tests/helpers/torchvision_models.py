@@ -75,14 +75,23 @@ def _resnext(models):
     return models.ResNet(models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10, groups=4, width_per_group=8)
 
 
+def _narrow_head(in_features: int) -> list[nn.Module]:
+    """AlexNet's and VGG's classifier layers (two 4096-wide linears) at width 64, without their dropouts."""
+    return [nn.Linear(in_features, 64), nn.ReLU(True), nn.Linear(64, 64), nn.ReLU(True), nn.Linear(64, 10)]
+
+
+def _alexnet(models):
+    model = models.alexnet(num_classes=10)
+    first, relu, second, relu2, last = _narrow_head(256 * 6 * 6)
+    model.classifier = nn.Sequential(nn.Dropout(), first, relu, nn.Dropout(), second, relu2, last)
+    return model
+
+
 def _vgg(models):
     layers = models.vgg.make_layers([8, "M", 16, "M", 16, 16, "M", 32, "M", 32, "M"], batch_norm=True)
     model = models.VGG(layers, num_classes=10)
-    # VGG's head reads a 7x7 map of 512 channels through 4096-wide layers; the same head, narrower.
-    model.classifier = nn.Sequential(
-        nn.Linear(32 * 7 * 7, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 64), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(64, 10),
-    )
+    first, relu, second, relu2, last = _narrow_head(32 * 7 * 7)
+    model.classifier = nn.Sequential(first, relu, nn.Dropout(), second, relu2, nn.Dropout(), last)
     return model
 
 
@@ -132,9 +141,12 @@ def _convnext(models):
 
 
 def _vit(models):
-    return models.VisionTransformer(
+    model = models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
     )
+    # torchvision starts the classifier head at zero (fine-tuning fills it); the output would be zero.
+    nn.init.normal_(model.heads.head.weight, std=0.5)
+    return model
 
 
 def _swin(models):
@@ -154,7 +166,7 @@ def architectures() -> dict[str, Architecture]:
     """One small model per torchvision classification family, by family name."""
     models = import_torchvision().models
     families = [
-        ("alexnet", partial(models.alexnet, num_classes=10), 64),
+        ("alexnet", partial(_alexnet, models), 64),
         ("vgg", partial(_vgg, models), 32),
         ("resnet", partial(_resnet, models), 32),
         ("resnext", partial(_resnext, models), 32),
@@ -165,8 +177,8 @@ def architectures() -> dict[str, Architecture]:
         ("mobilenet_v2", partial(models.mobilenet_v2, num_classes=10, width_mult=0.25), 32),
         ("mobilenet_v3", partial(_mobilenet_v3, models), 32),
         ("quantizable_mobilenet_v3", partial(_quantizable_mobilenet_v3, models), 32),
-        ("mnasnet", partial(models.mnasnet0_5, num_classes=10), 32),
-        ("shufflenet_v2", partial(models.shufflenet_v2_x0_5, num_classes=10), 32),
+        ("mnasnet", partial(models.mnasnet0_5, num_classes=10), 64),
+        ("shufflenet_v2", partial(models.shufflenet_v2_x0_5, num_classes=10), 64),
         ("efficientnet_b0", partial(_efficientnet_b0, models), 32),
         ("efficientnet_v2", partial(_efficientnet_v2, models), 32),
         ("regnet", partial(_regnet, models), 32),
