@@ -25,6 +25,15 @@ becomes::
 Observer submodules are removed. Instances that share a class type share one
 rewritten graph; each keeps its own qparams values under the same names.
 
+Before qparams are computed (static quantization), what calibration left
+is checked (``check_calibration``): a weight whose observer saw no data (a
+branch calibration never took, or no calibration at all) is observed from
+the weight itself, as eager convert does; statistics holding NaN or inf are
+a ValueError naming the first observed value that saw them; values forward
+always computes that saw no data, and activations beyond
+``passes._observer_state.QUANTIZABLE_RANGE``, are each listed in one
+warning.
+
 Dynamic quantization (``QuantType.DYNAMIC``): weights are quantized with
 their observer's qparams (the weight observers run here, on the weights, so
 no calibration is needed); activations get ``aten::_choose_qparams_per_tensor``
