@@ -51,8 +51,13 @@ quantize ops' results, quantized kernels' quantized results, and what shape
 and value ops, lists, tuples, ``if`` and loops make of them. Dynamic
 quantization keeps activations in float by design, so for
 ``QuantType.DYNAMIC`` only the ops dynamic quantization handles (linear,
-LSTM/GRU and their cells, embedding_bag) and the RNN ops it has no kernel
-for (``nn.RNN``) are reported.
+LSTM/GRU and their cells, embedding_bag), the RNN ops it has no kernel
+for (``nn.RNN``) and the convs it leaves in float are reported;
+``detected_quant_type`` tells the two kinds of model apart by their ops.
+
+A model that is not quantized (no quantize op, no quantized op) or only
+prepared (it holds observers) gets no entries: ``FloatOpReport.state``
+says which, and ``format`` says so in one line.
 """
 
 from __future__ import annotations
