@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
+# Two workers (the machine's two cores), each test module whole in one of them
+# so that module-scoped fixtures are computed once.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run_all.py
