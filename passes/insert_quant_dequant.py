@@ -334,7 +334,8 @@ class _QuantDequantInserter:
             return False, []
         if _is_dtype(dtype, torch.float16):
             return False, []
-        if observer_state.searches_histogram(obs) and observer_state.observed_magnitude(obs) > observer_state.QUANTIZABLE_RANGE:
+        out_of_range = observer_state.observed_magnitude(obs) > observer_state.QUANTIZABLE_RANGE
+        if out_of_range and observer_state.searches_histogram(obs):
             result = observer_state.whole_range_qparams(obs)
         else:
             with warnings.catch_warnings():

@@ -128,7 +128,13 @@ def _named_qconfig(name: str):
 
     if name in ("x86", "fbgemm", "qnnpack", "onednn"):
         return get_default_qconfig(name)
-    return {"none": None, "default": default_qconfig, "dynamic": default_dynamic_qconfig, "fp16": float16_dynamic_qconfig}[name]
+    named = {
+        "none": None,
+        "default": default_qconfig,
+        "dynamic": default_dynamic_qconfig,
+        "fp16": float16_dynamic_qconfig,
+    }
+    return named[name]
 
 
 def parse_qconfig_entries(entries: Sequence[str]) -> dict:

@@ -351,7 +351,8 @@ def quantization_state(model: Any) -> str:
     if any(path.rpartition(".")[2].startswith("_observer_") for path, _ in named_modules(module_c)):
         return PREPARED
     kinds = _node_kinds(module_c)
-    if any(k.startswith(("quantized::", "aten::quantized_")) or k in _QUANTIZE_KINDS or k in _DYNAMIC_MARKERS for k in kinds):
+    quantized_kinds = _QUANTIZE_KINDS | _DYNAMIC_MARKERS
+    if any(kind.startswith(("quantized::", "aten::quantized_")) or kind in quantized_kinds for kind in kinds):
         return QUANTIZED
     return NOT_QUANTIZED
 

@@ -194,7 +194,8 @@ def test_a_conv_dynamic_quantization_left_in_float_is_reported(tracing):
 def test_the_kind_of_quantization_is_read_from_the_model(debug):
     model = capture(ConvThenLinear(), (torch.randn(1, 3, 6, 6),), False)
     dynamic = qgraph.quantize_dynamic_jit(model, {"": default_dynamic_qconfig}, debug=debug)
-    static = qgraph.quantize_jit(model, {"": default_qconfig}, lambda m, x: m(x), [torch.randn(1, 3, 6, 6)], debug=debug)
+    batch = torch.randn(1, 3, 6, 6)
+    static = qgraph.quantize_jit(model, {"": default_qconfig}, lambda m, x: m(x), [batch], debug=debug)
     assert detected_quant_type(dynamic) == QuantType.DYNAMIC
     assert detected_quant_type(static) == QuantType.STATIC
     assert quantization_state(static) == quantization_state(dynamic) == QUANTIZED

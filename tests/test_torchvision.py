@@ -30,7 +30,9 @@ from torch.ao.quantization import prepare_jit as reference_prepare_jit
 
 import qgraph
 
-pytestmark = pytest.mark.skipif(not torchvision_installed(), reason="torchvision is not installed (make test installs it)")
+pytestmark = pytest.mark.skipif(
+    not torchvision_installed(), reason="torchvision is not installed (make test installs it)"
+)
 
 QCONFIG_DICT = {
     "": QConfig(activation=MinMaxObserver.with_args(reduce_range=True), weight=default_per_channel_weight_observer)
