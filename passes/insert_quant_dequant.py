@@ -526,10 +526,16 @@ class ObservedSite:
     def describe(self) -> str:
         """``%x in module 'features.3' (model.py:31)``: what a user finds in their code."""
         where = f"module '{self.path}'" if self.path else "the model"
-        if self.value.node().kind() == "prim::Param":
+        node = self.value.node()
+        if node.kind() == "prim::Param":
             return f"%{self.value.debugName()}, an input of {where}"
-        source = source_location(self.value.node())
-        return f"%{self.value.debugName()} in {where}" + (f" ({source})" if source else "")
+        source = source_location(node)
+        described = f"%{self.value.debugName()} in {where}"
+        callee = getattr_path(node.inputsAt(0)) if node.kind() == "prim::CallMethod" else None
+        if callee:
+            # A traced call keeps no source line: the submodule tells where it is.
+            described += f", the output of '{'.'.join([self.path, *callee] if self.path else callee)}'"
+        return described + (f" ({source})" if source else "")
 
     def is_weight(self) -> bool:
         call = next(use.user for use in self.value.uses() if observer_name(use.user.output()) == self.observer)
