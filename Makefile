@@ -8,19 +8,25 @@ BIN := $(VENV)/bin
 .PHONY: demo test bench clean
 
 # torch is pinned and installed first, on its own, so that pip never resolves
-# an open requirement to a multi-gigabyte CUDA build.
-$(VENV)/.installed: pyproject.toml
+# an open requirement to a multi-gigabyte CUDA build. torchvision (the tests'
+# real architectures) is published as a CUDA build: its model code is pure
+# Python, so it goes in without its dependencies, over the CPU torch; it is
+# never a dependency of qgraph.
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps torchvision==0.28.0 pillow
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
+# Two workers (the machine's two cores), each test module whole in one of them
+# so that module-scoped fixtures are computed once.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run_all.py

@@ -125,7 +125,15 @@ from passes._observer_preprocessing import preprocess
 from qgraph.ir.callgraph import call_graph, callees_first
 from qgraph.ir.clone import clone_module, unshare_types
 from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, inputs_of, is_alive, nested_blocks, outputs_of, walk
-from qgraph.ir.module import CppModule, as_cpp, as_python, getattr_path, method_graph, register_submodule
+from qgraph.ir.module import (
+    CppModule,
+    as_cpp,
+    as_python,
+    getattr_path,
+    instances_by_type,
+    method_graph,
+    register_submodule,
+)
 from qgraph.pattern import Match, compile_pattern, find_matches
 from qgraph.qconfig import is_scripted_qconfig, qconfig_paths_needing_own_type, resolve_qconfigs, script_qconfig
 
@@ -285,6 +293,7 @@ class _ObserverPlacement:
         # values observed by an observer call of their own (or by the callee returning them)
         self.explicit: set[Value] = set()
         self._keep: list[Any] = []  # graph/block wrappers used as keys stay alive
+        self._instances_by_type: dict[str, list[CppModule]] | None = None
 
     def for_insertion(self) -> "_ObserverPlacement":
         """This dry run's analysis, ready for the walk that inserts observers (the graphs are unchanged)."""
@@ -458,6 +467,10 @@ class _ObserverPlacement:
 
     def _record(self, value: Value, observer: CppModule, to_observe: dict, observed: set) -> None:
         target = self.delayed.get(value, value)
+        if not rules.is_tensor_or_tensor_list(target):
+            # An Optional[Tensor] (an `if self.training:` branch that returns
+            # None in eval mode) can be None at run time: observers take a Tensor.
+            return
         to_observe[target] = observer
         observed.add(target)
         self.explicit.add(target)
@@ -686,6 +699,11 @@ class _ObserverPlacement:
         for index, (param, _, _) in enumerate(carried):
             observed.add(node.outputsAt(param.offset() - 1))
 
+    def _instances_of(self, module: CppModule) -> list[CppModule]:
+        if self._instances_by_type is None:
+            self._instances_by_type = instances_by_type(self.root)
+        return self._instances_by_type.get(module._type().qualified_name(), [])
+
     def _insert_observer(self, value, graph, module, template, inserted) -> None:
         if value in self.observed:
             return
@@ -695,7 +713,16 @@ class _ObserverPlacement:
         while module.hasattr(name):
             name = f"_observer_{self.next_id}"
             self.next_id += 1
+        # Listed before the slot exists: an empty slot cannot be read.
+        instances = self._instances_of(module)
         register_submodule(module, name, observer)
+        # The slot now exists on every instance of the class type. Instances
+        # that forward never calls (a residual block's unused FloatFunctional)
+        # are never visited, and an empty module slot crashes the process as
+        # soon as anything lists the submodules: each gets its own observer.
+        for instance in instances:
+            instance.setattr(name, copy.deepcopy(template))
+        module.setattr(name, observer)
         inserted.append((name, observer))
 
         self_value = next(graph.inputs())

@@ -25,6 +25,15 @@ becomes::
 Observer submodules are removed. Instances that share a class type share one
 rewritten graph; each keeps its own qparams values under the same names.
 
+Before qparams are computed (static quantization), what calibration left
+is checked (``check_calibration``): a weight whose observer saw no data (a
+branch calibration never took, or no calibration at all) is observed from
+the weight itself, as eager convert does; statistics holding NaN or inf are
+a ValueError naming the first observed value that saw them; values forward
+always computes that saw no data, and activations beyond
+``passes._observer_state.QUANTIZABLE_RANGE``, are each listed in one
+warning.
+
 Dynamic quantization (``QuantType.DYNAMIC``): weights are quantized with
 their observer's qparams (the weight observers run here, on the weights, so
 no calibration is needed); activations get ``aten::_choose_qparams_per_tensor``
@@ -49,11 +58,14 @@ between quantize / dequantize pairs, which finalize fuses into quantized ops.
 from __future__ import annotations
 
 import functools
+import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
+from passes import _observer_state as observer_state
 from passes._observed_values import aten_name, call_name, is_weight
 from passes._quant_propagation import NodeBuilder, propagate_quantization
 from passes.swap_functional_linear import swap_functional_linear
@@ -63,12 +75,13 @@ from qgraph.ir import (
     clone_module,
     drop_attributes,
     getattr_path,
+    instances_by_type,
     like,
     method_graph,
     method_key,
     resolve_path,
 )
-from qgraph.ir.graph import Graph, Node, Value, inputs_of, nested_blocks, outputs_of
+from qgraph.ir.graph import Graph, Node, Value, inputs_of, nested_blocks, outputs_of, source_location, walk
 
 __all__ = ["insert_quant_dequant", "insert_quant_dequant_in_place"]
 
@@ -228,12 +241,21 @@ class _QuantDequantInserter:
         self.observer_attrs: dict[str, set[str]] = {}
         self.doomed: list[Node] = []
         self.weight_observer_fns: dict[Value, object] = {}
+        self.instances: dict[str, list[CppModule]] = {}
 
     # -- dynamic: weight observers run on the weights themselves ------------
 
-    def run_weight_observers(self, module: CppModule, method: str) -> None:
+    def run_weight_observers(self, module: CppModule, method: str, only_unseen: bool = False) -> None:
+        """Run weight observers on their weights (with ``only_unseen``, those that saw no data).
+
+        Static calibration runs weight observers as it runs the model, but
+        not the weights of a branch calibration never took (an
+        ``if self.training:`` auxiliary head, an ``if flag:`` left False) or
+        of a model never calibrated. Weights are known without data, so such
+        an observer observes its weight here, as eager convert does.
+        """
         for callee, name in _invoked_methods(module, method):
-            self.run_weight_observers(callee, name)
+            self.run_weight_observers(callee, name, only_unseen)
         graph = method_graph(module, method)
         self_value = next(graph.inputs())
         weights = [
@@ -243,9 +265,17 @@ class _QuantDequantInserter:
             if v.type().isSubtypeOf(_TENSOR) and observer_name(v) is not None and _is_weight(module, v)
         ]
         for value in weights:
+            if only_unseen and not observer_state.saw_no_data(module.getattr(observer_name(value))):
+                continue
             function = self.weight_observer_fns.get(value)
             if function is None:
-                function = _subgraph_function(self_value, value)
+                try:
+                    function = _subgraph_function(self_value, value)
+                except _NotFromAttributes:
+                    if only_unseen:
+                        # Computed from the inputs: only calibration can observe it.
+                        continue
+                    raise
                 self.weight_observer_fns[value] = function
             function(module)
 
@@ -285,6 +315,10 @@ class _QuantDequantInserter:
                 while module.hasattr(name := f"{original.debugName()}{suffix}_{uid}"):
                     uid += 1
                 module._register_attribute(name, _qparam_type(value), value)
+                # Every instance of the class type gets the slot; one that
+                # forward never calls is never visited and keeps these values.
+                for instance in self.instances.get(module._type().qualified_name(), []):
+                    instance.setattr(name, value)
                 names[suffix] = name
             self.attr_names[observer] = names
             self.insert_ops(module, graph, self_value, observer, per_channel, names)
@@ -299,7 +333,14 @@ class _QuantDequantInserter:
             return False, []
         if _is_dtype(dtype, torch.float16):
             return False, []
-        result = obs._get_method("calculate_qparams")()
+        out_of_range = observer_state.observed_magnitude(obs) > observer_state.QUANTIZABLE_RANGE
+        if out_of_range and observer_state.searches_histogram(obs):
+            result = observer_state.whole_range_qparams(obs)
+        else:
+            with warnings.catch_warnings():
+                # check_calibration has said it once for every observer that saw nothing.
+                warnings.filterwarnings("ignore", message="must run observer before calling calculate_qparams")
+                result = obs._get_method("calculate_qparams")()
         if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)):
             raise RuntimeError(
                 f"calculate_qparams of observer {observer_name(observer.output())!r} must return "
@@ -433,6 +474,10 @@ def _embedding_bag_mode(mode: Value) -> int:
     return int(value)
 
 
+class _NotFromAttributes(RuntimeError):
+    """A weight that is computed from a method's inputs, not only from module attributes."""
+
+
 def _subgraph_function(self_value: Value, value: Value):
     """A TorchScript function of ``self`` recomputing ``value`` (a weight observer call and what feeds it)."""
     nodes: list[Node] = []
@@ -446,7 +491,7 @@ def _subgraph_function(self_value: Value, value: Value):
         for input_value in inputs_of(node):
             if input_value.node().kind() == "prim::Param":
                 if input_value != self_value:
-                    raise RuntimeError(
+                    raise _NotFromAttributes(
                         f"the weight observed as %{value.debugName()} depends on %{input_value.debugName()}, "
                         "not only on module attributes"
                     )
@@ -465,6 +510,143 @@ def _subgraph_function(self_value: Value, value: Value):
             remap[old] = new
     sub.registerOutput(remap[value])
     return torch._C._create_function_from_graph("observer_subgraph", sub)
+
+
+@dataclass(frozen=True)
+class ObservedSite:
+    """One observed value of a calibrated model, where the model computes it."""
+
+    path: str  # dotted path of the module whose graph observes the value; "" is the model
+    module: CppModule
+    observer: str  # the ``_observer_N`` submodule of ``module``
+    value: Value  # the observed value (the observer's input)
+    conditional: bool  # inside an ``if`` or loop (here or around a call on the way from forward)
+
+    def describe(self) -> str:
+        """``%x in module 'features.3' (model.py:31)``: what a user finds in their code."""
+        where = f"module '{self.path}'" if self.path else "the model"
+        node = self.value.node()
+        if node.kind() == "prim::Param":
+            return f"%{self.value.debugName()}, an input of {where}"
+        source = source_location(node)
+        described = f"%{self.value.debugName()} in {where}"
+        callee = getattr_path(node.inputsAt(0)) if node.kind() == "prim::CallMethod" else None
+        if callee:
+            # A traced call keeps no source line: the submodule tells where it is.
+            described += f", the output of '{'.'.join([self.path, *callee] if self.path else callee)}'"
+        return described + (f" ({source})" if source else "")
+
+    def is_weight(self) -> bool:
+        call = next(use.user for use in self.value.uses() if observer_name(use.user.output()) == self.observer)
+        return _is_weight(self.module, call.output())
+
+
+def observed_sites(module: CppModule, method: str = "forward", path: str = "") -> list[ObservedSite]:
+    """Every observed value of ``module.<method>``, callees included, in the order forward computes them.
+
+    A value observed in a method called twice is listed once, as
+    unconditional if one of its calls is.
+    """
+    sites: dict[tuple[str, str], ObservedSite] = {}
+    visited: set[tuple[str, str, bool]] = set()
+
+    def visit(current: CppModule, name: str, current_path: str, conditional: bool) -> None:
+        if (current_path, name, conditional) in visited:
+            return
+        visited.add((current_path, name, conditional))
+        graph = method_graph(current, name)
+        self_value = next(graph.inputs())
+        for node in walk(graph):
+            if node.kind() != "prim::CallMethod":
+                continue
+            branch = conditional or node.owningBlock().owningNode() is not None
+            observer = observer_name(node.output()) if node.outputsSize() == 1 else None
+            if observer is not None:
+                known = sites.get((current_path, observer))
+                if known is None or (known.conditional and not branch):
+                    sites[(current_path, observer)] = ObservedSite(
+                        current_path, current, observer, node.inputsAt(1), branch
+                    )
+                continue
+            receiver = node.inputsAt(0)
+            if receiver == self_value:
+                visit(current, node.s("name"), current_path, branch)
+                continue
+            names = getattr_path(receiver)
+            target = resolve_path(current, names) if names else None
+            if isinstance(target, CppModule):
+                visit(target, node.s("name"), ".".join(p for p in [current_path, *names] if p), branch)
+
+    visit(module, method, path, False)
+    return list(sites.values())
+
+
+def first_non_finite_site(module: CppModule, method: str = "forward") -> ObservedSite | None:
+    """The first observed value (in forward's order) whose observer's statistics hold NaN or inf."""
+    for site in observed_sites(module, method):
+        if observer_state.saw_non_finite(site.module.getattr(site.observer)):
+            return site
+    return None
+
+
+def non_finite_calibration_message(site: ObservedSite | None, failure: str = "") -> str:
+    """What to tell a user whose calibration data held NaN or inf (``failure``: the observer's own error)."""
+    if site is not None:
+        where = f"the first observed value that saw them is {site.describe()}"
+    else:
+        where = f"an observer failed on them ({failure})" if failure else "an observer failed on them"
+    return f"calibration data holds non-finite values (NaN or inf): {where}; calibrate with finite data"
+
+
+_LISTED = 10
+
+
+def _listing(items: list[str]) -> str:
+    shown = "; ".join(items[:_LISTED])
+    return shown if len(items) <= _LISTED else f"{shown}; and {len(items) - _LISTED} more"
+
+
+def check_calibration(module: CppModule, method: str = "forward") -> None:
+    """Refuse or flag what calibration left the observers of a static model with.
+
+    - statistics that hold NaN or an infinity: ValueError naming the first
+      observed value (in forward's order) that saw them, with its module
+      and source line; the qparams would be NaN or the histogram unusable;
+    - observers that saw no data although forward always reaches them
+      (calibration never ran, or fed only empty tensors): one UserWarning
+      listing those values; they get the observer's default qparams (scale
+      1.0, zero point 0). Observers inside an ``if`` or a loop stay quiet: a
+      branch calibration never took (a training-only head, the other side
+      of a block class's ``if``) is usually one inference never takes;
+    - activations larger than ``QUANTIZABLE_RANGE``: one UserWarning
+      listing them (their qparams come from the whole observed range).
+    """
+    unseen, too_large = [], []
+    for site in observed_sites(module, method):
+        observer = site.module.getattr(site.observer)
+        if observer_state.saw_non_finite(observer):
+            raise ValueError(non_finite_calibration_message(site))
+        if observer_state.saw_no_data(observer):
+            if not site.conditional:
+                unseen.append(site.describe())
+        elif observer_state.observed_magnitude(observer) > observer_state.QUANTIZABLE_RANGE and not site.is_weight():
+            too_large.append(f"{site.describe()}: {observer_state.observed_magnitude(observer):.3g}")
+    if unseen:
+        warnings.warn(
+            f"{len(unseen)} observed value(s) saw no calibration data (calibration never ran the model, or gave "
+            "it only empty tensors), so they are quantized with default qparams (scale 1.0, zero point 0): "
+            + _listing(unseen),
+            UserWarning,
+            stacklevel=3,
+        )
+    if too_large:
+        warnings.warn(
+            f"{len(too_large)} activation(s) are out of a quantizable range (magnitude above "
+            f"{observer_state.QUANTIZABLE_RANGE:.0e}; int8 cannot represent them usefully), so their qparams cover "
+            "the whole observed range: " + _listing(too_large),
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def insert_quant_dequant(module, method_name: str = "forward", inplace: bool = False, debug: bool = False,
@@ -497,8 +679,12 @@ def insert_quant_dequant_in_place(module, method_name: str = "forward", debug: b
     work = as_cpp(module)
     _check_method(work, method_name)
     inserter = _QuantDequantInserter(quant_type)
+    inserter.instances = instances_by_type(work)
     if quant_type == QuantType.DYNAMIC:
         inserter.run_weight_observers(work, method_name)
+    else:
+        inserter.run_weight_observers(work, method_name, only_unseen=True)
+        check_calibration(work, method_name)
     inserter.run(work, method_name)
     inserter.remove_observer_calls()
     # Dropping the observers rebuilds the module with new class types, hence

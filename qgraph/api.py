@@ -14,9 +14,10 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.fold_conv_bn import fold_conv_bn
+from passes.insert_quant_dequant import first_non_finite_site, non_finite_calibration_message
 from qgraph import ir
 from qgraph.convert import convert
-from qgraph.prepare import check_script_module, prepare
+from qgraph.prepare import check_eval_mode, check_script_module, prepare
 from qgraph.qconfig import script_qconfig, script_qconfig_dict
 
 __all__ = [
@@ -48,6 +49,7 @@ def fuse_conv_bn_jit(model: torch.jit.ScriptModule, inplace: bool = False) -> to
         %x1 = prim::CallMethod[name="forward"](%conv, %x)
     """
     check_script_module(model)
+    check_eval_mode(model)
     # The pass folds a clone, also for inplace=True: a method that has already
     # run keeps executing its cached plan, so edits to its graph in place
     # would be ignored (every traced model has run).
@@ -104,9 +106,28 @@ def quantize_jit(
     if not run_args:
         raise ValueError("quantize_jit needs calibration data: run_args is empty")
     prepared = prepare_jit(model, qconfig_dict, inplace)
-    run_fn(prepared, *run_args)
+    try:
+        run_fn(prepared, *run_args)
+    except RuntimeError as err:
+        _explain_non_finite_calibration(prepared, err)
+        raise
     # prepare already copied the model when inplace is False.
     return convert_jit(prepared, True, debug)
+
+
+# What PyTorch's observers say when the data they get holds NaN or inf
+# (HistogramObserver's torch.histc); the TorchScript traceback before it
+# buries the cause.
+_NON_FINITE_FAILURE = "is not finite"
+
+
+def _explain_non_finite_calibration(prepared: torch.jit.ScriptModule, err: RuntimeError) -> None:
+    """Raise a short ValueError when ``err`` came from non-finite calibration data; otherwise return."""
+    site = first_non_finite_site(prepared._c)
+    message = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+    if site is None and _NON_FINITE_FAILURE not in message:
+        return
+    raise ValueError(non_finite_calibration_message(site, message)) from None
 
 
 def quantize_dynamic_jit(

@@ -6,7 +6,12 @@
     qgraph passes MODEL.pt [--dump-dir DIR]
                                           run the standalone graph passes through the
                                           pipeline runner, printing forward after each
-    qgraph report MODEL.pt [--dynamic]    the ops a quantized model still runs in float, and why
+    qgraph report MODEL.pt [--dynamic | --static] [--qconfig [PATH=]NAME ...]
+                                          the ops a quantized model still runs in float, and why
+                                          (static or dynamic as the model shows, unless told;
+                                          --qconfig gives the qconfig_dict used for prepare, so
+                                          ops under a None qconfig say so: NAME is none, x86,
+                                          fbgemm, qnnpack, onednn, default, dynamic or fp16)
 
 MODEL.pt is a TorchScript archive written by ``torch.jit.save``. Bad input
 (a missing file, a file that is not TorchScript, an unknown method) gives a
@@ -26,6 +31,8 @@ from qgraph.ir import CppModule, method_graph
 from qgraph.pipeline import Pipeline, Stage, format_module_graphs, graph_stage, inspect
 
 USAGE_ERROR = 2
+# Names ``report --qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs.
+QCONFIG_NAMES = ("none", "x86", "fbgemm", "qnnpack", "onednn", "default", "dynamic", "fp16")
 
 
 class UsageError(Exception):
@@ -61,8 +68,18 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="list the ops a quantized model still runs in float, and why")
     report.add_argument("model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save")
-    report.add_argument(
+    kind = report.add_mutually_exclusive_group()
+    kind.add_argument(
         "--dynamic", action="store_true", help="the model was quantized dynamically (activations stay float by design)"
+    )
+    kind.add_argument("--static", action="store_true", help="the model was quantized statically")
+    report.add_argument(
+        "--qconfig",
+        action="append",
+        default=[],
+        metavar="[PATH=]NAME",
+        help="an entry of the qconfig_dict used for prepare (repeatable; PATH defaults to the whole model): "
+        f"NAME is one of {', '.join(QCONFIG_NAMES)}",
     )
     report.set_defaults(command=_report)
     return parser
@@ -89,11 +106,46 @@ def _passes(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from torch.ao.quantization.quant_type import QuantType
 
-    from qgraph.report import float_op_report
+    from qgraph.report import detected_quant_type, float_op_report
 
-    quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
-    print(float_op_report(_load(args.model), quant_type=quant_type).format())
+    qconfig_dict = parse_qconfig_entries(args.qconfig) if args.qconfig else None
+    model = _load(args.model)
+    if args.dynamic or args.static:
+        quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
+    else:
+        quant_type = detected_quant_type(model)
+    print(float_op_report(model, qconfig_dict, quant_type=quant_type).format())
     return 0
+
+
+def _named_qconfig(name: str):
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        default_qconfig,
+        float16_dynamic_qconfig,
+        get_default_qconfig,
+    )
+
+    if name in ("x86", "fbgemm", "qnnpack", "onednn"):
+        return get_default_qconfig(name)
+    named = {
+        "none": None,
+        "default": default_qconfig,
+        "dynamic": default_dynamic_qconfig,
+        "fp16": float16_dynamic_qconfig,
+    }
+    return named[name]
+
+
+def parse_qconfig_entries(entries: Sequence[str]) -> dict:
+    """``["x86", "head=none"]`` -> ``{"": <x86 qconfig>, "head": None}``; UsageError for an unknown name."""
+    qconfig_dict = {}
+    for entry in entries:
+        path, _, name = entry.rpartition("=")
+        if name.lower() not in QCONFIG_NAMES:
+            raise UsageError(f"--qconfig {entry}: unknown qconfig {name!r} (one of {', '.join(QCONFIG_NAMES)})")
+        qconfig_dict[path] = _named_qconfig(name.lower())
+    return qconfig_dict
 
 
 def standalone_stages() -> list[Stage]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes.insert_quant_dequant import insert_quant_dequant_in_place
+from passes.insert_quant_dequant import OBSERVER_MARK, insert_quant_dequant_in_place
 from passes.legalize_quantized import legalize_quantized
-from qgraph.ir import CppModule, as_python, clone_module, named_modules
-from qgraph.pipeline import Pipeline, Stage
+from qgraph.ir import CppModule, as_python, clone_module, named_modules, walk
+from qgraph.pipeline import Pipeline, Stage, method_graphs
 
 __all__ = ["convert"]
 
@@ -25,6 +25,25 @@ def _check_model(model) -> None:
         raise ValueError(f"input must be a script module, got: {type(model)}")
     if not model._c._has_method("forward"):
         raise ValueError("input script module does not have a forward method")
+
+
+def _check_prepared(module_c: CppModule, quant_type: QuantType) -> None:
+    """ValueError for a model that prepare never saw: it has no observers and nothing quantized."""
+    if any(path.rpartition(".")[2].startswith(OBSERVER_MARK) for path, _ in named_modules(module_c)):
+        return
+    # Dynamic prepare quantizes RNNs itself and may leave no observer behind.
+    if any(
+        node.kind().startswith(("quantized::", "aten::quantized_"))
+        for _, _, graph in method_graphs(module_c, distinct=True)
+        for node in walk(graph)
+    ):
+        return
+    prepare_api = "prepare_dynamic_jit" if quant_type == QuantType.DYNAMIC else "prepare_jit"
+    raise ValueError(
+        f"the model has no observers: it was not prepared. Call qgraph.{prepare_api}(model, qconfig_dict)"
+        + (", run calibration data through the result," if quant_type == QuantType.STATIC else "")
+        + " and convert what it returns (a qconfig_dict that quantizes nothing leaves nothing to convert)"
+    )
 
 
 def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> list[Stage]:
@@ -86,6 +105,7 @@ def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=N
         raise ValueError(f"quant_type must be QuantType.STATIC or QuantType.DYNAMIC, got {quant_type!r}")
     if preserved_attrs is None:
         preserved_attrs = []
+    _check_prepared(model._c, quant_type)
     module_c = model._c if inplace else clone_module(model._c)
     # Convert produces an inference model: eval mode decides the graph of
     # dropout and batch norm that freezing and fusion see.

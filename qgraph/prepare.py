@@ -22,14 +22,25 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes._observer_preprocessing import PREPROCESSING
-from passes.fold_conv_bn import fold_conv_bn_in_place
+from passes.fold_conv_bn import BN_TRAINING, fold_conv_bn_in_place
 from passes.insert_observers import insert_observers_in_place, parse_quant_type
 from passes.quantize_rnn import quantize_rnn
-from qgraph.ir import CppModule, as_cpp, as_python, clone_module, unshare_types
+from qgraph.ir import (
+    CppModule,
+    as_cpp,
+    as_python,
+    clone_module,
+    is_constant,
+    is_instance_of,
+    method_graph,
+    named_modules,
+    unshare_types,
+    walk,
+)
 from qgraph.pipeline import Pipeline, Stage
 from qgraph.qconfig import _resolve, check_qconfig_dict, qconfig_paths_needing_own_type, script_qconfig_dict
 
-__all__ = ["prepare", "check_script_module", "prepare_pipeline"]
+__all__ = ["prepare", "check_script_module", "check_eval_mode", "check_qconfig_kind", "prepare_pipeline"]
 
 
 def check_script_module(model: Any) -> None:
@@ -42,6 +53,62 @@ def check_script_module(model: Any) -> None:
             "script it (torch.jit.script), trace it (torch.jit.trace) or use qgraph.capture first"
         )
     raise ValueError(f"input must be a TorchScript module (torch.jit.ScriptModule), got {type(model).__name__}")
+
+
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def _normalises_with_batch_statistics(batch_norm: CppModule) -> bool:
+    if batch_norm.hasattr("training") and batch_norm.getattr("training"):
+        return True
+    # A traced BatchNorm keeps the mode it was traced in, whatever its flag says now
+    # (one the trace never called has no method at all).
+    if not batch_norm._has_method("forward"):
+        return False
+    return any(
+        node.kind() == "aten::batch_norm" and is_constant(node.inputsAt(BN_TRAINING), True)
+        for node in walk(method_graph(batch_norm))
+    )
+
+
+def check_eval_mode(model: Any) -> None:
+    """ValueError when a BatchNorm of ``model`` is in training mode (quantization is for inference).
+
+    In training mode a BatchNorm normalises each batch with that batch's
+    statistics, which no folded conv weight and no quantized kernel
+    reproduces (PyTorch's graph mode folds it with the running statistics
+    anyway, so its quantized model computes something the float model never
+    did).
+    """
+    for path, module in named_modules(as_cpp(model)):
+        if is_instance_of(module, *_BATCH_NORMS) and _normalises_with_batch_statistics(module):
+            where = f"its BatchNorm '{path}'" if path else "it"
+            raise ValueError(
+                f"the model is in training mode ({where} normalises with batch statistics); quantization is "
+                "for inference: call model.eval() before scripting or tracing it (a traced model keeps the mode "
+                "it was traced in)"
+            )
+
+
+def check_qconfig_kind(scripted_qconfig_dict: dict, quant_type: QuantType) -> None:
+    """ValueError when a dynamic qconfig (activations quantized at run time) goes to the static API.
+
+    Its activation observer is a ``PlaceholderObserver(is_dynamic=True)``,
+    which computes no qparams from calibration. A static qconfig with the
+    dynamic API is valid (PyTorch's own tests use ``default_qconfig`` so):
+    its weight observer quantizes the weights and activations get qparams at
+    run time.
+    """
+    if quant_type != QuantType.STATIC:
+        return
+    for key, qconfig in scripted_qconfig_dict.items():
+        activation = None if qconfig is None else qconfig.activation
+        if activation is not None and activation.hasattr("is_dynamic") and activation.getattr("is_dynamic"):
+            raise ValueError(
+                f"qconfig_dict[{key!r}] is a dynamic qconfig (its activation observer quantizes at run time); "
+                "use quantize_dynamic_jit or prepare_dynamic_jit / convert_dynamic_jit for it, or a static qconfig "
+                "such as get_default_qconfig('x86') with quantize_jit / prepare_jit"
+            )
 
 
 def _on_forward(step):
@@ -118,6 +185,8 @@ def prepare(
     check_qconfig_dict(qconfig_dict)
     kind = parse_quant_type(quant_type)
     scripted = script_qconfig_dict(qconfig_dict)
+    check_qconfig_kind(scripted, kind)
+    check_eval_mode(model)
     # Even in place, the rewrites go to fresh class types: scripting caches
     # class types, and a type changed here would leak into every later
     # instance of the same Python class. The caller's object is then pointed

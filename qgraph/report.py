@@ -44,8 +44,13 @@ quantize ops' results, quantized kernels' quantized results, and what shape
 and value ops, lists, tuples, ``if`` and loops make of them. Dynamic
 quantization keeps activations in float by design, so for
 ``QuantType.DYNAMIC`` only the ops dynamic quantization handles (linear,
-LSTM/GRU and their cells, embedding_bag) and the RNN ops it has no kernel
-for (``nn.RNN``) are reported.
+LSTM/GRU and their cells, embedding_bag), the RNN ops it has no kernel
+for (``nn.RNN``) and the convs it leaves in float are reported;
+``detected_quant_type`` tells the two kinds of model apart by their ops.
+
+A model that is not quantized (no quantize op, no quantized op) or only
+prepared (it holds observers) gets no entries: ``FloatOpReport.state``
+says which, and ``format`` says so in one line.
 """
 
 from __future__ import annotations
@@ -65,8 +70,9 @@ from passes.legalize_quantized import (
     float_op_record_nodes,
     quantized_values,
 )
-from qgraph.ir.graph import Node, Value, module_path_of, walk
-from qgraph.ir.module import as_cpp, method_graph
+from qgraph.ir.graph import Node, Value, module_path_of, source_location, walk
+from qgraph.ir.module import as_cpp, method_graph, named_modules
+from qgraph.pipeline import method_graphs
 from qgraph.qconfig import check_qconfig_dict, qconfig_key_for_path
 
 __all__ = [
@@ -77,6 +83,11 @@ __all__ = [
     "UNSUPPORTED_OP",
     "UNOBSERVED_INPUT",
     "SAFETY_RULE",
+    "QUANTIZED",
+    "PREPARED",
+    "NOT_QUANTIZED",
+    "quantization_state",
+    "detected_quant_type",
     "STATIC_QUANTIZABLE",
     "DYNAMIC_QUANTIZABLE",
 ]
@@ -131,6 +142,31 @@ DYNAMIC_QUANTIZABLE = frozenset(
     }
 )
 
+# Ops with weights that static quantization quantizes and dynamic quantization has no kernel for.
+_STATIC_ONLY_WEIGHTED = frozenset(
+    f"aten::{name}"
+    for name in "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d _convolution".split()
+)
+
+# Ops only a dynamically quantized model runs.
+_DYNAMIC_MARKERS = frozenset(
+    {
+        "quantized::linear_dynamic",
+        "quantized::linear_relu_dynamic",
+        "quantized::linear_dynamic_fp16",
+        "aten::quantized_lstm",
+        "aten::quantized_gru",
+        "quantized::quantized_lstm_cell_dynamic",
+        "quantized::quantized_gru_cell_dynamic",
+        "quantized::quantized_rnn_tanh_cell_dynamic",
+        "quantized::quantized_rnn_relu_cell_dynamic",
+        "aten::_choose_qparams_per_tensor",
+        "aten::_saturate_weight_to_fp16",
+    }
+)
+# quantized:: ops both kinds of model run (weight packing, weight-only embedding bags).
+_SHARED_QUANTIZED = re.compile(r"quantized::(.*_prepack|.*_unpack|embedding_bag_.*)$")
+
 # RNN ops dynamic quantization has no kernel for (eager quantize_dynamic leaves nn.RNN float too).
 _DYNAMIC_UNSUPPORTED = frozenset({"aten::rnn_tanh", "aten::rnn_relu"})
 _QUANTIZE_KINDS = {"aten::quantize_per_tensor", "aten::quantize_per_channel", "aten::quantize_per_tensor_dynamic"}
@@ -149,11 +185,24 @@ class FloatOp:
     method: str = "forward"
 
 
+# What a model is, as far as quantization goes (``FloatOpReport.state``).
+QUANTIZED = "quantized"
+PREPARED = "prepared"  # observers inserted, not converted yet
+NOT_QUANTIZED = "not quantized"
+
+
 @dataclass
 class FloatOpReport:
-    """Every op a quantized model runs in float, in graph order."""
+    """Every op a quantized model runs in float, in graph order.
+
+    ``state`` says what the model is: ``"quantized"`` (the entries are the
+    ops convert left in float), ``"prepared"`` (it holds observers: calibrate
+    it and convert it) or ``"not quantized"`` (a float model: every op runs
+    in float, and no entry is listed).
+    """
 
     entries: list[FloatOp] = field(default_factory=list)
+    state: str = QUANTIZED
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -168,7 +217,17 @@ class FloatOpReport:
         return [entry.kind for entry in self.entries]
 
     def format(self) -> str:
-        """A table, one row per op; a single line when nothing is left in float."""
+        """A table, one row per op; a single line when nothing is left in float or nothing is quantized."""
+        if self.state == NOT_QUANTIZED:
+            return (
+                "the model is not quantized: it holds no quantize op and no quantized op, so every op runs in float "
+                "(prepare it with qgraph.prepare_jit, calibrate it and convert it with qgraph.convert_jit)"
+            )
+        if self.state == PREPARED:
+            return (
+                "the model is prepared, not quantized: it holds observers and every op still runs in float "
+                "(run calibration data through it, then convert it with qgraph.convert_jit)"
+            )
         if not self.entries:
             return "no ops left in float"
         header = ("module", "op", "source", "reason", "detail")
@@ -187,18 +246,6 @@ class FloatOpReport:
 
 def _carries_tensors(value: Value) -> bool:
     return "Tensor" in str(value.type())
-
-
-_SCRIPTED_SOURCE = re.compile(r'File "([^"]+)", line (\d+)')
-_TRACED_SOURCE = re.compile(r"^(.+)\((\d+)\): ")
-
-
-def _source(node: Node) -> str | None:
-    text = node.sourceRange() or ""
-    found = _SCRIPTED_SOURCE.search(text) or _TRACED_SOURCE.search(text.splitlines()[0] if text else "")
-    if not found:
-        return None
-    return f"{found.group(1).rsplit('/', 1)[-1]}:{found.group(2)}"
 
 
 def _float_inputs(node: Node, quantized: set[Value]) -> list[Value]:
@@ -224,6 +271,9 @@ def float_op_report(
         check_qconfig_dict(qconfig_dict)
     module_c = as_cpp(model)
     dynamic = quant_type == QuantType.DYNAMIC
+    state = quantization_state(module_c)
+    if state != QUANTIZED:
+        return FloatOpReport(state=state)
     report = FloatOpReport()
     for method in module_c._method_names():
         graph = method_graph(module_c, method)
@@ -237,7 +287,12 @@ def float_op_report(
             kind = node.kind()
             if not kind.startswith("aten::") or kind in _QUANTIZE_KINDS or kind in _FLOAT_KINDS:
                 continue
-            if dynamic and kind not in DYNAMIC_QUANTIZABLE and kind not in _DYNAMIC_UNSUPPORTED:
+            if (
+                dynamic
+                and kind not in DYNAMIC_QUANTIZABLE
+                and kind not in _DYNAMIC_UNSUPPORTED
+                and kind not in _STATIC_ONLY_WEIGHTED
+            ):
                 continue
             if not any(_carries_tensors(o) for o in node.outputs()):
                 continue
@@ -247,14 +302,14 @@ def float_op_report(
                 continue
             path = module_path_of(node)
             reason, detail = _classify(node, path, qconfig_dict, dynamic)
-            report.entries.append(FloatOp(path, kind, _source(node), reason, detail, method))
+            report.entries.append(FloatOp(path, kind, source_location(node), reason, detail, method))
     return report
 
 
 def _recorded(node: Node, record: FloatOpRecord, method: str) -> FloatOp:
     # The record knows the module also where the graph forgot it (a loaded model).
     path = record.module or module_path_of(node)
-    return FloatOp(path, node.kind(), _source(node), record.category, record.reason, method)
+    return FloatOp(path, node.kind(), source_location(node), record.category, record.reason, method)
 
 
 def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -> tuple[str, str]:
@@ -269,7 +324,34 @@ def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -
             return NO_QCONFIG, f"the qconfig of {where} is None{inherited}"
     if dynamic and kind in _DYNAMIC_UNSUPPORTED:
         return UNSUPPORTED_OP, f"no dynamic quantized kernel for {kind}"
+    if dynamic and kind in _STATIC_ONLY_WEIGHTED:
+        return UNSUPPORTED_OP, f"dynamic quantization has no kernel for {kind} (static quantization has: quantize_jit)"
     quantizable = DYNAMIC_QUANTIZABLE if dynamic else STATIC_QUANTIZABLE
     if kind not in quantizable:
         return UNSUPPORTED_OP, f"no quantized kernel for {kind}"
     return UNOBSERVED_INPUT, "its input is a float tensor (not observed, or produced by a float op)"
+
+
+def _node_kinds(module_c) -> set[str]:
+    return {node.kind() for _, _, graph in method_graphs(module_c, distinct=True) for node in walk(graph)}
+
+
+def quantization_state(model: Any) -> str:
+    """``"quantized"``, ``"prepared"`` (observers, not converted) or ``"not quantized"``: what ``model`` is."""
+    module_c = as_cpp(model)
+    if any(path.rpartition(".")[2].startswith("_observer_") for path, _ in named_modules(module_c)):
+        return PREPARED
+    kinds = _node_kinds(module_c)
+    quantized_kinds = _QUANTIZE_KINDS | _DYNAMIC_MARKERS
+    if any(kind.startswith(("quantized::", "aten::quantized_")) or kind in quantized_kinds for kind in kinds):
+        return QUANTIZED
+    return NOT_QUANTIZED
+
+
+def detected_quant_type(model: Any) -> QuantType:
+    """DYNAMIC when ``model`` runs dynamic quantization's ops and no static quantized op; else STATIC."""
+    kinds = _node_kinds(as_cpp(model))
+    static_ops = {
+        k for k in kinds if k.startswith("quantized::") and k not in _DYNAMIC_MARKERS and not _SHARED_QUANTIZED.match(k)
+    }
+    return QuantType.DYNAMIC if kinds & _DYNAMIC_MARKERS and not static_ops else QuantType.STATIC

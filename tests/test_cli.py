@@ -87,6 +87,13 @@ def _quantized_convnet() -> torch.jit.ScriptModule:
     return qgraph.quantize_jit(model, {"": get_default_qconfig("fbgemm")}, lambda m, data: [m(b) for b in data], [batches])
 
 
+def _dynamic_convnet() -> torch.jit.ScriptModule:
+    import qgraph
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    return qgraph.quantize_dynamic_jit(torch.jit.script(ConvBnLinear().eval()), {"": default_dynamic_qconfig})
+
+
 def _save_models(directory: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     models = {
@@ -94,6 +101,7 @@ def _save_models(directory: Path) -> dict[str, Path]:
         "decomposed-traced": torch.jit.trace(DecomposedOps().eval(), torch.randn(1, 1, 6, 6)),
         "functional-linear": torch.jit.script(CallsLinearFunction()),
         "quantized-convnet": _quantized_convnet(),
+        "dynamic-convnet": _dynamic_convnet(),
     }
     paths = {}
     for name, model in models.items():

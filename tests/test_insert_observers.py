@@ -1,6 +1,7 @@
 """passes.insert_observers and qgraph.prepare: where observers go, one behaviour per test."""
 
 import warnings
+from typing import Final, Optional
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
+import qgraph
 from passes.insert_observers import insert_observers
 from qgraph.ir.graph import walk
 from qgraph.pipeline import inspect
@@ -755,3 +757,76 @@ def test_embedding_bag_weight_only_matches_reference():
     prepared = prepare(model, {"": weight_only})
     assert observed_values(prepared) == observed_values(prepare_jit(model, {"": weight_only}))
     assert len(observer_names(prepared.emb)) == 1
+
+
+class TrainingOnlyHead(nn.Module):
+    """GoogLeNet's aux heads: in eval mode the `if self.training:` result is None."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.aux = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        aux: Optional[torch.Tensor] = None
+        if self.training:
+            aux = self.aux(y)
+        return y, aux
+
+
+def test_an_optional_tensor_gets_no_observer():
+    prepared = prepare(capture(TrainingOnlyHead(), None, False), {"": default_qconfig})
+    for node in walk(prepared.graph):
+        if node.kind() == "prim::CallMethod" and "_observer_" in node.inputsAt(0).node().s("name"):
+            assert str(node.inputsAt(1).type()) == "Tensor", str(node)
+    y, aux = prepared(torch.randn(1, 3, 4, 4))
+    assert aux is None and y.shape == (1, 4, 4, 4)
+
+
+class MaybeResidual(nn.Module):
+    """torchvision's quantizable blocks: a FloatFunctional that only residual instances call.
+
+    ``residual`` is a constant, so each value gets a class type of its own
+    and the plain one's forward has no call of ``skip_add`` at all, while
+    both ``skip_add`` share FloatFunctional's class type.
+    """
+
+    residual: Final[bool]
+
+    def __init__(self, residual: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.residual = residual
+        self.skip_add = torch.ao.nn.quantized.FloatFunctional()
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.residual:
+            return self.skip_add.add(x, y)
+        return y
+
+
+class ResidualAndPlain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = MaybeResidual(True)
+        self.second = MaybeResidual(False)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+def test_an_instance_forward_never_calls_gets_observers_of_its_own():
+    # The observer slot belongs to the shared class type; an instance left
+    # without a value in it crashes the process when the submodules are listed.
+    model = capture(ResidualAndPlain(), None, False)
+    prepared = prepare(model, {"": default_qconfig})
+    first, second = (getattr(prepared, name).skip_add for name in ("first", "second"))
+    assert observer_names(first) == observer_names(second) != []
+    assert all(getattr(first, name) is not getattr(second, name) for name in observer_names(first))
+    assert len(list(prepared.named_modules())) > 6
+    x = torch.randn(1, 4, 3, 3)
+    prepared(x)
+    quantized = qgraph.convert_jit(prepared)
+    assert quantized(x).shape == (1, 4, 3, 3)

@@ -17,11 +17,16 @@ from passes.finalize import finalize
 from qgraph.qconfig import qconfig_for_path, qconfig_key_for_path
 from qgraph.report import (
     NO_QCONFIG,
+    NOT_QUANTIZED,
+    PREPARED,
+    QUANTIZED,
     SAFETY_RULE,
     UNOBSERVED_INPUT,
     UNSUPPORTED_OP,
     FloatOpReport,
+    detected_quant_type,
     float_op_report,
+    quantization_state,
 )
 
 
@@ -142,6 +147,58 @@ def test_dynamic_report_lists_only_dynamically_quantizable_ops():
     assert [(entry.kind, entry.module_path, entry.reason) for entry in report] == [
         ("aten::linear", "off", NO_QCONFIG)
     ]
+
+
+class ConvThenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean([2, 3]))
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_a_float_model_is_reported_as_not_quantized(tracing):
+    model = capture(ConvThenLinear(), (torch.randn(1, 3, 6, 6),), tracing)
+    report = float_op_report(model)
+    assert (report.state, len(report)) == (NOT_QUANTIZED, 0)
+    assert report.format().startswith("the model is not quantized: it holds no quantize op and no quantized op")
+
+
+def test_a_prepared_model_is_reported_as_prepared_not_quantized():
+    prepared = qgraph.prepare_jit(capture(ConvThenLinear(), (torch.randn(1, 3, 6, 6),), False), {"": default_qconfig})
+    report = float_op_report(prepared)
+    assert report.state == PREPARED
+    assert report.format().startswith("the model is prepared, not quantized: it holds observers")
+
+
+@pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
+def test_a_conv_dynamic_quantization_left_in_float_is_reported(tracing):
+    model = capture(ConvThenLinear(), (torch.randn(1, 3, 6, 6),), tracing)
+    quantized = qgraph.quantize_dynamic_jit(model, {"": default_dynamic_qconfig})
+    assert detected_quant_type(quantized) == QuantType.DYNAMIC
+    report = float_op_report(quantized, quant_type=QuantType.DYNAMIC)
+    assert report.state == QUANTIZED
+    assert [(entry.kind, entry.reason, entry.detail) for entry in report] == [
+        (
+            "aten::conv2d",
+            UNSUPPORTED_OP,
+            "dynamic quantization has no kernel for aten::conv2d (static quantization has: quantize_jit)",
+        )
+    ]
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quantized", "debug"])
+def test_the_kind_of_quantization_is_read_from_the_model(debug):
+    model = capture(ConvThenLinear(), (torch.randn(1, 3, 6, 6),), False)
+    dynamic = qgraph.quantize_dynamic_jit(model, {"": default_dynamic_qconfig}, debug=debug)
+    batch = torch.randn(1, 3, 6, 6)
+    static = qgraph.quantize_jit(model, {"": default_qconfig}, lambda m, x: m(x), [batch], debug=debug)
+    assert detected_quant_type(dynamic) == QuantType.DYNAMIC
+    assert detected_quant_type(static) == QuantType.STATIC
+    assert quantization_state(static) == quantization_state(dynamic) == QUANTIZED
 
 
 def test_bad_arguments():

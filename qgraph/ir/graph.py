@@ -43,6 +43,7 @@ __all__ = [
     "erase_dead",
     "nodes_before",
     "module_path_of",
+    "source_location",
 ]
 
 
@@ -375,3 +376,16 @@ def module_path_of(node: Node) -> str:
     if innermost == "__module" or not innermost.startswith("__module."):
         return ""
     return innermost[len("__module."):]
+
+
+_SCRIPTED_SOURCE = re.compile(r'File "([^"]+)", line (\d+)')
+_TRACED_SOURCE = re.compile(r"^(.+)\((\d+)\): ")
+
+
+def source_location(node: Node) -> str | None:
+    """``"file.py:line"`` of the user code that made ``node`` (scripted or traced), when the graph kept it."""
+    text = node.sourceRange() or ""
+    found = _SCRIPTED_SOURCE.search(text) or _TRACED_SOURCE.search(text.splitlines()[0] if text else "")
+    if not found:
+        return None
+    return f"{found.group(1).rsplit('/', 1)[-1]}:{found.group(2)}"

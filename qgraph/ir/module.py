@@ -73,6 +73,14 @@ def named_modules(module: CppModule, prefix: str = "") -> Iterator[tuple[str, Cp
         yield from named_modules(child, f"{prefix}.{name}" if prefix else name)
 
 
+def instances_by_type(module: CppModule) -> dict[str, list[CppModule]]:
+    """Every module of the tree (``module`` included), grouped by class type qualified name."""
+    grouped: dict[str, list[CppModule]] = {}
+    for _, instance in named_modules(module):
+        grouped.setdefault(instance._type().qualified_name(), []).append(instance)
+    return grouped
+
+
 def resolve_path(module: CppModule, path: str | list[str] | tuple[str, ...]) -> Any:
     """The attribute at a dotted path (or list of names) below ``module``."""
     names = path.split(".") if isinstance(path, str) else list(path)
