@@ -24,15 +24,37 @@ from qgraph.ir.graph import Block, Node, Value, inputs_of, nested_blocks, output
 
 STATIC_QUANTIZABLE_CALLS = frozenset(
     {
-        "conv2d", "linear", "batch_norm", "hardswish", "elu", "celu",
-        "layer_norm", "group_norm", "instance_norm", "embedding_bag",
+        "conv2d",
+        "linear",
+        "batch_norm",
+        "hardswish",
+        "elu",
+        "celu",
+        "layer_norm",
+        "group_norm",
+        "instance_norm",
+        "embedding_bag",
     }
 )
 STATIC_QUANTIZABLE_ATEN = frozenset(
     {
-        "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear",
-        "hardswish", "hardswish_", "elu", "elu_", "celu", "celu_",
-        "batch_norm", "layer_norm", "group_norm", "instance_norm", "embedding_bag",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "linear",
+        "hardswish",
+        "hardswish_",
+        "elu",
+        "elu_",
+        "celu",
+        "celu_",
+        "batch_norm",
+        "layer_norm",
+        "group_norm",
+        "instance_norm",
+        "embedding_bag",
     }
 )
 DYNAMIC_QUANTIZABLE_CALLS = frozenset({"linear"})
@@ -45,27 +67,72 @@ WEIGHT_ONLY_ATEN = frozenset({"embedding_bag"})
 GENERAL_SHAPE_CALLS = frozenset({"_max_pool1d", "_max_pool2d", "_max_pool3d", "dropout", "relu"})
 GENERAL_SHAPE_ATEN = frozenset(
     {
-        "max_pool1d", "max_pool2d", "max_pool3d", "flatten", "max", "min", "dropout",
-        "reshape", "resize_", "chunk", "view", "transpose", "contiguous", "permute",
-        "repeat", "repeat_interleave", "relu", "relu_", "squeeze", "squeeze_",
-        "unsqueeze", "unsqueeze_", "detach", "detach_", "stack", "__getitem__",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "flatten",
+        "max",
+        "min",
+        "dropout",
+        "reshape",
+        "resize_",
+        "chunk",
+        "view",
+        "transpose",
+        "contiguous",
+        "permute",
+        "repeat",
+        "repeat_interleave",
+        "relu",
+        "relu_",
+        "squeeze",
+        "squeeze_",
+        "unsqueeze",
+        "unsqueeze_",
+        "detach",
+        "detach_",
+        "stack",
+        "__getitem__",
     }
 )
 # Ops that compute on values but run on quantized tensors with the input's qparams.
 GENERAL_VALUE_CALLS = frozenset(
     {
-        "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate", "upsample",
-        "upsample_bilinear", "upsample_nearest", "hardtanh", "leaky_relu",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "interpolate",
+        "upsample",
+        "upsample_bilinear",
+        "upsample_nearest",
+        "hardtanh",
+        "leaky_relu",
     }
 )
 GENERAL_VALUE_ATEN = frozenset(
     {
-        "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "mean", "upsample_nearest1d",
-        "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d",
-        "upsample_bilinear2d", "upsample_trilinear3d", "upsample_bicubic2d", "clamp",
-        "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "mean",
+        "upsample_nearest1d",
+        "upsample_nearest2d",
+        "upsample_nearest3d",
+        "upsample_linear1d",
+        "upsample_bilinear2d",
+        "upsample_trilinear3d",
+        "upsample_bicubic2d",
+        "clamp",
+        "hardtanh",
+        "hardtanh_",
+        "leaky_relu",
+        "leaky_relu_",
     }
 )
 # Fixed output range ops (sigmoid, tanh, ...) also pass observation through.
@@ -78,12 +145,22 @@ PROPAGATE_BINARY_ATEN = frozenset({"add", "add_", "mul", "mul_"})
 OBSERVED_INPUT_OF_CALL = {"batch_norm": 1}
 
 WEIGHT_ARGS_ATEN = {
-    "conv1d": 1, "conv2d": 1, "conv3d": 1, "conv_transpose1d": 1, "conv_transpose2d": 1,
-    "linear": 1, "embedding_bag": 0,
+    "conv1d": 1,
+    "conv2d": 1,
+    "conv3d": 1,
+    "conv_transpose1d": 1,
+    "conv_transpose2d": 1,
+    "linear": 1,
+    "embedding_bag": 0,
 }
 WEIGHT_ARGS_CALL = {"linear": 2, "embedding_bag": 2}
 BIAS_ARGS_ATEN = {
-    "conv1d": 2, "conv2d": 2, "conv3d": 2, "conv_transpose1d": 2, "conv_transpose2d": 2, "linear": 2,
+    "conv1d": 2,
+    "conv2d": 2,
+    "conv3d": 2,
+    "conv_transpose1d": 2,
+    "conv_transpose2d": 2,
+    "linear": 2,
 }
 BIAS_ARGS_CALL = {"linear": 3}
 # aten::embedding_bag(weight, indices, offsets, ..., per_sample_weights, ...): offsets
@@ -135,9 +212,7 @@ def is_weight_only_weight(value: Value) -> bool:
 
 
 def is_embedding_bag_float_arg(value: Value) -> bool:
-    return any(
-        u.user.kind() == "aten::embedding_bag" and u.offset in EMBEDDING_BAG_FLOAT_ARGS for u in value.uses()
-    )
+    return any(u.user.kind() == "aten::embedding_bag" and u.offset in EMBEDDING_BAG_FLOAT_ARGS for u in value.uses())
 
 
 def is_tensor_or_tensor_list(value: Value) -> bool:

@@ -405,11 +405,15 @@ class _Propagator:
                 constant.setDebugName(f"{quantized_input.debugName()}{suffix}")
                 quant_inputs.append(constant)
         else:
-            scale = builder.op("aten::q_scale", [quantized_input], name=f"{quantized_input.debugName()}.q_scale", type_=_FLOAT)
+            scale = builder.op(
+                "aten::q_scale", [quantized_input], name=f"{quantized_input.debugName()}.q_scale", type_=_FLOAT
+            )
             zero_point = builder.op(
                 "aten::q_zero_point", [quantized_input], name=f"{quantized_input.debugName()}.q_zero_point", type_=_INT
             )
-            dtype = builder.op("prim::dtype", [quantized_input], name=f"{quantized_input.debugName()}.dtype", type_=_INT)
+            dtype = builder.op(
+                "prim::dtype", [quantized_input], name=f"{quantized_input.debugName()}.dtype", type_=_INT
+            )
             quant_inputs = [output, scale.output(), zero_point.output(), dtype.output()]
         quant = builder.op("aten::quantize_per_tensor", quant_inputs, name=f"{output.debugName()}.quant", type_=_TENSOR)
         output.replaceAllUsesAfterNodeWith(quant, quant.output())
@@ -433,7 +437,10 @@ class _Propagator:
         float_type = builder.constant(torch.float)
         none = builder.constant(None)
         tensor = builder.op(
-            "aten::scalar_tensor", [scalar, float_type, none, none, none], name=f"{scalar.debugName()}.tensor", type_=_TENSOR
+            "aten::scalar_tensor",
+            [scalar, float_type, none, none, none],
+            name=f"{scalar.debugName()}.tensor",
+            type_=_TENSOR,
         )
         scalar.replaceAllUsesAfterNodeWith(tensor, tensor.output())
         return tensor

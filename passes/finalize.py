@@ -103,7 +103,9 @@ def finalize_pipeline(quant_type: QuantType = QuantType.STATIC, preserved_attrs:
     )
 
 
-def finalize(module: Any, quant_type: QuantType = QuantType.STATIC, preserved_attrs: Sequence[str] | None = None) -> Any:
+def finalize(
+    module: Any, quant_type: QuantType = QuantType.STATIC, preserved_attrs: Sequence[str] | None = None
+) -> Any:
     """Fuse quantize/dequantize islands of ``module`` into quantized ops and freeze it.
 
     ``module`` is a ScriptModule (or its ``._c``) after quant-dequant

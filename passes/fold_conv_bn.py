@@ -361,7 +361,9 @@ def _ensure_bias_attribute(conv: CppModule, methods: dict[tuple[str, str], _Meth
     graph = method_graph(conv)
     self_value = next(graph.inputs())
     for node in _convolutions_without_bias(graph):
-        read = insert_op(graph, "prim::GetAttr", [self_value], before=node, output_types=[_OPTIONAL_TENSOR], source=node)
+        read = insert_op(
+            graph, "prim::GetAttr", [self_value], before=node, output_types=[_OPTIONAL_TENSOR], source=node
+        )
         read.s_("name", "bias")
         read.output().setDebugName("bias")
         none = node.inputsAt(BIAS_INPUT)

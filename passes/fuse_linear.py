@@ -180,9 +180,7 @@ _DOUBLE_TRANSPOSE = [
 
 # Order is meaning: bias-carrying forms claim their matmul before the bare
 # matmul rule turns it into a bias-less linear.
-FUSE_LINEAR = (
-    _ADDMM + _matmul_add_rewrites("add_") + _MATMUL + _DOUBLE_TRANSPOSE + SWAP_FUNCTIONAL_LINEAR
-)
+FUSE_LINEAR = _ADDMM + _matmul_add_rewrites("add_") + _MATMUL + _DOUBLE_TRANSPOSE + SWAP_FUNCTIONAL_LINEAR
 
 # With fuse_add=True the out-of-place add is folded too; it goes with the
 # in-place one, before the bare matmul rule.

@@ -175,7 +175,9 @@ def _calls_method(name: str, method: str, traced_copies: bool = True):
 def _constant_is(name: str, expected: int):
     def check(match: Match) -> bool:
         value = match[name]
-        return value.node().kind() == "prim::Constant" and type(value.toIValue()) is int and value.toIValue() == expected
+        return (
+            value.node().kind() == "prim::Constant" and type(value.toIValue()) is int and value.toIValue() == expected
+        )
 
     return check
 
@@ -183,15 +185,24 @@ def _constant_is(name: str, expected: int):
 # The op whose output would be observed, then the relu that follows it.
 # (IR lines, pattern inputs, filters).
 _FIRST_OPS = {
-    "nn_linear": ('%first_output = prim::CallMethod[name="forward"](%first, %input)', ["%input", "%first"],
-                  (_module_type_is("first", "torch.nn.modules.linear.Linear"),)),
+    "nn_linear": (
+        '%first_output = prim::CallMethod[name="forward"](%first, %input)',
+        ["%input", "%first"],
+        (_module_type_is("first", "torch.nn.modules.linear.Linear"),),
+    ),
     "aten_linear": ("%first_output = aten::linear(%input, %weight, %bias)", ["%input", "%weight", "%bias"], ()),
-    "nn_conv": ('%first_output = prim::CallMethod[name="forward"](%first, %input)', ["%input", "%first"],
-                (_module_type_is("first", *(f"torch.nn.modules.conv.Conv{d}d" for d in (1, 2, 3))),)),
+    "nn_conv": (
+        '%first_output = prim::CallMethod[name="forward"](%first, %input)',
+        ["%input", "%first"],
+        (_module_type_is("first", *(f"torch.nn.modules.conv.Conv{d}d" for d in (1, 2, 3))),),
+    ),
     "add": ("%first_output = aten::add(%a, %b, %alpha)", ["%a", "%b", "%alpha"], (_constant_is("alpha", 1),)),
     "add_": ("%first_output = aten::add_(%a, %b, %alpha)", ["%a", "%b", "%alpha"], (_constant_is("alpha", 1),)),
-    "nn_batch_norm": ('%first_output = prim::CallMethod[name="forward"](%first, %input)', ["%input", "%first"],
-                      (_module_type_is("first", *(f"torch.nn.modules.batchnorm.BatchNorm{d}d" for d in (2, 3))),)),
+    "nn_batch_norm": (
+        '%first_output = prim::CallMethod[name="forward"](%first, %input)',
+        ["%input", "%first"],
+        (_module_type_is("first", *(f"torch.nn.modules.batchnorm.BatchNorm{d}d" for d in (2, 3))),),
+    ),
     "mul": ("%first_output = aten::mul(%a, %b)", ["%a", "%b"], ()),
     "mul_": ("%first_output = aten::mul_(%a, %b)", ["%a", "%b"], ()),
 }
@@ -204,8 +215,11 @@ _RELU_OPS = {
         ["%relu"],
         (_module_type_is("relu", "torch.nn.modules.activation.ReLU"), _calls_method("second_output", "forward")),
     ),
-    "f_relu": ("%second_output = prim::CallFunction(%relu, %first_output, %inplace)", ["%relu", "%inplace"],
-               (_calls_function("relu", "relu"),)),
+    "f_relu": (
+        "%second_output = prim::CallFunction(%relu, %first_output, %inplace)",
+        ["%relu", "%inplace"],
+        (_calls_function("relu", "relu"),),
+    ),
     "aten_relu": ("%second_output = aten::relu(%first_output)", [], ()),
     "aten_relu_": ("%second_output = aten::relu_(%first_output)", [], ()),
 }
@@ -368,11 +382,7 @@ class _ObserverPlacement:
         return qconfig.weight if rules.is_weight(value) else qconfig.activation
 
     def _needs_observer(self, value: Value, qconfig: QConfig) -> bool:
-        if (
-            rules.is_bias(value)
-            or not rules.is_tensor_or_tensor_list(value)
-            or rules.is_embedding_bag_float_arg(value)
-        ):
+        if rules.is_bias(value) or not rules.is_tensor_or_tensor_list(value) or rules.is_embedding_bag_float_arg(value):
             return False
         node = value.node()
         if self.quant_type == QuantType.STATIC:
@@ -775,7 +785,7 @@ def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
     """
     block = if_node.owningBlock()
     nodes = list(block.nodes())
-    rest = nodes[nodes.index(if_node) + 1:]
+    rest = nodes[nodes.index(if_node) + 1 :]
     returned = outputs_of(block)
     old_outputs = outputs_of(if_node)
     added = _node_count(rest) * (len(nested_blocks(if_node)) - 1)
@@ -845,7 +855,7 @@ def _separate_branch_continuations(
                 continue
             done.add(if_node)
             block_nodes = list(if_node.owningBlock().nodes())
-            rest = block_nodes[block_nodes.index(if_node) + 1:]
+            rest = block_nodes[block_nodes.index(if_node) + 1 :]
             if not _uses_any(rest, set(outputs_of(if_node))):
                 continue
             if owner not in budget:

@@ -98,7 +98,11 @@ _PER_CHANNEL_SCHEMES = (torch.per_channel_affine, torch.per_channel_symmetric, 1
 # quantized op, extra prepack arguments). 4-bit prepacking takes
 # (optimized_qparams=False, nbins=200, ratio=0.16 as a float32) like the reference.
 EMBEDDING_BAG_OPS = {
-    "embedding_bag_byte": ("quantized::embedding_bag_byte_prepack", "quantized::embedding_bag_byte_rowwise_offsets", ()),
+    "embedding_bag_byte": (
+        "quantized::embedding_bag_byte_prepack",
+        "quantized::embedding_bag_byte_rowwise_offsets",
+        (),
+    ),
     "embedding_bag_4bit": (
         "quantized::embedding_bag_4bit_prepack",
         "quantized::embedding_bag_4bit_rowwise_offsets",
@@ -140,7 +144,9 @@ def _quant_type(quant_type) -> QuantType:
         return quant_type
     if isinstance(quant_type, str) and quant_type.lower() in ("static", "dynamic"):
         return QuantType.STATIC if quant_type.lower() == "static" else QuantType.DYNAMIC
-    raise ValueError(f"quant_type must be QuantType.STATIC, QuantType.DYNAMIC, 'static' or 'dynamic', got {quant_type!r}")
+    raise ValueError(
+        f"quant_type must be QuantType.STATIC, QuantType.DYNAMIC, 'static' or 'dynamic', got {quant_type!r}"
+    )
 
 
 def observer_name(value: Value) -> str | None:
@@ -412,7 +418,9 @@ def _quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op
         ):
             bag = use.user
     if bag is None:
-        raise RuntimeError(f"%{weight.debugName()} is observed as an embedding_bag weight but no embedding_bag reads it")
+        raise RuntimeError(
+            f"%{weight.debugName()} is observed as an embedding_bag weight but no embedding_bag reads it"
+        )
     args = inputs_of(bag)
     is_aten = aten_name(bag) == "embedding_bag"
     expected_inputs = 9 if is_aten else 12
@@ -649,8 +657,9 @@ def check_calibration(module: CppModule, method: str = "forward") -> None:
         )
 
 
-def insert_quant_dequant(module, method_name: str = "forward", inplace: bool = False, debug: bool = False,
-                         quant_type=QuantType.STATIC):
+def insert_quant_dequant(
+    module, method_name: str = "forward", inplace: bool = False, debug: bool = False, quant_type=QuantType.STATIC
+):
     """Replace calibrated observers by quantize/dequantize ops; see the module docstring.
 
     ``module`` is a ScriptModule (or its ``._c``) after observer insertion and
@@ -667,8 +676,9 @@ def insert_quant_dequant(module, method_name: str = "forward", inplace: bool = F
     return like(result, module)
 
 
-def insert_quant_dequant_in_place(module, method_name: str = "forward", debug: bool = False,
-                                  quant_type=QuantType.STATIC):
+def insert_quant_dequant_in_place(
+    module, method_name: str = "forward", debug: bool = False, quant_type=QuantType.STATIC
+):
     """``insert_quant_dequant`` on ``module`` itself, for a pipeline that cloned the caller's model already.
 
     Returns the converted module as a ``torch._C.ScriptModule``: a new root
@@ -702,4 +712,3 @@ def insert_quant_dequant_in_place(module, method_name: str = "forward", debug: b
 def _check_method(module, method_name: str) -> None:
     if not module._has_method(method_name):
         raise ValueError(f"module has no method {method_name!r} to convert")
-

@@ -197,14 +197,50 @@ _QUANTIZATION_KEEPING_ATEN = (
     | FIXED_QPARAMS_ATEN
     | frozenset(
         {
-            "cat", "view_as", "reshape_as", "expand", "expand_as", "clone", "select", "slice",
-            "narrow", "split", "split_with_sizes", "unbind", "flip", "roll", "adaptive_max_pool1d",
-            "adaptive_max_pool2d", "adaptive_max_pool3d", "upsample_nearest1d", "upsample_nearest2d",
-            "upsample_nearest3d", "_upsample_nearest_exact2d", "pixel_shuffle", "pixel_unshuffle",
-            "channel_shuffle", "sort", "topk", "masked_fill", "index_select", "squeeze", "unflatten",
-            "movedim", "t", "numpy_T", "hardswish", "relu6", "elu", "threshold",
+            "cat",
+            "view_as",
+            "reshape_as",
+            "expand",
+            "expand_as",
+            "clone",
+            "select",
+            "slice",
+            "narrow",
+            "split",
+            "split_with_sizes",
+            "unbind",
+            "flip",
+            "roll",
+            "adaptive_max_pool1d",
+            "adaptive_max_pool2d",
+            "adaptive_max_pool3d",
+            "upsample_nearest1d",
+            "upsample_nearest2d",
+            "upsample_nearest3d",
+            "_upsample_nearest_exact2d",
+            "pixel_shuffle",
+            "pixel_unshuffle",
+            "channel_shuffle",
+            "sort",
+            "topk",
+            "masked_fill",
+            "index_select",
+            "squeeze",
+            "unflatten",
+            "movedim",
+            "t",
+            "numpy_T",
+            "hardswish",
+            "relu6",
+            "elu",
+            "threshold",
             # in-place forms and device moves keep the tensor quantized too
-            "hardswish_", "relu6_", "elu_", "clamp_", "dropout_", "to",
+            "hardswish_",
+            "relu6_",
+            "elu_",
+            "clamp_",
+            "dropout_",
+            "to",
         }
     )
 )
@@ -333,9 +369,7 @@ def _dequantize_elements(graph: Graph, value: Value, before: Node) -> Value:
         elements = inputs_of(producer)
     else:
         types = list(value.type().elements())
-        unpack = insert_op(
-            graph, "prim::TupleUnpack", [value], before=before, n_outputs=len(types), output_types=types
-        )
+        unpack = insert_op(graph, "prim::TupleUnpack", [value], before=before, n_outputs=len(types), output_types=types)
         elements = outputs_of(unpack)
     floats = [_dequantize_elements(graph, element, before) for element in elements]
     rebuilt = insert_op(graph, "prim::TupleConstruct", floats, before=before, output_types=[value.type()])
@@ -408,8 +442,9 @@ def _group_norm_guarded(
 ) -> torch.Tensor:
     if _norm_kernel_skips_samples(x, num_groups):
         flat = _samples_flattened(x)
-        return torch.ops.quantized.group_norm(flat, num_groups, weight, bias, eps, output_scale,
-                                              output_zero_point).reshape(x.size())
+        return torch.ops.quantized.group_norm(
+            flat, num_groups, weight, bias, eps, output_scale, output_zero_point
+        ).reshape(x.size())
     return torch.ops.quantized.group_norm(x, num_groups, weight, bias, eps, output_scale, output_zero_point)
 
 
@@ -423,8 +458,9 @@ def _instance_norm_guarded(
 ) -> torch.Tensor:
     if _norm_kernel_skips_samples(x, x.size(1)):
         flat = _samples_flattened(x)
-        return torch.ops.quantized.instance_norm(flat, weight, bias, eps, output_scale,
-                                                 output_zero_point).reshape(x.size())
+        return torch.ops.quantized.instance_norm(flat, weight, bias, eps, output_scale, output_zero_point).reshape(
+            x.size()
+        )
     return torch.ops.quantized.instance_norm(x, weight, bias, eps, output_scale, output_zero_point)
 
 
@@ -663,8 +699,15 @@ def _kernel_rewrites(module: CppModule, placed: list[_Placed]) -> list[Rewrite]:
         parameters = conv_parameters.pop(anchor)
         out_channels, in_per_group = parameters["weight_shape"][:2]
         reason = _GROUPWISE_CONV_REASON.format(per_group=in_per_group, channels=out_channels)
-        unpack = insert_op(graph, unpack_kind, [match["packed"]], before=before, n_outputs=2,
-                           output_types=[_TENSOR, _OPTIONAL_TENSOR], source=anchor)
+        unpack = insert_op(
+            graph,
+            unpack_kind,
+            [match["packed"]],
+            before=before,
+            n_outputs=2,
+            output_types=[_TENSOR, _OPTIONAL_TENSOR],
+            source=anchor,
+        )
         weight_q, bias = outputs_of(unpack)
         weight = insert_op(graph, "aten::dequantize", [weight_q], before=before, source=anchor).output()
         x = insert_op(graph, "aten::dequantize", [match["x"]], before=before, source=anchor).output()
@@ -680,7 +723,10 @@ def _kernel_rewrites(module: CppModule, placed: list[_Placed]) -> list[Rewrite]:
         if relu:
             y = insert_op(graph, "aten::relu", [y], before=before, source=anchor).output()
         quantize = insert_op(
-            graph, "aten::quantize_per_tensor", [y, match["scale"], match["zero_point"], _QUINT8], before=before,
+            graph,
+            "aten::quantize_per_tensor",
+            [y, match["scale"], match["zero_point"], _QUINT8],
+            before=before,
             source=anchor,
         )
         return [quantize.output()]

@@ -417,7 +417,16 @@ STATIC_QUANT_FUSION: list[Rewrite] = [
     _observed_output(
         "instance_norm",
         "instance_norm",
-        ["%weight", "%bias", "%running_mean", "%running_var", "%use_input_stats", "%momentum", "%eps", "%cudnn_enabled"],
+        [
+            "%weight",
+            "%bias",
+            "%running_mean",
+            "%running_var",
+            "%use_input_stats",
+            "%momentum",
+            "%eps",
+            "%cudnn_enabled",
+        ],
         ["%weight", "%bias", "%eps"],
         "instance_norm",
     ),

@@ -577,9 +577,7 @@ def _build_fused(ctx: _Context, op: _RnnOp, graph, match: Match, before) -> list
             _set_packed(ctx, owner, f"{PACKED_CELL_PARAMS}_{k}", make)
     # One attribute per cell, listed in the graph: freezing folds single
     # packed objects but cannot inspect a list of them.
-    cells = [
-        _attr_value(ctx, graph, site, f"{PACKED_CELL_PARAMS}_{k}", before) for k in range(layers * directions)
-    ]
+    cells = [_attr_value(ctx, graph, site, f"{PACKED_CELL_PARAMS}_{k}", before) for k in range(layers * directions)]
     params = insert_op(
         graph, "prim::ListConstruct", cells, before=before, output_types=[torch._C.ListType(cells[0].type())]
     ).output()
@@ -803,9 +801,7 @@ def rnn_float_reasons(module: Any, qconfig_dict: dict | None = None) -> list[tup
     if qconfig_dict is not None:
         return [(path, plan.reason) for path, plan in _plans(root, qconfig_dict).items() if plan.dtype is None]
     return [
-        (path, sub.getattr(FLOAT_REASON_ATTR))
-        for path, sub in named_modules(root)
-        if sub.hasattr(FLOAT_REASON_ATTR)
+        (path, sub.getattr(FLOAT_REASON_ATTR)) for path, sub in named_modules(root) if sub.hasattr(FLOAT_REASON_ATTR)
     ]
 
 

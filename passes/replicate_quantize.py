@@ -65,9 +65,7 @@ def _quantizes_if_result(quantize: Node) -> bool:
     result = quantize.inputsAt(0)
     producer = result.node()
     return (
-        producer.kind() == "prim::If"
-        and producer.owningBlock() == quantize.owningBlock()
-        and len(result.uses()) == 1
+        producer.kind() == "prim::If" and producer.owningBlock() == quantize.owningBlock() and len(result.uses()) == 1
     )
 
 

@@ -70,9 +70,7 @@ def swap_functional_linear(graph: Graph | Any) -> int:
         return rewrite(graph, SWAP_FUNCTIONAL_LINEAR)
     if isinstance(graph, torch.jit.ScriptModule | CppModule):
         return _swap_in_module_tree(as_cpp(graph))
-    raise TypeError(
-        f"swap_functional_linear expects a torch._C.Graph or a script module, got {type(graph).__name__}"
-    )
+    raise TypeError(f"swap_functional_linear expects a torch._C.Graph or a script module, got {type(graph).__name__}")
 
 
 def _swap_in_module_tree(root: CppModule) -> int:

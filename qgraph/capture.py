@@ -85,8 +85,7 @@ def capture(model: torch.nn.Module, example_inputs: Any = None, method: str = "s
 def _as_trace_args(example_inputs: Any) -> tuple:
     if example_inputs is None:
         raise ValueError(
-            "method='trace' needs example_inputs (a tensor or a tuple of positional arguments) "
-            "to run the model on"
+            "method='trace' needs example_inputs (a tensor or a tuple of positional arguments) to run the model on"
         )
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)

@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     run_passes.set_defaults(command=_passes)
 
     report = commands.add_parser("report", help="list the ops a quantized model still runs in float, and why")
-    report.add_argument("model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save")
+    report.add_argument(
+        "model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save"
+    )
     kind = report.add_mutually_exclusive_group()
     kind.add_argument(
         "--dynamic", action="store_true", help="the model was quantized dynamically (activations stay float by design)"

@@ -88,8 +88,9 @@ def _on_cpu(module_c: CppModule) -> bool:
     return all(t.device.type == "cpu" for _, t in [*tensors["named_parameters_r"], *tensors["named_buffers_r"]])
 
 
-def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=None,
-            quant_type: QuantType = QuantType.STATIC) -> torch.jit.ScriptModule:
+def convert(
+    model, inplace: bool = False, debug: bool = False, preserved_attrs=None, quant_type: QuantType = QuantType.STATIC
+) -> torch.jit.ScriptModule:
     """Quantize a model prepared with observers and calibrated.
 
     ``debug=True`` returns the reference model (float ops between
@@ -119,4 +120,3 @@ def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=N
         model._reconstruct(result)
         return model
     return as_python(result)
-

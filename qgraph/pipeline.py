@@ -266,9 +266,7 @@ def inspect(
     if dump_dir is None:
         dump_dir = os.environ.get(DUMP_DIR_VARIABLE) or None
     report = Report()
-    inspection = _Inspection(
-        report, os.fspath(dump_dir) if dump_dir is not None else None, count_nodes, time, lint
-    )
+    inspection = _Inspection(report, os.fspath(dump_dir) if dump_dir is not None else None, count_nodes, time, lint)
     token = _ACTIVE.set(inspection)
     try:
         yield report
@@ -326,8 +324,7 @@ def _lint(module: CppModule, pipeline: str, stage: str) -> None:
             # Lint reports through PyTorch's internal asserts; the cause is the stage, not PyTorch.
             reason = _INTERNAL_ASSERT.sub("", str(err)).strip()
             raise PipelineError(
-                f"pipeline {pipeline!r}, stage {stage!r} left invalid IR in "
-                f"{path or '<root>'} : {method}: {reason}",
+                f"pipeline {pipeline!r}, stage {stage!r} left invalid IR in {path or '<root>'} : {method}: {reason}",
                 pipeline,
                 stage,
             ) from err

@@ -86,8 +86,7 @@ def check_qconfig_dict(qconfig_dict: Any) -> None:
             )
         if qconfig is not None and not isinstance(qconfig, QConfig):
             raise TypeError(
-                f"qconfig_dict[{key!r}] must be a torch.ao.quantization.QConfig or None, "
-                f"got {type(qconfig).__name__}"
+                f"qconfig_dict[{key!r}] must be a torch.ao.quantization.QConfig or None, got {type(qconfig).__name__}"
             )
 
 

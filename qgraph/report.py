@@ -250,9 +250,7 @@ def _carries_tensors(value: Value) -> bool:
 
 def _float_inputs(node: Node, quantized: set[Value]) -> list[Value]:
     return [
-        v
-        for v in node.inputs()
-        if _carries_tensors(v) and v.node().kind() != "prim::Constant" and v not in quantized
+        v for v in node.inputs() if _carries_tensors(v) and v.node().kind() != "prim::Constant" and v not in quantized
     ]
 
 

@@ -159,7 +159,7 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
     """
     new_types: dict[str, object] = {}
     rebuilt = _drop(root, names_by_type, new_types, {})
-        # Method graphs belong to class types: retype each type's graphs once.
+    # Method graphs belong to class types: retype each type's graphs once.
     retyped: set[str] = set()
     for _, module in named_modules(rebuilt):
         type_name = module._type().qualified_name()

@@ -53,13 +53,38 @@ __all__ = [
 # walk, so nodes that cannot have blocks are not asked for them.
 _BLOCKLESS_PRIM_KINDS = frozenset(
     {
-        "prim::Constant", "prim::GetAttr", "prim::SetAttr", "prim::CallMethod", "prim::CallFunction",
-        "prim::ListConstruct", "prim::ListUnpack", "prim::TupleConstruct", "prim::TupleUnpack",
-        "prim::TupleIndex", "prim::TupleSlice", "prim::DictConstruct", "prim::dtype", "prim::device",
-        "prim::layout", "prim::NumToTensor", "prim::RaiseException", "prim::unchecked_cast",
-        "prim::Uninitialized", "prim::isinstance", "prim::Print", "prim::max", "prim::min",
-        "prim::data", "prim::is_cuda", "prim::fork", "prim::Enter", "prim::Exit",
-        "prim::CreateObject", "prim::ListIndex", "prim::requires_grad", "prim::shape",
+        "prim::Constant",
+        "prim::GetAttr",
+        "prim::SetAttr",
+        "prim::CallMethod",
+        "prim::CallFunction",
+        "prim::ListConstruct",
+        "prim::ListUnpack",
+        "prim::TupleConstruct",
+        "prim::TupleUnpack",
+        "prim::TupleIndex",
+        "prim::TupleSlice",
+        "prim::DictConstruct",
+        "prim::dtype",
+        "prim::device",
+        "prim::layout",
+        "prim::NumToTensor",
+        "prim::RaiseException",
+        "prim::unchecked_cast",
+        "prim::Uninitialized",
+        "prim::isinstance",
+        "prim::Print",
+        "prim::max",
+        "prim::min",
+        "prim::data",
+        "prim::is_cuda",
+        "prim::fork",
+        "prim::Enter",
+        "prim::Exit",
+        "prim::CreateObject",
+        "prim::ListIndex",
+        "prim::requires_grad",
+        "prim::shape",
     }
 )
 _MAY_HAVE_BLOCKS: dict[str, bool] = {}
@@ -375,7 +400,7 @@ def module_path_of(node: Node) -> str:
     innermost = node.scopeName().rsplit("/", 1)[-1]
     if innermost == "__module" or not innermost.startswith("__module."):
         return ""
-    return innermost[len("__module."):]
+    return innermost[len("__module.") :]
 
 
 _SCRIPTED_SOURCE = re.compile(r'File "([^"]+)", line (\d+)')
