@@ -80,6 +80,7 @@ from qgraph.ir import (
     clone_module,
     erase_nodes,
     getattr_path,
+    insert_getattr,
     is_constant,
     is_instance_of,
     like,
@@ -89,7 +90,7 @@ from qgraph.ir import (
     resolve_path,
     walk,
 )
-from qgraph.ir.graph import Graph, Node, Value, insert_op
+from qgraph.ir import Graph, Node, Value
 from qgraph.pattern import Match, compile_pattern, find_matches
 
 __all__ = ["fold_conv_bn", "fold_conv_bn_in_place"]
@@ -361,11 +362,7 @@ def _ensure_bias_attribute(conv: CppModule, methods: dict[tuple[str, str], _Meth
     graph = method_graph(conv)
     self_value = next(graph.inputs())
     for node in _convolutions_without_bias(graph):
-        read = insert_op(
-            graph, "prim::GetAttr", [self_value], before=node, output_types=[_OPTIONAL_TENSOR], source=node
-        )
-        read.s_("name", "bias")
-        read.output().setDebugName("bias")
+        read = insert_getattr(graph, self_value, "bias", _OPTIONAL_TENSOR, before=node, source=node, debug_name="bias")
         none = node.inputsAt(BIAS_INPUT)
         node.replaceInput(BIAS_INPUT, read.output())
         if is_constant(none) and not none.uses():

@@ -120,24 +120,35 @@ import torch
 from torch.ao.quantization import QConfig
 from torch.ao.quantization.quant_type import QuantType
 
-from passes import _observed_values as rules
-from passes._observer_preprocessing import preprocess
-from qgraph.ir.callgraph import call_graph, callees_first
-from qgraph.ir.clone import clone_module, unshare_types
-from qgraph.ir.graph import Block, Graph, Node, NodeIndex, Value, inputs_of, is_alive, nested_blocks, outputs_of, walk
-from qgraph.ir.module import (
+from qgraph.ir import (
+    Block,
     CppModule,
+    Graph,
+    Node,
+    NodeIndex,
+    Value,
     as_cpp,
-    as_python,
+    call_graph,
+    callees_first,
     getattr_path,
+    inputs_of,
+    insert_getattr,
     instances_by_type,
+    is_alive,
     method_graph,
+    nested_blocks,
+    outputs_of,
     register_submodule,
+    walk,
 )
 from qgraph.pattern import Match, compile_pattern, find_matches
-from qgraph.qconfig import is_scripted_qconfig, qconfig_paths_needing_own_type, resolve_qconfigs, script_qconfig
+from qgraph.quant import observed_values as rules
+from qgraph.quant.observers import is_embedding_bag_placeholder, observer_dtype
+from qgraph.quant.ops import PROPAGATE_BINARY_ATEN, PROPAGATE_SINGLE_INPUT_ATEN
+from qgraph.quant.qconfig import is_scripted_qconfig, resolve_qconfigs, script_qconfig
+from qgraph.quant.quant_type import parse_quant_type
 
-__all__ = ["insert_observers", "insert_observers_in_place", "DELAYED_OBSERVATION", "parse_quant_type"]
+__all__ = ["insert_observers_in_place", "DELAYED_OBSERVATION"]
 
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")
 
@@ -243,36 +254,6 @@ def _delay_pattern(first: str, second: str) -> tuple[str, Any, tuple]:
 # Values matched as %first_output are observed at %second_output instead, so
 # the fused op (e.g. quantized::conv2d_relu) gets the relu's output range.
 DELAYED_OBSERVATION = [_delay_pattern(first, second) for first in _FIRST_OPS for second in _RELU_OPS]
-
-
-# Observer modules hold their dtype as a ScalarType, which reads back as its number.
-_SCALAR_TYPES = {5: torch.float16, 12: torch.qint8, 13: torch.quint8, 14: torch.qint32, 6: torch.float32}
-
-
-def _observer_dtype(observer: CppModule) -> torch.dtype | None:
-    if not observer.hasattr("dtype"):
-        return None
-    dtype = observer.getattr("dtype")
-    return _SCALAR_TYPES.get(dtype) if isinstance(dtype, int) else dtype
-
-
-def _is_embedding_bag_placeholder(observer: CppModule) -> bool:
-    """A ``PlaceholderObserver`` whose ``custom_op_name`` names an embedding_bag kernel."""
-    return (
-        "PlaceholderObserver" in observer._type().qualified_name()
-        and observer.hasattr("custom_op")
-        and "embedding_bag_" in observer.getattr("custom_op")
-    )
-
-
-def parse_quant_type(quant_type: Any) -> QuantType:
-    if isinstance(quant_type, QuantType):
-        return quant_type
-    if isinstance(quant_type, str) and quant_type.lower() in ("static", "dynamic"):
-        return QuantType.STATIC if quant_type.lower() == "static" else QuantType.DYNAMIC
-    if isinstance(quant_type, int) and not isinstance(quant_type, bool) and quant_type in (0, 1):
-        return QuantType(quant_type)
-    raise ValueError(f"quant_type must be QuantType.STATIC/DYNAMIC or 'static'/'dynamic', got {quant_type!r}")
 
 
 def _scripted(qconfig_dict: dict) -> dict:
@@ -392,11 +373,11 @@ class _ObserverPlacement:
                 return True
         else:
             # fp16 dynamic quantization converts weights only.
-            if _observer_dtype(self._observer_module(value, qconfig)) == torch.float16 and not rules.is_weight(value):
+            if observer_dtype(self._observer_module(value, qconfig)) == torch.float16 and not rules.is_weight(value):
                 return False
             # Weight-only quantization needs no calibration, so the dynamic API
             # gives an embedding_bag what the static API gives when its qconfig asks for it.
-            if rules.is_weight_only_weight(value) and _is_embedding_bag_placeholder(qconfig.weight):
+            if rules.is_weight_only_weight(value) and is_embedding_bag_placeholder(qconfig.weight):
                 return True
         return any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in value.uses())
 
@@ -495,9 +476,9 @@ class _ObserverPlacement:
             if any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in out.uses()):
                 return True
         name = rules.aten_name(node)
-        if name in rules.PROPAGATE_SINGLE_INPUT_ATEN:
+        if name in PROPAGATE_SINGLE_INPUT_ATEN:
             return self.is_observed(node.inputsAt(0), observed)
-        if name in rules.PROPAGATE_BINARY_ATEN:
+        if name in PROPAGATE_BINARY_ATEN:
             return self.is_observed(node.inputsAt(0), observed) and self.is_observed(node.inputsAt(1), observed)
         return True
 
@@ -736,11 +717,7 @@ class _ObserverPlacement:
         inserted.append((name, observer))
 
         self_value = next(graph.inputs())
-        get = graph.create("prim::GetAttr", [self_value], 1)
-        get.s_("name", name)
-        get.output().setType(observer._type())
-        get.insertAfter(value.node())
-        get.output().setDebugName(name)
+        get = insert_getattr(graph, self_value, name, observer._type(), after=value.node(), debug_name=name)
         call = graph.create("prim::CallMethod", [get.output(), value], 1)
         call.s_("name", "forward")
         call.insertAfter(get)
@@ -870,53 +847,17 @@ def _separate_branch_continuations(
     return None
 
 
-def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace: bool, quant_type: Any) -> Any:
-    """Observe every value of ``module.<method_name>`` (and what it calls) that quantization needs.
-
-    Called alone, it does what PyTorch's pass of the same name does: the
-    graphs are cleaned up first (``passes._observer_preprocessing``: linear
-    swapped and fused, fork/wait inlined, traced convolutions canonicalised,
-    lists built by ``append`` folded into their construct), then observed.
-
-    ``module`` is a ScriptModule or its ``._c`` and comes back as the same
-    kind; ``qconfig_dict`` may hold QConfigs or scripted QConfigs
-    (``qgraph.script_qconfig``); ``quant_type`` is a ``QuantType`` or
-    ``"static"`` / ``"dynamic"``. The observers go into a clone with fresh
-    class types, so the caller's graphs never change (nor the types that
-    scripting hands to later instances of the same Python class); with
-    ``inplace=False`` the clone has copies of the tensors, with
-    ``inplace=True`` it shares the caller's, and a Python ScriptModule is
-    re-pointed at it. Instances of one class type that resolve to different
-    qconfigs get class types of their own.
-    """
-    _check_method(as_cpp(module), method_name)
-    root = clone_module(as_cpp(module), share_values=inplace)
-    preprocess(root, method_name)
-    root = insert_observers_in_place(root, method_name, qconfig_dict, quant_type)
-    if isinstance(module, torch.jit.ScriptModule):
-        if inplace:
-            module._reconstruct(root)
-            return module
-        return as_python(root)
-    return root
-
-
 def insert_observers_in_place(module: CppModule, method_name: str, qconfig_dict: dict, quant_type: Any) -> CppModule:
-    """``insert_observers`` on ``module`` itself, whose graphs are already cleaned up.
+    """Observers into ``module`` itself, whose graphs are cleaned up and whose types are unshared already.
 
-    For a pipeline that cloned the caller's model and runs
-    ``passes._observer_preprocessing``'s steps as stages of their own
-    (``qgraph.prepare``). Returns the prepared module: a new root when
-    instances had to get class types of their own (the given one must not be
-    used after), else ``module``.
+    The insert-observers step of ``passes.composite``, after the observer
+    preprocessing steps and ``unshare_qconfig_types``. Returns ``module``.
     """
     root = as_cpp(module)
-    _check_method(root, method_name)
+    if not root._has_method(method_name):
+        raise ValueError(f"module {root._type().qualified_name()} has no method {method_name!r}")
     kind = parse_quant_type(quant_type)
     qconfigs = resolve_qconfigs(root, _scripted(qconfig_dict))
-    own_type = qconfig_paths_needing_own_type(root, qconfigs)
-    if own_type:
-        root = unshare_types(root, own_type)
     placement = _separate_branch_continuations(root, qconfigs, kind, method_name)
     if placement is None:
         placement = _ObserverPlacement(root, qconfigs, kind)
@@ -924,8 +865,3 @@ def insert_observers_in_place(module: CppModule, method_name: str, qconfig_dict:
     graph = method_graph(root, method_name)
     placement.observe_block(graph.block(), graph, root, set(), entry=True)
     return root
-
-
-def _check_method(root: CppModule, method_name: str) -> None:
-    if not root._has_method(method_name):
-        raise ValueError(f"module {root._type().qualified_name()} has no method {method_name!r}")

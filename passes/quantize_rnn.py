@@ -65,7 +65,6 @@ their own, which replaces the root's C++ module: use the returned module.
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections import defaultdict
 from collections.abc import Callable
@@ -79,10 +78,10 @@ from torch.ao.quantization.qconfig import default_dynamic_qconfig
 from qgraph.ir import (
     NodeIndex,
     as_cpp,
-    as_python,
     erase_dead,
     getattr_path,
     insert_constant,
+    insert_getattr,
     insert_op,
     is_constant,
     is_instance_of,
@@ -93,9 +92,10 @@ from qgraph.ir import (
     resolve_path,
     unshare_types,
 )
-from passes.legalize_quantized import UNSUPPORTED_OP, tag_float_op
 from qgraph.pattern import Match, Rewrite, compile_pattern, match_at, rewrite
-from qgraph.qconfig import resolve_qconfigs
+from qgraph.quant.float_ops import UNSUPPORTED_OP, tag_float_op
+from qgraph.quant.observers import fresh_observer, observer_dtype
+from qgraph.quant.qconfig import resolve_qconfigs
 
 __all__ = ["quantize_rnn", "rnn_float_reasons", "is_rnn_module", "RNN_MODULE_CLASSES"]
 
@@ -247,7 +247,7 @@ def _plan_for(module: torch._C.ScriptModule, qconfig: Any) -> _Plan:
     # Eager falls back to the default dynamic weight observer when the
     # qconfig has none; so does this pass.
     observer = qconfig.weight if qconfig.weight is not None else default_dynamic_qconfig.weight
-    dtype = _observer_dtype(observer)
+    dtype = observer_dtype(observer)
     if dtype not in _SUPPORTED_DTYPES:
         return _Plan(
             None,
@@ -259,77 +259,11 @@ def _plan_for(module: torch._C.ScriptModule, qconfig: Any) -> _Plan:
     return _Plan(dtype, weight_observer=observer)
 
 
-def _is_scripted(observer: Any) -> bool:
-    return isinstance(observer, (torch._C.ScriptModule, torch.jit.ScriptModule))
-
-
-def _observer_dtype(observer: Any) -> Any:
-    if _is_scripted(observer):
-        return _ScriptedWeightObserver(observer).dtype
-    return observer().dtype
-
-
-@functools.lru_cache(maxsize=None)
-def _script_code(value: Any) -> int:
-    """The number TorchScript stores for a dtype or qscheme attribute."""
-    graph = torch._C.Graph()
-    return graph.insertConstant(value).toIValue()
-
-
-_QSCHEMES = (
-    torch.per_tensor_affine,
-    torch.per_channel_affine,
-    torch.per_tensor_symmetric,
-    torch.per_channel_symmetric,
-    torch.per_channel_affine_float_qparams,
-)
-_DTYPES = (torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.float16, torch.float32)
-
-
-def _from_code(value: Any, choices: tuple) -> Any:
-    if not isinstance(value, int):
-        return value
-    for choice in choices:
-        if _script_code(choice) == value:
-            return choice
-    return value
-
-
-class _ScriptedWeightObserver:
-    """A fresh copy of a scripted observer, read back with torch dtypes and qschemes.
-
-    TorchScript keeps ``dtype`` and ``qscheme`` attributes as enum numbers;
-    eager's weight quantization compares them with ``torch.qint8``,
-    ``torch.per_tensor_symmetric``, ...
-    """
-
-    def __init__(self, template: Any):
-        # A scripted observer in a QConfig is a template instance: copy it,
-        # so each weight starts from the template's state.
-        self.module = copy.deepcopy(as_python(as_cpp(template)))
-        self.dtype = _from_code(self.module.dtype, _DTYPES)
-        self.qscheme = _from_code(self.module.qscheme, _QSCHEMES)
-        self.ch_axis = getattr(self.module, "ch_axis", None)
-        self.quant_min = self.module.quant_min
-        self.quant_max = self.module.quant_max
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-    def calculate_qparams(self):
-        return self.module.calculate_qparams()
-
-
-def _fresh_observer(observer: Any) -> Any:
-    """A new observer instance, as eager makes one per weight."""
-    return _ScriptedWeightObserver(observer) if _is_scripted(observer) else observer()
-
-
 def _quantized_weight(weight: torch.Tensor, plan: _Plan) -> torch.Tensor:
     """The weight as eager's dynamic RNN modules quantize it (int8) or keep it (fp16)."""
     if plan.dtype == torch.float16:
         return weight.float()
-    observer = _fresh_observer(plan.weight_observer)
+    observer = fresh_observer(plan.weight_observer)
     observer(weight)
     return _quantize_weight(weight.float(), observer)
 
@@ -538,11 +472,7 @@ def _set_packed(ctx: _Context, owner: str, name: str, make: Callable[[], Any]) -
 def _insert_getattr(graph, base, names: list[str], owner_types: list[Any], before) -> torch._C.Value:
     value = base
     for name, type_ in zip(names, owner_types):
-        node = graph.create("prim::GetAttr", [value], 1)
-        node.s_("name", name)
-        node.output().setType(type_)
-        node.insertBefore(before)
-        value = node.output()
+        value = insert_getattr(graph, value, name, type_, before=before).output()
     return value
 
 

@@ -36,8 +36,7 @@ pattern language (single-block matches) does not express.
 
 from __future__ import annotations
 
-from qgraph.ir import NodeIndex, erase_nodes, hoist_before, inputs_of, insert_op
-from qgraph.ir.graph import Graph, Node
+from qgraph.ir import Graph, Node, NodeIndex, erase_nodes, hoist_before, inputs_of, insert_op
 
 __all__ = ["replicate_quantize"]
 

@@ -39,7 +39,7 @@ from time import perf_counter
 
 import torch
 
-from qgraph.ir import CppModule, as_cpp, like, method_graph, named_modules, walk
+from qgraph.ir import CppModule, as_cpp, call_graph, like, method_graph, named_modules, walk
 
 __all__ = [
     "DUMP_DIR_VARIABLE",
@@ -50,6 +50,8 @@ __all__ = [
     "StageRecord",
     "format_module_graphs",
     "graph_stage",
+    "method_stage",
+    "call_tree_stage",
     "inspect",
     "method_graphs",
     "node_counts",
@@ -83,6 +85,29 @@ def graph_stage(name: str, graph_pass: Callable[[torch._C.Graph], object]) -> St
     def run(module: CppModule) -> None:
         for _, _, graph in method_graphs(module, distinct=True):
             graph_pass(graph)
+
+    return Stage(name, run)
+
+
+def method_stage(name: str, graph_pass: Callable[[torch._C.Graph], object], method_name: str = "forward") -> Stage:
+    """A stage applying an in-place graph pass to one method graph of the root module."""
+
+    def run(module: CppModule) -> None:
+        graph_pass(method_graph(module, method_name))
+
+    return Stage(name, run)
+
+
+def call_tree_stage(name: str, graph_pass: Callable[[torch._C.Graph], object], method_name: str = "forward") -> Stage:
+    """A stage applying an in-place graph pass to every method graph reachable from the root's ``method_name``.
+
+    Each (class type, method) graph once, however many instances share it.
+    """
+
+    def run(module: CppModule) -> None:
+        calls = call_graph(module, method_name)
+        for key in calls.nodes:
+            graph_pass(calls.nodes[key]["graph"])
 
     return Stage(name, run)
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.testing import FileCheck
 
-from qgraph.cli import main, standalone_stages
+from qgraph.cli import main
+from qgraph.prepare import prepare_pipeline
+from qgraph.quant.quant_type import QuantType
 
 LIT_DIR = Path(__file__).parent / "lit"
 
@@ -186,24 +188,26 @@ def test_a_directory_is_not_a_model(capsys, tmp_path):
     assert code == 2 and err.strip().endswith("is a directory")
 
 
-def test_standalone_stages_in_prepare_order():
-    assert [stage.name for stage in standalone_stages()] == [
-        "inline-fork-wait",
-        "fold-conv-bn",
-        "swap-functional-linear",
-        "fuse-linear",
-        "canonicalize-conv",
-    ]
+def _prepare_stage_names() -> list[str]:
+    return [stage.name for stage in prepare_pipeline({}, QuantType.STATIC).stages]
+
+
+def test_passes_runs_the_stages_prepare_jit_runs(capsys, models):
+    code, out, _ = run_cli(capsys, "passes", models["decomposed-traced"])
+    assert code == 0
+    assert [line[len("=== after ") : -len(" ===")] for line in out.splitlines() if line.startswith("=== after ")] == (
+        _prepare_stage_names()
+    )
 
 
 def test_passes_prints_forward_after_each_stage(capsys, models):
     code, out, _ = run_cli(capsys, "passes", models["decomposed-traced"])
     assert code == 0
     FileCheck().check("=== input ===").check('prim::CallMethod[name="forward"](%bn').check(
-        "=== after inline-fork-wait ==="
-    ).check("=== after fold-conv-bn ===").check_not("%bn").check("=== after swap-functional-linear ===").check(
-        "aten::addmm"
-    ).check("=== after fuse-linear ===").check_not("aten::addmm").check("aten::_convolution").check(
+        "=== after fold-conv-bn ==="
+    ).check_not("%bn").check("=== after swap-functional-linear ===").check("aten::addmm").check(
+        "=== after fuse-linear ==="
+    ).check_not("aten::addmm").check("aten::_convolution").check(
         "aten::linear"
     ).check("=== after canonicalize-conv ===").check_not("aten::_convolution").check("aten::conv2d").check(
         "aten::linear"
@@ -222,7 +226,7 @@ def test_passes_dump_dir_gets_one_file_per_stage(capsys, models, tmp_path):
     code, _, _ = run_cli(capsys, "passes", models["decomposed-traced"], "--dump-dir", tmp_path / "dumps")
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "dumps").iterdir())
-    assert names == [f"{i:02d}-passes-{stage.name}.txt" for i, stage in enumerate(standalone_stages())]
+    assert names == [f"{i:02d}-prepare-{name}.txt" for i, name in enumerate(_prepare_stage_names())]
     FileCheck().check("=== <root> : forward ===").check("aten::conv2d").check("=== conv : forward ===").run(
         (tmp_path / "dumps" / names[-1]).read_text()
     )

@@ -33,7 +33,7 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
-from passes.finalize import finalize
+from passes import finalize
 from qgraph.ir import as_cpp
 
 PER_CHANNEL = get_default_qconfig("fbgemm")

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 from torch.testing import FileCheck
 
-from passes.fold_prepacking import fold_prepacking
-from passes.freeze import freeze
+from passes import fold_prepacking, freeze
 
 
 def _clone(module: torch.jit.ScriptModule) -> torch._C.ScriptModule:
@@ -210,9 +209,8 @@ def test_quantized_model_through_the_pipeline_equals_the_reference_freeze(monkey
     prepared = qgraph.prepare_jit(model, {"": default_qconfig})
     prepared(x)
     ours = qgraph.convert_jit(prepared)
-    # The package attribute passes.finalize is the function; the module is in sys.modules.
     monkeypatch.setattr(
-        sys.modules["passes.finalize"], "freeze", lambda module, preserved: torch._C._freeze_module(module, preserved)
+        sys.modules["passes.composite"], "freeze", lambda module, preserved: torch._C._freeze_module(module, preserved)
     )
     reference = qgraph.convert_jit(prepared)
     # Same ops reading the same constants and attributes; value names may differ

@@ -3,7 +3,7 @@ import torch
 from torch.testing import FileCheck
 
 from helpers.graph_structure import dataflow_signature
-from passes.fuse_linear import fuse_linear
+from passes import fuse_linear
 
 
 def run_graph(graph, *args):

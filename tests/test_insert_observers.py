@@ -18,11 +18,11 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
-from passes.insert_observers import insert_observers
+from passes import insert_observers
 from qgraph.ir.graph import walk
 from qgraph.pipeline import inspect
 from qgraph.prepare import prepare
-from qgraph.qconfig import script_qconfig_dict
+from qgraph.quant.qconfig import script_qconfig_dict
 from tests.helpers.observers import graph_texts, observed_values, observer_names
 
 OBSERVER = 'Observer = prim::GetAttr[name="_observer_'
@@ -722,7 +722,7 @@ class ListBuilding(nn.Module):
 
 
 def test_list_mutation_folded_where_the_reference_folds_it():
-    from passes._remove_list_mutation import remove_list_mutation
+    from passes import remove_list_mutation
 
     model = capture(ListBuilding(), None, False)
     ours, reference = model.graph.copy(), model.graph.copy()

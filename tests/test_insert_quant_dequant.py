@@ -37,7 +37,7 @@ from helpers.quant_dequant_reference import (
     script_or_trace,
 )
 import qgraph
-from passes.insert_quant_dequant import insert_quant_dequant
+from passes import insert_quant_dequant
 
 
 def check_against_reference(model, data, qconfig_dict, *, tracing=False, dynamic=False):

@@ -29,7 +29,7 @@ from torch.ao.quantization import prepare_jit as reference_prepare_jit
 from torch.testing import FileCheck
 
 import qgraph
-from passes._observer_state import QUANTIZABLE_RANGE
+from qgraph.quant.observer_state import QUANTIZABLE_RANGE
 
 TRACING = pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
 X86 = get_default_qconfig("x86")

@@ -13,7 +13,7 @@ from torch.ao.quantization import (
     script_qconfig as reference_script_qconfig,
 )
 
-from qgraph.qconfig import (
+from qgraph.quant.qconfig import (
     check_qconfig_dict,
     qconfig_paths_needing_own_type,
     resolve_qconfigs,

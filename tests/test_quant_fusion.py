@@ -10,9 +10,9 @@ from torch.ao.quantization import default_qconfig
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
-from passes.fold_prepacking import fold_prepacking
-from passes.insert_prepack_unpack import PREPACK_UNPACK, insert_prepack_unpack
-from passes.quant_fusion import DYNAMIC_QUANT_FUSION, STATIC_QUANT_FUSION, quant_fusion
+from passes import fold_prepacking, insert_prepack_unpack, quant_fusion
+from passes.lower.insert_prepack_unpack import PREPACK_UNPACK
+from passes.lower.quant_fusion import DYNAMIC_QUANT_FUSION, STATIC_QUANT_FUSION
 from qgraph.pattern import _replacement_graph, compile_pattern
 
 

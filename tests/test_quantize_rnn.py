@@ -26,7 +26,7 @@ from torch.testing import FileCheck
 
 from passes.quantize_rnn import is_rnn_module, quantize_rnn, rnn_float_reasons
 from qgraph.ir import as_python, clone_module
-from qgraph.qconfig import script_qconfig
+from qgraph.quant.qconfig import script_qconfig
 
 QCONFIGS = {"int8": (torch.qint8, default_dynamic_qconfig), "fp16": (torch.float16, float16_dynamic_qconfig)}
 RNN_TYPES = {nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell}

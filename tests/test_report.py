@@ -13,8 +13,8 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
-from passes.finalize import finalize
-from qgraph.qconfig import qconfig_for_path, qconfig_key_for_path
+from passes import finalize
+from qgraph.quant.qconfig import qconfig_for_path, qconfig_key_for_path
 from qgraph.report import (
     NO_QCONFIG,
     NOT_QUANTIZED,

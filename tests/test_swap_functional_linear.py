@@ -3,7 +3,7 @@ import torch
 from torch.testing import FileCheck
 
 from helpers.graph_structure import dataflow_signature
-from passes.swap_functional_linear import swap_functional_linear
+from passes import swap_functional_linear
 from qgraph.ir import as_python, clone_module
 
 

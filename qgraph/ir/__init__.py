@@ -1,4 +1,4 @@
-"""Helpers over TorchScript IR: walking, building, modules, cloning, call graphs.
+"""Helpers over TorchScript IR: walking, editing, modules, cloning, call graphs.
 
 Nothing here knows about quantization; passes build on these instead of
 editing nodes by hand.
@@ -6,17 +6,27 @@ editing nodes by hand.
 
 from qgraph.ir.callgraph import call_graph, callees_first, method_key
 from qgraph.ir.clone import clone_module, drop_attributes, unshare_types
-from qgraph.ir.graph import (
-    TENSOR,
-    NodeIndex,
-    blocks_of,
-    constant_value,
+from qgraph.ir.edit import (
+    NodeBuilder,
     erase_dead,
     erase_nodes,
     hoist_before,
     insert_constant,
-    inputs_of,
+    insert_getattr,
+    insert_scripted,
     insert_op,
+    replace_uses,
+)
+from qgraph.ir.graph import (
+    TENSOR,
+    Block,
+    Graph,
+    Node,
+    NodeIndex,
+    Value,
+    blocks_of,
+    constant_value,
+    inputs_of,
     is_alive,
     is_constant,
     module_path_of,
@@ -24,8 +34,8 @@ from qgraph.ir.graph import (
     nodes_before,
     outputs_of,
     producer,
-    replace_uses,
     source_location,
+    stack_order,
     users_of,
     uses_of,
     walk,

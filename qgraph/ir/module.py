@@ -119,7 +119,11 @@ def submodule_for_getattr(module: CppModule, value: Value) -> CppModule | None:
     path = getattr_path(value)
     if path is None:
         return None
-    target = resolve_path(module, path)
+    target: Any = module
+    for name in path:
+        if not isinstance(target, CppModule) or not target.hasattr(name):
+            return None
+        target = target.getattr(name)
     return target if isinstance(target, CppModule) else None
 
 
@@ -157,12 +161,12 @@ def get_attr(module: CppModule, name: str) -> Any:
     return module.getattr(name)
 
 
-def set_attr(module: CppModule, name: str, value: Any) -> None:
-    """Set an existing attribute, or register a new one typed from ``value``."""
+def set_attr(module: CppModule, name: str, value: Any, type_: Any = None) -> None:
+    """Set an existing attribute, or register a new one typed ``type_`` (inferred from ``value`` if not given)."""
     if module.hasattr(name):
         module.setattr(name, value)
     else:
-        register_attribute(module, name, value)
+        register_attribute(module, name, value, type_)
 
 
 def register_attribute(module: CppModule, name: str, value: Any, type_: Any = None) -> None:

@@ -30,8 +30,7 @@ from typing import Any
 
 import torch
 
-from qgraph.ir.graph import Graph
-from qgraph.ir.module import CppModule, as_cpp
+from qgraph.ir import CppModule, Graph, as_cpp
 from qgraph.pattern import Match, Rewrite, rewrite
 from qgraph.pipeline import method_graphs
 

@@ -49,9 +49,9 @@ from typing import Any
 
 import torch
 
-from passes.fold_prepacking import PREPACK_OPS, read_from_attribute
-from qgraph.ir.graph import Node, NodeIndex, Value, erase_dead, inputs_of, insert_op, is_alive, walk
-from qgraph.ir.module import as_cpp, like, method_graph, register_attribute
+from qgraph.ir import Node, NodeIndex, Value, as_cpp, erase_dead, inputs_of, insert_getattr, is_alive, like, method_graph, register_attribute, walk
+from qgraph.quant.ops import PREPACK_OPS
+from qgraph.quant.packed_params import read_packed_from_attribute
 
 __all__ = ["freeze"]
 
@@ -102,7 +102,7 @@ def _prepack_from_attributes(module_c) -> list[Node]:
         packed = _evaluate(order, node, module_c, self_value)
         if packed is _UNFOLDABLE:
             continue
-        read, next_index = read_from_attribute(module_c, graph, self_value, node, packed, next_index)
+        read, next_index = read_packed_from_attribute(module_c, graph, self_value, node, packed, next_index)
         reads.append(read)
     if reads:
         erase_dead(graph)
@@ -147,10 +147,7 @@ def _freeze_with_packed_arguments(module_c, reads: list[Node]):
         users = [use.user for use in argument.uses()]
         if users:
             first = min((_in_top_block(user) for user in users), key=functools.cmp_to_key(_program_order))
-            frozen_read = insert_op(
-                frozen_graph, "prim::GetAttr", [self_value], before=first, output_types=[argument.type()], source=read
-            )
-            frozen_read.s_("name", name)
+            frozen_read = insert_getattr(frozen_graph, self_value, name, argument.type(), before=first, source=read)
             argument.replaceAllUsesWith(frozen_read.output())
     for position in reversed(range(first_argument, first_argument + len(frozen_arguments))):
         frozen_graph.eraseInput(position)

@@ -23,7 +23,7 @@ scripted loop-built list feeding ``cat`` keeps ``cat`` in float.
 
 from __future__ import annotations
 
-from qgraph.ir.graph import Block, Graph, Node, Value, is_constant, nested_blocks, walk
+from qgraph.ir import Block, Graph, Node, Value, is_constant, nested_blocks, walk
 
 # Calls and side effects are opaque to alias analysis: the reference will not
 # move a list's construction past them, so a mutation after one stays.

@@ -29,24 +29,13 @@ from typing import Any
 
 import torch
 
-from qgraph.ir.graph import erase_nodes, inputs_of, insert_op, walk
-from qgraph.ir.module import as_cpp, like, method_graph, register_attribute, unique_attr_name
+from qgraph.ir import erase_nodes, inputs_of, like, method_graph, walk
+from qgraph.ir.module import as_cpp
+from qgraph.quant.ops import PREPACK_OPS
+from qgraph.quant.packed_params import read_packed_from_attribute
 
-__all__ = ["PREPACK_OPS", "ATTRIBUTE_PREFIX", "fold_prepacking", "read_from_attribute"]
+__all__ = ["fold_prepacking"]
 
-# Prepacking ops with no side effects, whose result depends only on their inputs.
-PREPACK_OPS = (
-    "quantized::linear_prepack",
-    "quantized::linear_prepack_fp16",
-    "quantized::conv1d_prepack",
-    "quantized::conv2d_prepack",
-    "quantized::conv3d_prepack",
-    "quantized::conv_transpose1d_prepack",
-    "quantized::conv_transpose2d_prepack",
-    "quantized::conv_transpose3d_prepack",
-)
-
-ATTRIBUTE_PREFIX = "_packed_params_"
 _PREPACK_KINDS = frozenset(PREPACK_OPS)
 
 
@@ -58,29 +47,6 @@ def _run(node: torch._C.Node) -> Any:
 
 def _all_inputs_constant(node: torch._C.Node) -> bool:
     return all(value.node().kind() == "prim::Constant" for value in inputs_of(node))
-
-
-def read_from_attribute(
-    module_c: torch._C.ScriptModule,
-    graph: torch._C.Graph,
-    self_value: torch._C.Value,
-    prepack: torch._C.Node,
-    packed: Any,
-    next_index: int,
-) -> tuple[torch._C.Node, int]:
-    """Store ``packed`` as ``_packed_params_<k>`` and make the users of ``prepack`` read it.
-
-    ``k`` is the first free index from ``next_index`` on; returns the new
-    ``prim::GetAttr`` and the index to start from next time, which keeps
-    naming linear in the number of ops. ``prepack`` is left without users.
-    """
-    name = unique_attr_name(module_c, ATTRIBUTE_PREFIX, next_index)
-    packed_type = prepack.output().type()
-    register_attribute(module_c, name, packed, packed_type)
-    read = insert_op(graph, "prim::GetAttr", [self_value], before=prepack, output_types=[packed_type], source=prepack)
-    read.s_("name", name)
-    prepack.output().replaceAllUsesWith(read.output())
-    return read, int(name.removeprefix(ATTRIBUTE_PREFIX)) + 1
 
 
 def fold_prepacking(module: Any) -> Any:
@@ -99,7 +65,7 @@ def fold_prepacking(module: Any) -> Any:
         for node in [n for n in walk(graph) if n.kind() in _PREPACK_KINDS]:
             if self_value is None or not _all_inputs_constant(node):
                 continue
-            _, next_index = read_from_attribute(module_c, graph, self_value, node, _run(node), next_index)
+            _, next_index = read_packed_from_attribute(module_c, graph, self_value, node, _run(node), next_index)
             folded.append(node)
         erase_nodes(folded)
     return like(module_c, module)

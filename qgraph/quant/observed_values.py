@@ -1,16 +1,8 @@
-"""Which values observer insertion looks at: the op tables and the per-value rules.
+"""Which values observer insertion looks at: the per-value rules over the op tables of ``qgraph.quant.ops``.
 
-Everything here reads the graph and never changes it. The tables are the
-reference's (torch 2.x graph mode), grouped the way its rules use them:
-
-- quantizable ops: their Tensor inputs and outputs need an observer;
-- weight / bias argument positions: weights take the qconfig's weight
-  observer, biases are never observed;
-- general ops (shape or value), which pass "already observed" from their
-  input to their output, so a value is observed once however many
-  flatten/pool/view ops it flows through;
-- propagating ops (cat, add, mul) whose output is observed only when their
-  inputs are.
+Everything here reads the graph and never changes it: which node is a
+quantizable op, a general op or a user function call, which value is a
+weight or a bias, what a value's "already observed" state passes through.
 """
 
 from __future__ import annotations
@@ -21,151 +13,27 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from qgraph.ir.graph import Block, Node, Value, inputs_of, nested_blocks, outputs_of
-
-STATIC_QUANTIZABLE_CALLS = frozenset(
-    {
-        "conv2d",
-        "linear",
-        "batch_norm",
-        "hardswish",
-        "elu",
-        "celu",
-        "layer_norm",
-        "group_norm",
-        "instance_norm",
-        "embedding_bag",
-    }
+from qgraph.quant.ops import (
+    BIAS_ARGS_ATEN,
+    BIAS_ARGS_CALL,
+    DYNAMIC_QUANTIZABLE_ATEN,
+    DYNAMIC_QUANTIZABLE_CALLS,
+    EMBEDDING_BAG_FLOAT_ARGS,
+    FIXED_QPARAMS_ATEN,
+    GENERAL_SHAPE_ATEN,
+    GENERAL_SHAPE_CALLS,
+    GENERAL_VALUE_ATEN,
+    GENERAL_VALUE_CALLS,
+    OBSERVED_INPUT_OF_CALL,
+    PROPAGATE_BINARY_ATEN,
+    PROPAGATE_SINGLE_INPUT_ATEN,
+    STATIC_QUANTIZABLE_ATEN,
+    STATIC_QUANTIZABLE_CALLS,
+    WEIGHT_ARGS_ATEN,
+    WEIGHT_ARGS_CALL,
+    WEIGHT_ONLY_ATEN,
+    WEIGHT_ONLY_CALLS,
 )
-STATIC_QUANTIZABLE_ATEN = frozenset(
-    {
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "conv_transpose1d",
-        "conv_transpose2d",
-        "linear",
-        "hardswish",
-        "hardswish_",
-        "elu",
-        "elu_",
-        "celu",
-        "celu_",
-        "batch_norm",
-        "layer_norm",
-        "group_norm",
-        "instance_norm",
-        "embedding_bag",
-    }
-)
-DYNAMIC_QUANTIZABLE_CALLS = frozenset({"linear"})
-DYNAMIC_QUANTIZABLE_ATEN = frozenset({"linear"})
-# Only the weight of these is quantized; their output stays float.
-WEIGHT_ONLY_CALLS = frozenset({"embedding_bag"})
-WEIGHT_ONLY_ATEN = frozenset({"embedding_bag"})
-
-# Ops that only move or reshape data: the output is observed iff the input is.
-GENERAL_SHAPE_CALLS = frozenset({"_max_pool1d", "_max_pool2d", "_max_pool3d", "dropout", "relu"})
-GENERAL_SHAPE_ATEN = frozenset(
-    {
-        "max_pool1d",
-        "max_pool2d",
-        "max_pool3d",
-        "flatten",
-        "max",
-        "min",
-        "dropout",
-        "reshape",
-        "resize_",
-        "chunk",
-        "view",
-        "transpose",
-        "contiguous",
-        "permute",
-        "repeat",
-        "repeat_interleave",
-        "relu",
-        "relu_",
-        "squeeze",
-        "squeeze_",
-        "unsqueeze",
-        "unsqueeze_",
-        "detach",
-        "detach_",
-        "stack",
-        "__getitem__",
-    }
-)
-# Ops that compute on values but run on quantized tensors with the input's qparams.
-GENERAL_VALUE_CALLS = frozenset(
-    {
-        "avg_pool1d",
-        "avg_pool2d",
-        "avg_pool3d",
-        "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d",
-        "adaptive_avg_pool3d",
-        "interpolate",
-        "upsample",
-        "upsample_bilinear",
-        "upsample_nearest",
-        "hardtanh",
-        "leaky_relu",
-    }
-)
-GENERAL_VALUE_ATEN = frozenset(
-    {
-        "avg_pool1d",
-        "avg_pool2d",
-        "avg_pool3d",
-        "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d",
-        "adaptive_avg_pool3d",
-        "mean",
-        "upsample_nearest1d",
-        "upsample_nearest2d",
-        "upsample_nearest3d",
-        "upsample_linear1d",
-        "upsample_bilinear2d",
-        "upsample_trilinear3d",
-        "upsample_bicubic2d",
-        "clamp",
-        "hardtanh",
-        "hardtanh_",
-        "leaky_relu",
-        "leaky_relu_",
-    }
-)
-# Fixed output range ops (sigmoid, tanh, ...) also pass observation through.
-FIXED_QPARAMS_ATEN = frozenset({"hardsigmoid", "hardsigmoid_", "sigmoid", "sigmoid_", "tanh", "tanh_"})
-
-PROPAGATE_SINGLE_INPUT_ATEN = frozenset({"cat"})
-PROPAGATE_BINARY_ATEN = frozenset({"add", "add_", "mul", "mul_"})
-
-# F.batch_norm: only the input (argument 1 of the call) is observed.
-OBSERVED_INPUT_OF_CALL = {"batch_norm": 1}
-
-WEIGHT_ARGS_ATEN = {
-    "conv1d": 1,
-    "conv2d": 1,
-    "conv3d": 1,
-    "conv_transpose1d": 1,
-    "conv_transpose2d": 1,
-    "linear": 1,
-    "embedding_bag": 0,
-}
-WEIGHT_ARGS_CALL = {"linear": 2, "embedding_bag": 2}
-BIAS_ARGS_ATEN = {
-    "conv1d": 2,
-    "conv2d": 2,
-    "conv3d": 2,
-    "conv_transpose1d": 2,
-    "conv_transpose2d": 2,
-    "linear": 2,
-}
-BIAS_ARGS_CALL = {"linear": 3}
-# aten::embedding_bag(weight, indices, offsets, ..., per_sample_weights, ...): offsets
-# and per-sample weights stay float.
-EMBEDDING_BAG_FLOAT_ARGS = frozenset({2, 6})
 
 _TENSOR = torch._C.TensorType.get()
 _TENSOR_LIST = torch._C.ListType.ofTensors()

@@ -1,7 +1,9 @@
-"""Carry quantization through ops that need no observer, on an inlined graph.
+"""Carry quantization through ops that need no observer, on an inlined graph: the steps after insertion.
 
-After observers became quantize / dequantize pairs, ``forward`` is inlined
-and this module finishes the debug model, in the reference's order:
+After observers became quantize / dequantize pairs, the method is inlined
+and these steps finish the debug model, in the reference's order (the
+sequence is ``passes.composite.quant_dequant_stages``; steps 2 and 3 are the
+passes ``replicate_quantize`` and ``replicate_dequantize``):
 
 1. dynamic quantization: an activation's choose_qparams / quantize /
    dequantize chain with several users is repeated per user; a chain whose
@@ -43,42 +45,25 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.ao.quantization.quant_type import QuantType
 
-from passes._observed_values import (
-    FIXED_QPARAMS_ATEN,
-    GENERAL_VALUE_ATEN,
-    aten_name,
-    is_binary_with_scalar,
-    is_quantizable,
-    pass_through_inputs,
-)
-from passes.replicate_dequantize import replicate_dequantize
-from passes.replicate_quantize import replicate_quantize
-from qgraph.ir.graph import Block, Graph, Node, Value, inputs_of, nested_blocks, outputs_of
+from passes.quant_dequant.loops import carry_quantized_through_loop
+from passes.quant_dequant.nodes import choose_qparams_quant_dequant, insert_dequantize_per_use
+from qgraph.ir import TENSOR, Block, Graph, Node, NodeBuilder, Value, erase_nodes, nested_blocks, outputs_of, stack_order
 from qgraph.pattern import Match, Rewrite, find_matches, rewrite
+from qgraph.quant.observed_values import aten_name, is_binary_with_scalar, is_quantizable, pass_through_inputs
+from qgraph.quant.ops import CLAMP_ATEN, FIXED_QPARAMS, GENERAL_VALUE_ATEN, TENSOR_INFO_ATEN
+from qgraph.quant.quant_type import QuantType
 
-__all__ = ["NodeBuilder", "propagate_quantization", "insert_dequantize_per_use"]
+__all__ = [
+    "replicate_choose_qparams_quant_dequant",
+    "remove_redundant_quantization",
+    "replicate_clamp_scalar_args",
+    "propagate_quantization",
+    "remove_redundant_dequantize",
+]
 
-_TENSOR = torch._C.TensorType.get()
 _FLOAT = torch._C.FloatType.get()
 _INT = torch._C.IntType.get()
-
-CLAMP_ATEN = frozenset({"hardtanh", "hardtanh_", "clamp"})
-TENSOR_INFO_ATEN = frozenset({"size", "len", "dim", "numel"})
-
-# Output ranges of these ops are fixed, so are their qparams: (scale, zero_point, dtype).
-_ZERO_TO_ONE = (1.0 / 256.0, 0, torch.quint8)
-_MINUS_ONE_TO_ONE = (2.0 / 256.0, 128, torch.quint8)
-FIXED_QPARAMS = {
-    "hardsigmoid": _ZERO_TO_ONE,
-    "hardsigmoid_": _ZERO_TO_ONE,
-    "sigmoid": _ZERO_TO_ONE,
-    "sigmoid_": _ZERO_TO_ONE,
-    "tanh": _MINUS_ONE_TO_ONE,
-    "tanh_": _MINUS_ONE_TO_ONE,
-}
-assert set(FIXED_QPARAMS) == FIXED_QPARAMS_ATEN
 
 _DYNAMIC_QUANT_CHAIN = """graph(%a, %reduce_range, %a_dtype):
     %a_scale : float, %a_zero_point : int = aten::_choose_qparams_per_tensor(%a, %reduce_range)
@@ -121,94 +106,6 @@ REDUNDANT_DEQUANTIZE = [
 ]
 
 
-class NodeBuilder:
-    """Creates nodes in sequence, right after ``after`` or right before ``before``."""
-
-    def __init__(self, graph: Graph, *, after: Node | None = None, before: Node | None = None):
-        if (after is None) == (before is None):
-            raise ValueError("give exactly one of after= and before=")
-        self.graph, self.last, self.before = graph, after, before
-
-    def place(self, node: Node) -> Node:
-        if self.before is not None:
-            node.insertBefore(self.before)
-        else:
-            node.insertAfter(self.last)
-            self.last = node
-        return node
-
-    def op(self, kind: str, inputs, *, n_outputs: int = 1, name: str | None = None, type_=None) -> Node:
-        node = self.place(self.graph.create(kind, list(inputs), n_outputs))
-        if n_outputs == 1:
-            if type_ is not None:
-                node.output().setType(type_)
-            if name is not None:
-                node.output().setDebugName(name)
-        return node
-
-    def constant(self, value) -> Value:
-        constant = self.graph.insertConstant(value)
-        if self.before is not None:
-            constant.node().moveBefore(self.before)
-        else:
-            constant.node().moveAfter(self.last)
-            self.last = constant.node()
-        return constant
-
-    def get_attr(self, obj: Value, field: str, type_) -> Value:
-        node = self.graph.create("prim::GetAttr", [obj], 1)
-        node.s_("name", field)
-        self.place(node)
-        node.output().setType(type_)
-        node.output().setDebugName(field)
-        return node.output()
-
-    def dequantize(self, quantized: Value, like: Value, index: int = 0) -> Node:
-        return self.op("aten::dequantize", [quantized], name=f"{like.debugName()}.dequant.{index}", type_=like.type())
-
-    def choose_qparams_quant_dequant(self, value: Value, dtype: Value, quantize: str) -> Node:
-        """Run-time qparams for ``value``: choose_qparams, quantize, dequantize (returned)."""
-        # reduce_range is True as in the reference (qnnpack ignores it).
-        reduce_range = self.constant(True)
-        choose = self.op("aten::_choose_qparams_per_tensor", [value, reduce_range], n_outputs=2)
-        scale, zero_point = choose.outputsAt(0), choose.outputsAt(1)
-        scale.setType(_FLOAT)
-        scale.setDebugName(f"{value.debugName()}.scale")
-        zero_point.setType(_INT)
-        zero_point.setDebugName(f"{value.debugName()}.zero_point")
-        quant = self.op(quantize, [value, scale, zero_point, dtype], name=f"{value.debugName()}.quant", type_=_TENSOR)
-        return self.dequantize(quant.output(), value)
-
-
-def insert_dequantize_per_use(graph: Graph, quantized: Value, original: Value) -> list[Value]:
-    """Give each use of ``original`` its own ``dequantize(quantized)`` placed right before the user."""
-    outputs = []
-    for index, use in enumerate(list(original.uses())):
-        dequant = NodeBuilder(graph, before=use.user).dequantize(quantized, original, index)
-        use.user.replaceInput(use.offset, dequant.output())
-        outputs.append(dequant.output())
-    return outputs
-
-
-def _stack_order_nodes(graph: Graph, kinds: frozenset[str] | None = None) -> list[Node]:
-    found = []
-    stack = [graph.block()]
-    while stack:
-        block = stack.pop()
-        for node in block.nodes():
-            if kinds is None or node.kind() in kinds:
-                found.append(node)
-            stack.extend(nested_blocks(node))
-    return found
-
-
-def _destroy(nodes) -> None:
-    for node in nodes:
-        node.removeAllInputs()
-    for node in nodes:
-        node.destroy()
-
-
 def replicate_choose_qparams_quant_dequant(graph: Graph) -> None:
     """A run-time quantized activation with several users gets its own chain per user."""
     chains = []
@@ -219,10 +116,9 @@ def replicate_choose_qparams_quant_dequant(graph: Graph) -> None:
         value, dtype = quant.inputsAt(0), quant.inputsAt(3)
         dequantized = dequant.output()
         for use in list(dequantized.uses()):
-            new = NodeBuilder(graph, before=use.user).choose_qparams_quant_dequant(value, dtype, quant.kind())
+            new = choose_qparams_quant_dequant(NodeBuilder(graph, before=use.user), value, dtype, quant.kind())
             use.user.replaceInputWith(dequantized, new.output())
-    for choose, quant, dequant in chains:
-        _destroy([dequant, quant, choose])
+    erase_nodes([node for choose, quant, dequant in chains for node in (dequant, quant, choose)])
 
 
 def _clamp_bound_use(value: Value) -> bool:
@@ -232,7 +128,7 @@ def _clamp_bound_use(value: Value) -> bool:
 def replicate_clamp_scalar_args(graph: Graph) -> None:
     """A clamp bound that has other uses too is copied for each use, so it can be quantized alone."""
     shared: dict[Node, None] = {}
-    for node in _stack_order_nodes(graph):
+    for node in stack_order(graph):
         for output in outputs_of(node):
             if _clamp_bound_use(output) and len(output.uses()) > 1:
                 shared.setdefault(node, None)
@@ -241,68 +137,7 @@ def replicate_clamp_scalar_args(graph: Graph) -> None:
             clone = graph.createClone(node, lambda v: v)
             clone.insertBefore(use.user)
             use.user.replaceInput(use.offset, clone.output())
-    _destroy(list(shared))
-
-
-def _quantized_source(value: Value, block: Block) -> Value | None:
-    """The quantized tensor ``value`` dequantizes, when ``value`` is a single-use dequantize in ``block``."""
-    node = value.node()
-    if node.kind() == "aten::dequantize" and node.owningBlock() == block and len(value.uses()) == 1:
-        return node.inputsAt(0)
-    return None
-
-
-def carry_quantized_through_loop(graph: Graph, loop: Node) -> list[int]:
-    """Let ``loop`` carry quantized tensors where both the entry and the back edge are dequantized.
-
-    Step 5 for ``prim::Loop`` (observer insertion observes such carried
-    values on entry and on the back edge)::
-
-        %x.dq = aten::dequantize(%x.q)
-        %y = prim::Loop(%n, %true, %x.dq)
-          block0(%i, %c):
-            ... uses of %c ...
-            %b.dq = aten::dequantize(%b.q)
-            -> (%true, %b.dq)
-        ... uses of %y ...
-      becomes
-        %y = prim::Loop(%n, %true, %x.q)
-          block0(%i, %c):
-            %c.dequant.k = aten::dequantize(%c)     (one per use)
-            ... uses of %c.dequant.k ...
-            -> (%true, %b.q)
-        %y.dequant.k = aten::dequantize(%y)         (one per use)
-
-    Each quantized tensor keeps its own qparams, so the entry and the back
-    edge need not agree. Returns the indices of the carried values rewritten.
-    """
-    body = next(loop.blocks())
-    outer = loop.owningBlock()
-    params = inputs_of(body)
-    returned = outputs_of(body)
-    rewritten = []
-    for index in range(1, len(params)):
-        param, back = params[index], returned[index]
-        entry = loop.inputsAt(index + 1)
-        entry_q = _quantized_source(entry, outer)
-        if entry_q is None or not param.type().isSubtypeOf(_TENSOR):
-            continue
-        back_q = param if back == param else _quantized_source(back, body)
-        if back_q is None:
-            continue
-        loop.replaceInput(index + 1, entry_q)
-        _destroy([entry.node()])
-        if back != param:
-            body.returnNode().replaceInput(index, back_q)
-            _destroy([back.node()])
-        for use in list(param.uses()):
-            if use.user == body.returnNode():
-                continue
-            dequant = NodeBuilder(graph, before=use.user).dequantize(param, param, len(rewritten))
-            use.user.replaceInput(use.offset, dequant.output())
-        insert_dequantize_per_use(graph, loop.outputsAt(index - 1), loop.outputsAt(index - 1))
-        rewritten.append(index)
-    return rewritten
+    erase_nodes(list(shared))
 
 
 def _dequantized_inputs(value: Value) -> list[Value] | None:
@@ -382,7 +217,7 @@ class _Propagator:
                     raise RuntimeError(f"expected one use of the dequantized value %{value.debugName()}")
                 dequant = value.node()
                 value.replaceAllUsesWith(dequant.inputsAt(0))
-                _destroy([dequant])
+                erase_nodes([dequant])
             for output in outputs:
                 insert_dequantize_per_use(self.graph, output, output)
 
@@ -415,7 +250,7 @@ class _Propagator:
                 "prim::dtype", [quantized_input], name=f"{quantized_input.debugName()}.dtype", type_=_INT
             )
             quant_inputs = [output, scale.output(), zero_point.output(), dtype.output()]
-        quant = builder.op("aten::quantize_per_tensor", quant_inputs, name=f"{output.debugName()}.quant", type_=_TENSOR)
+        quant = builder.op("aten::quantize_per_tensor", quant_inputs, name=f"{output.debugName()}.quant", type_=TENSOR)
         output.replaceAllUsesAfterNodeWith(quant, quant.output())
         for dequantized in insert_dequantize_per_use(graph, quant.output(), quant.output()):
             if scalar:
@@ -440,18 +275,27 @@ class _Propagator:
             "aten::scalar_tensor",
             [scalar, float_type, none, none, none],
             name=f"{scalar.debugName()}.tensor",
-            type_=_TENSOR,
+            type_=TENSOR,
         )
         scalar.replaceAllUsesAfterNodeWith(tensor, tensor.output())
         return tensor
 
 
+def remove_redundant_quantization(graph: Graph) -> int:
+    """Step 1, second half: a run-time quantization chain whose single user is not dynamically quantized goes."""
+    return rewrite(graph, REDUNDANT_QUANTIZATION)
+
+
 def propagate_quantization(graph: Graph, *, debug: bool = False) -> None:
-    """Steps 1-6 of the module docstring on an inlined graph, in place."""
-    replicate_choose_qparams_quant_dequant(graph)
-    rewrite(graph, REDUNDANT_QUANTIZATION)
-    replicate_quantize(graph)
-    replicate_dequantize(graph)
-    replicate_clamp_scalar_args(graph)
+    """Step 5: general ops whose inputs are dequantized values run on the quantized tensors; in place.
+
+    With ``debug`` (the model convert returns for ``debug=True``), an
+    add / mul with a scalar on a quantized input warns that the debug graph
+    does not model its output qparams exactly.
+    """
     _Propagator(graph, debug).block(graph.block())
-    rewrite(graph, REDUNDANT_DEQUANTIZE)
+
+
+def remove_redundant_dequantize(graph: Graph) -> int:
+    """Step 6: a dequantize whose only user reads tensor metadata (size, len, dim, numel) goes."""
+    return rewrite(graph, REDUNDANT_DEQUANTIZE)

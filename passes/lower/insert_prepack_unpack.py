@@ -28,9 +28,8 @@ prepack takes (output_padding, dilation, groups); the table spells that out.
 
 from __future__ import annotations
 
-from qgraph.ir.graph import Graph
-from passes.quant_fusion import rewrite_present
-from qgraph.pattern import Rewrite
+from qgraph.ir import Graph
+from qgraph.pattern import Rewrite, rewrite_present
 
 __all__ = ["PREPACK_UNPACK", "insert_prepack_unpack"]
 

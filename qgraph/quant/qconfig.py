@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.ao.quantization import QConfig
 
-from qgraph.ir.module import CppModule, as_cpp, children_of, named_modules
+from qgraph.ir import CppModule, as_cpp, children_of, named_modules
 
 __all__ = [
     "script_qconfig",
@@ -29,6 +29,7 @@ __all__ = [
     "is_scripted_qconfig",
     "check_qconfig_dict",
     "resolve_qconfigs",
+    "qconfigs_by_path",
     "qconfig_key_for_path",
     "qconfig_for_path",
     "qconfig_paths_needing_own_type",
@@ -104,7 +105,7 @@ def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | Non
     written for a sibling variant; so it is not an error: a ``UserWarning``
     names the key and the key has no effect.
     """
-    resolved = _resolve(module, qconfig_dict)
+    resolved = qconfigs_by_path(module, qconfig_dict)
     for key in qconfig_dict:
         if key not in resolved:
             warnings.warn(
@@ -115,7 +116,8 @@ def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | Non
     return resolved
 
 
-def _resolve(module: Any, qconfig_dict: dict) -> dict[str, QConfig | None]:
+def qconfigs_by_path(module: Any, qconfig_dict: dict) -> dict[str, QConfig | None]:
+    """``resolve_qconfigs`` without the warning for keys that name no submodule."""
     check_qconfig_dict(qconfig_dict)
     root = as_cpp(module)
     return {path: qconfig_for_path(qconfig_dict, path) for path, _ in named_modules(root)}

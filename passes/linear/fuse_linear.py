@@ -35,7 +35,7 @@ Rules, all the reference's:
   ``aten::t(aten::t(w))``, as in the reference. A ``linear`` whose weight is
   such a double transpose gets the plain weight.
 - Like the reference's pass, calls of a function named ``linear`` are also
-  swapped for ``aten::linear`` (``passes.swap_functional_linear``).
+  swapped for ``aten::linear`` (``swap_functional_linear.py``), last.
 
 The linear takes the source range of the op it replaces (the matmul for the
 matmul + add_ form), so error messages still point at the user's line.
@@ -45,9 +45,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qgraph.ir.graph import Graph
+from passes.linear.swap_functional_linear import SWAP_FUNCTIONAL_LINEAR
+from qgraph.ir import Graph
 from qgraph.pattern import Match, Rewrite, rewrite
-from passes.swap_functional_linear import SWAP_FUNCTIONAL_LINEAR
 
 __all__ = ["FUSE_LINEAR", "FUSE_ADD", "fuse_linear"]
 
@@ -180,21 +180,14 @@ _DOUBLE_TRANSPOSE = [
 
 # Order is meaning: bias-carrying forms claim their matmul before the bare
 # matmul rule turns it into a bias-less linear.
-FUSE_LINEAR = _ADDMM + _matmul_add_rewrites("add_") + _MATMUL + _DOUBLE_TRANSPOSE + SWAP_FUNCTIONAL_LINEAR
+FUSE_LINEAR = _ADDMM + _matmul_add_rewrites("add_") + _MATMUL + _DOUBLE_TRANSPOSE
 
 # With fuse_add=True the out-of-place add is folded too; it goes with the
 # in-place one, before the bare matmul rule.
-FUSE_ADD = (
-    _ADDMM
-    + _matmul_add_rewrites("add_")
-    + _matmul_add_rewrites("add")
-    + _MATMUL
-    + _DOUBLE_TRANSPOSE
-    + SWAP_FUNCTIONAL_LINEAR
-)
+FUSE_ADD = _ADDMM + _matmul_add_rewrites("add_") + _matmul_add_rewrites("add") + _MATMUL + _DOUBLE_TRANSPOSE
 
 
-def fuse_linear(graph: Graph, *, fuse_add: bool = False) -> int:
+def fuse_linear(graph: Graph, *, fuse_add: bool = False, swap_functional: bool = True) -> int:
     """Rewrite ``addmm`` / ``matmul`` (+ bias ``add_``) with a transposed weight into ``aten::linear``.
 
     Works in place on ``graph`` (nested blocks included) and returns the
@@ -204,8 +197,10 @@ def fuse_linear(graph: Graph, *, fuse_add: bool = False) -> int:
     add is folded only if it does not broadcast the product to a larger
     shape, which ``aten::linear`` cannot do: checked where the graph records
     shapes (traced graphs), assumed of the caller's bias elsewhere.
+    ``swap_functional=False`` leaves calls of functions named ``linear``
+    alone, for a pipeline that swapped them in a step of its own.
     """
     if not isinstance(graph, Graph):
         raise TypeError(f"fuse_linear expects a torch._C.Graph, got {type(graph).__name__}")
     table = FUSE_ADD if fuse_add else FUSE_LINEAR
-    return rewrite(graph, table)
+    return rewrite(graph, table + SWAP_FUNCTIONAL_LINEAR if swap_functional else table)
