@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from passes.canonicalize_conv import canonicalize_conv
-from passes.insert_observers import insert_observers_in_place
+from passes.observe import insert_observers_in_place
 from passes.legalize import legalize_quantized
 from passes.linear import fuse_linear, swap_functional_linear
 from passes.lower import fold_prepacking, freeze, insert_prepack_unpack, keep_unsafe_convs_in_float, quant_fusion
@@ -123,7 +123,7 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
     Called alone, it does what PyTorch's pass of the same name does: the
     graphs are cleaned up first (``observer_preprocessing_stages``), then
     instances whose qconfigs differ get class types of their own, then the
-    observers go in (``passes.insert_observers``' module docstring has the
+    observers go in (``passes.observe.insert_observers`` has the
     rules).
 
     ``module`` is a ScriptModule or its ``._c`` and comes back as the same

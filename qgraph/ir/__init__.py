@@ -45,6 +45,7 @@ from qgraph.ir.module import (
     as_cpp,
     as_python,
     children_of,
+    class_name_of,
     get_attr,
     getattr_path,
     instances_by_type,

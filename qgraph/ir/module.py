@@ -31,6 +31,7 @@ __all__ = [
     "method_graph",
     "method_calls",
     "module_class_name",
+    "class_name_of",
     "is_instance_of",
     "get_attr",
     "set_attr",
@@ -145,8 +146,12 @@ _MANGLE = re.compile(r"___torch_mangle_\d+\.")
 
 def module_class_name(module: CppModule) -> str:
     """The Python class a script module was made from, e.g. ``torch.nn.modules.conv.Conv2d``."""
-    name = _MANGLE.sub("", module._type().qualified_name())
-    return name.removeprefix("__torch__.")
+    return class_name_of(module._type())
+
+
+def class_name_of(class_type: Any) -> str:
+    """The Python class a TorchScript class type was compiled from, e.g. ``torch.nn.modules.conv.Conv2d``."""
+    return _MANGLE.sub("", class_type.qualified_name()).removeprefix("__torch__.")
 
 
 def is_instance_of(module: Any, *classes: type) -> bool:
