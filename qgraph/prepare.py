@@ -30,7 +30,7 @@ from torch.ao.quantization.quant_type import QuantType
 
 from passes.composite import insert_observers_stage, observer_preprocessing_stages, unshare_qconfig_types_stage
 from passes.fold_conv_bn import BN_TRAINING, fold_conv_bn_in_place
-from passes.quantize_rnn import quantize_rnn
+from passes.rnn import quantize_rnn
 from qgraph.ir import (
     CppModule,
     as_cpp,

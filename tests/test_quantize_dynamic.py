@@ -65,7 +65,7 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
-from passes.quantize_rnn import rnn_float_reasons
+from passes.rnn import rnn_float_reasons
 from qgraph.report import float_op_report
 
 CAPTURES = ("script", "trace")

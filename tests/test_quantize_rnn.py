@@ -24,7 +24,7 @@ from torch.ao.quantization import (
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.testing import FileCheck
 
-from passes.quantize_rnn import is_rnn_module, quantize_rnn, rnn_float_reasons
+from passes.rnn import is_rnn_module, quantize_rnn, rnn_float_reasons
 from qgraph.ir import as_python, clone_module
 from qgraph.quant.qconfig import script_qconfig
 

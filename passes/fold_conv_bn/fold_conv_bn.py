@@ -14,12 +14,8 @@ what the pair computed::
     %z = prim::CallMethod[name="forward"](%bn, %y)
     return (%z)
 
-with (the same float operations, in the same order, as PyTorch's own
-folding, so the results agree bit for bit)::
-
-    rsqrt = torch.rsqrt(running_var + eps)
-    weight' = weight * (bn_weight * rsqrt).reshape(-1, 1, ...)
-    bias' = (bias - running_mean) * rsqrt * bn_weight + bn_bias
+with the same float operations, in the same order, as PyTorch's own
+folding, so the results agree bit for bit (``batch_norm.py``).
 
 A conv without bias gets one: a ``bias`` attribute (``Optional[Tensor]``) is
 added to its class type when the type has none (traced convs), and the
@@ -90,6 +86,7 @@ from qgraph.ir import (
     resolve_path,
     walk,
 )
+from passes.fold_conv_bn.batch_norm import batch_norm_parameters, folded_weight_and_bias, tensor_attr
 from qgraph.ir import Graph, Node, Value
 from qgraph.pattern import Match, compile_pattern, find_matches
 
@@ -116,9 +113,6 @@ FOLDABLE_PAIRS = (
 CONVOLUTION_KINDS = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::convolution")
 BIAS_INPUT = 2
 
-# aten::batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled)
-BN_WEIGHT, BN_BIAS, BN_TRAINING, BN_EPS = 1, 2, 5, 7
-
 _OPTIONAL_TENSOR = torch._C.OptionalType(torch._C.TensorType.get())
 
 
@@ -133,70 +127,6 @@ def is_conv_bn_pair(conv: Any, bn: Any) -> bool:
 def receivers_are_submodules(match: Match) -> bool:
     """Both calls go to submodules reached from ``%self`` (not to values passed in)."""
     return getattr_path(match["conv"]) is not None and getattr_path(match["batchnorm"]) is not None
-
-
-@dataclass
-class BatchNormParameters:
-    running_mean: torch.Tensor
-    running_var: torch.Tensor
-    eps: float
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-
-def batch_norm_parameters(bn: CppModule) -> BatchNormParameters | None:
-    """What folding needs from an eval-mode BatchNorm, or None when it cannot be had.
-
-    Attributes come first; a traced BatchNorm has no ``eps`` (and no
-    ``weight``/``bias`` when not affine), so those are read from the
-    constants its ``aten::batch_norm`` was traced with.
-    """
-    running_mean, running_var = _tensor_attr(bn, "running_mean"), _tensor_attr(bn, "running_var")
-    if running_mean is None or running_var is None:
-        return None
-    if bn.hasattr("training") and bn.getattr("training"):
-        return None
-    calls = [n for n in walk(method_graph(bn)) if n.kind() == "aten::batch_norm"]
-    if len(calls) > 1:
-        return None
-    traced = calls[0] if calls else None
-    if traced is not None and not is_constant(traced.inputsAt(BN_TRAINING), False):
-        return None
-
-    def read(name: str, offset: int) -> Any:
-        if bn.hasattr(name):
-            return bn.getattr(name)
-        if traced is None or not is_constant(traced.inputsAt(offset)):
-            return _UNREADABLE
-        return traced.inputsAt(offset).toIValue()
-
-    eps, weight, bias = read("eps", BN_EPS), read("weight", BN_WEIGHT), read("bias", BN_BIAS)
-    if any(v is _UNREADABLE for v in (eps, weight, bias)):
-        return None
-    if isinstance(eps, bool) or not isinstance(eps, int | float):
-        return None
-    return BatchNormParameters(
-        running_mean=running_mean,
-        running_var=running_var,
-        eps=float(eps),
-        weight=weight if isinstance(weight, torch.Tensor) else torch.ones_like(running_mean),
-        bias=bias if isinstance(bias, torch.Tensor) else torch.zeros_like(running_mean),
-    )
-
-
-def folded_weight_and_bias(
-    conv_weight: torch.Tensor, conv_bias: torch.Tensor | None, bn: BatchNormParameters
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The conv weight and bias that absorb ``bn``, computed as PyTorch's folding does."""
-    with torch.no_grad():
-        bias = conv_bias if conv_bias is not None else torch.zeros_like(bn.running_mean)
-        var_rsqrt = torch.rsqrt(bn.running_var + bn.eps)
-        shape = [-1] + [1] * (conv_weight.dim() - 1)
-        weight = conv_weight * (bn.weight * var_rsqrt).reshape(shape)
-        bias = (bias - bn.running_mean) * var_rsqrt * bn.weight + bn.bias
-    # Leaves, trainable as the tensors they replace, with no autograd history
-    # keeping the old weights alive.
-    return weight.requires_grad_(conv_weight.requires_grad), bias.requires_grad_(conv_weight.requires_grad)
 
 
 # --- the pass ---------------------------------------------------------------
@@ -321,7 +251,7 @@ def _submodules(match: Match, instance: CppModule) -> tuple[Any, Any]:
 def _plan_fold(conv: CppModule, bn: CppModule, module_uses: dict[CppModule, int]) -> _Fold | None:
     if module_uses.get(conv, 0) != 1:
         return None  # the matched call is not its only use
-    weight = _tensor_attr(conv, "weight")
+    weight = tensor_attr(conv, "weight")
     if weight is None:
         return None
     if conv.hasattr("bias"):
@@ -397,11 +327,3 @@ def _erase_unused_getattr_chain(value: Value) -> None:
         parent = node.input()
         erase_nodes([node])
         node = parent.node()
-
-
-def _tensor_attr(module: CppModule, name: str) -> torch.Tensor | None:
-    value = module.getattr(name) if module.hasattr(name) else None
-    return value if isinstance(value, torch.Tensor) else None
-
-
-_UNREADABLE = object()
