@@ -11,6 +11,7 @@ rewrite and which stay float for a reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,32 +166,31 @@ def _decision(ctx: Context, op: RnnOp, match: Match) -> Decision | None:
     return Decision(site=site)
 
 
-def decide(ctx: Context, index: NodeIndex) -> list[tuple[Node, Decision]]:
-    """The decision for every RNN op of the graph ``index`` covers, in table order."""
-    decisions = []
+def _rnn_ops(index: NodeIndex) -> Iterator[tuple[RnnOp, Match]]:
+    """Every RNN op of the graph ``index`` covers, with the table entry it matches, in table order."""
     for op in TABLE:
         pattern = compile_pattern(op.pattern)
         for node in index.of_kind(pattern.anchor.kind()):
             match = match_at(pattern, node)
-            if match is None or not overload_is(op.overload)(match):
-                continue
-            decision = _decision(ctx, op, match)
-            if decision is not None:
-                decisions.append((node, decision))
+            if match is not None and overload_is(op.overload)(match):
+                yield op, match
+
+
+def decide(ctx: Context, index: NodeIndex) -> list[tuple[Node, Decision]]:
+    """The decision for every RNN op of the graph ``index`` covers, in table order."""
+    decisions = []
+    for op, match in _rnn_ops(index):
+        decision = _decision(ctx, op, match)
+        if decision is not None:
+            decisions.append((match.anchor, decision))
     return decisions
 
 
 def sites_in(graph: Graph) -> list[tuple[RnnOp, Site]]:
     """RNN ops of ``graph`` whose weights come from a module, with the op they match."""
     found = []
-    index = NodeIndex(graph)
-    for op in TABLE:
-        pattern = compile_pattern(op.pattern)
-        for node in index.of_kind(pattern.anchor.kind()):
-            match = match_at(pattern, node)
-            if match is None or not overload_is(op.overload)(match):
-                continue
-            site = _site_of(op, match)
-            if site is not None:
-                found.append((op, site))
+    for op, match in _rnn_ops(NodeIndex(graph)):
+        site = _site_of(op, match)
+        if site is not None:
+            found.append((op, site))
     return found
