@@ -14,10 +14,10 @@ from passes.fold_conv_bn import fold_conv_bn
 from passes.legalize import legalize_quantized
 from passes.linear import fuse_linear, swap_functional_linear
 from passes.lower import fold_prepacking, freeze, insert_prepack_unpack, keep_unsafe_convs_in_float, quant_fusion
-from passes.rnn import quantize_rnn
 from passes.remove_list_mutation import remove_list_mutation
 from passes.replicate_dequantize import replicate_dequantize
 from passes.replicate_quantize import replicate_quantize
+from passes.rnn import quantize_rnn
 from passes.unshare_qconfig_types import unshare_qconfig_types
 
 __all__ = [

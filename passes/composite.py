@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from passes.canonicalize_conv import canonicalize_conv
-from passes.observe import insert_observers_in_place
 from passes.legalize import legalize_quantized
 from passes.linear import fuse_linear, swap_functional_linear
 from passes.lower import fold_prepacking, freeze, insert_prepack_unpack, keep_unsafe_convs_in_float, quant_fusion
+from passes.observe import insert_observers_in_place
 from passes.quant_dequant import (
     insert_quant_dequant_in_place,
     propagate_quantization,
@@ -153,7 +153,9 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
 # --- quantize / dequantize insertion ------------------------------------------------------
 
 
-def quant_dequant_stages(method_name: str = "forward", debug: bool = False, quant_type: Any = QuantType.STATIC) -> list[Stage]:
+def quant_dequant_stages(
+    method_name: str = "forward", debug: bool = False, quant_type: Any = QuantType.STATIC
+) -> list[Stage]:
     """Observers into quantize / dequantize pairs, then quantization carried through the inlined method.
 
     ``debug`` only decides a warning (the graph is the debug model either way).
@@ -219,6 +221,7 @@ def finalize_stages(quant_type: QuantType = QuantType.STATIC, preserved_attrs: S
     """
     quant_type = check_quant_type(quant_type)
     preserved = _check_preserved_attrs(preserved_attrs)
+
     def keep_unsafe_convs(module: CppModule) -> None:
         keep_unsafe_convs_in_float(module)
 
@@ -233,7 +236,9 @@ def finalize_stages(quant_type: QuantType = QuantType.STATIC, preserved_attrs: S
     ]
 
 
-def finalize(module: Any, quant_type: QuantType = QuantType.STATIC, preserved_attrs: Sequence[str] | None = None) -> Any:
+def finalize(
+    module: Any, quant_type: QuantType = QuantType.STATIC, preserved_attrs: Sequence[str] | None = None
+) -> Any:
     """Fuse quantize/dequantize islands of ``module`` into quantized ops and freeze it.
 
     ``module`` is a ScriptModule (or its ``._c``) after quant-dequant

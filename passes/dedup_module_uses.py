@@ -123,6 +123,7 @@ def _repeated_calls(owner: CppModule, methods: list[str]) -> list[tuple[Graph, N
 def _redirect_to_copy(graph: Graph, call: Node, owners: list[CppModule], instances: _InstancesByType) -> None:
     """Register a copy of the called instance in every owner and make ``call`` read it."""
     path = getattr_path(call.inputsAt(0))
+    assert path, "only calls of submodules are repeated calls"
     parents = [resolve_path(owner, path[:-1]) for owner in owners]
     name = _free_name(parents, path[-1])
     for parent in parents:

@@ -23,7 +23,7 @@ scripted loop-built list feeding ``cat`` keeps ``cat`` in float.
 
 from __future__ import annotations
 
-from qgraph.ir import Block, Graph, Node, Value, is_constant, nested_blocks, walk
+from qgraph.ir import Block, Graph, Node, Value, inputs_of, is_constant, ivalue, nested_blocks, set_inputs, walk
 
 # Calls and side effects are opaque to alias analysis: the reference will not
 # move a list's construction past them, so a mutation after one stays.
@@ -44,7 +44,7 @@ def _ancestor_in(node: Node, block: Block) -> Node | None:
 def _mutation_target(node: Node) -> Node | None:
     kind = node.kind()
     if kind == "aten::append" or (
-        kind == "aten::_set_item" and is_constant(node.inputsAt(1)) and type(node.inputsAt(1).toIValue()) is int
+        kind == "aten::_set_item" and is_constant(node.inputsAt(1)) and type(ivalue(node.inputsAt(1))) is int
     ):
         construct = node.inputsAt(0).node()
         if construct.kind() == "prim::ListConstruct":
@@ -87,9 +87,9 @@ def _fold_block(block: Block) -> int:
         if not _nothing_in_between(construct, node, lst):
             continue
         if node.kind() == "aten::append":
-            construct.addInput(node.inputsAt(1))
+            set_inputs(construct, [*inputs_of(construct), node.inputsAt(1)])
         else:
-            index = node.inputsAt(1).toIValue()
+            index: int = ivalue(node.inputsAt(1))
             size = construct.inputsSize()
             if index < 0:
                 index += size

@@ -50,7 +50,18 @@ _PUBLIC = {
     "script_qconfig_dict": "qgraph.api",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "capture",
+    "convert_dynamic_jit",
+    "convert_jit",
+    "fuse_conv_bn_jit",
+    "prepare_dynamic_jit",
+    "prepare_jit",
+    "quantize_dynamic_jit",
+    "quantize_jit",
+    "script_qconfig",
+    "script_qconfig_dict",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ batch-norm behave as in training when ``model.training`` is True), so call
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,7 +97,7 @@ def _as_trace_args(example_inputs: Any) -> tuple:
     )
 
 
-def _run(method: str, capture_fn, *args, hint: str | None = None):
+def _run(method: str, capture_fn: Callable[..., Any], *args: Any, hint: str | None = None) -> Any:
     try:
         return capture_fn(*args)
     except Exception as err:  # PyTorch raises many kinds; all mean "could not capture"

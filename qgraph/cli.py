@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -68,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run_passes.add_argument("model", metavar="MODEL.pt", help="a file written by torch.jit.save")
     run_passes.add_argument("--dump-dir", metavar="DIR", help="also write every method graph after each stage to DIR")
-    run_passes.add_argument("--dynamic", action="store_true", help="prepare for dynamic quantization (prepare_dynamic_jit)")
+    run_passes.add_argument(
+        "--dynamic", action="store_true", help="prepare for dynamic quantization (prepare_dynamic_jit)"
+    )
     _add_qconfig_option(run_passes, "an entry of the qconfig_dict to prepare with")
     run_passes.set_defaults(command=_passes)
 
@@ -127,7 +130,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _named_qconfig(name: str):
+def _named_qconfig(name: str) -> Any:
     from torch.ao.quantization import (
         default_dynamic_qconfig,
         default_qconfig,

@@ -16,6 +16,9 @@ every step:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, cast
+
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
@@ -28,7 +31,7 @@ from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 __all__ = ["convert", "convert_pipeline"]
 
 
-def _check_model(model) -> None:
+def _check_model(model: Any) -> None:
     if not isinstance(model, torch.jit.ScriptModule):
         raise ValueError(f"input must be a script module, got: {type(model)}")
     if not model._c._has_method("forward"):
@@ -69,12 +72,16 @@ def _set_eval(module_c: CppModule) -> None:
 
 def _on_cpu(module_c: CppModule) -> bool:
     """Whether every parameter and buffer of the module tree is on the CPU already."""
-    tensors = torch._C._jit_debug_module_iterators(module_c)
+    tensors = cast(Any, torch._C)._jit_debug_module_iterators(module_c)
     return all(t.device.type == "cpu" for _, t in [*tensors["named_parameters_r"], *tensors["named_buffers_r"]])
 
 
 def convert(
-    model, inplace: bool = False, debug: bool = False, preserved_attrs=None, quant_type: QuantType = QuantType.STATIC
+    model: Any,
+    inplace: bool = False,
+    debug: bool = False,
+    preserved_attrs: Sequence[str] | None = None,
+    quant_type: Any = QuantType.STATIC,
 ) -> torch.jit.ScriptModule:
     """Quantize a model prepared with observers and calibrated.
 

@@ -165,12 +165,12 @@ def _node_output_names(text: str) -> list[list[str]]:
     return names
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_pattern(text: str) -> Pattern:
     return Pattern(text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _replacement_graph(text: str) -> Graph:
     return torch._C.parse_ir(text)
 
@@ -231,7 +231,7 @@ def _attributes_equal(p: _PatternNode, g: Node) -> bool:
 def _constants_equal(p: Node, g: Node) -> bool:
     if g.kind() != "prim::Constant":
         return False
-    pv, gv = p.output(), g.output()
+    gv = g.output()
     p_has, g_has = p.hasAttribute("value"), g.hasAttribute("value")
     if not p_has:
         return not g_has  # None matches None
@@ -416,7 +416,7 @@ def rewrite_present(graph: Graph, rewrites: Sequence[Rewrite]) -> int:
     return made
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op_kinds(pattern: str) -> tuple[str, ...]:
     return tuple({node.kind() for node in compile_pattern(pattern).nodes if node.kind() != "prim::Constant"})
 

@@ -247,6 +247,7 @@ class _Inspection:
         self.report.stages.append(StageRecord(pipeline, stage, seconds, counts, dump_path))
 
     def _dump(self, pipeline: str, stage: str, module: CppModule) -> str:
+        assert self.dump_dir is not None, "dumps are written only with a dump directory"
         os.makedirs(self.dump_dir, exist_ok=True)
         name = f"{self.dumps_written:02d}-{_file_part(pipeline)}-{_file_part(stage)}.txt"
         self.dumps_written += 1

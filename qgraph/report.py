@@ -63,14 +63,14 @@ from typing import Any
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.lower.quant_fusion import STATIC_QUANT_FUSION
-from qgraph.ir import Node, Value, as_cpp, method_graph, module_path_of, named_modules, source_location, walk
+from qgraph.ir import CppModule, Node, Value, as_cpp, method_graph, module_path_of, named_modules, source_location, walk
 from qgraph.pattern import compile_pattern
 from qgraph.pipeline import method_graphs
 from qgraph.quant.float_ops import NO_QCONFIG, SAFETY_RULE, UNSUPPORTED_OP, FloatOpRecord, float_op_record_nodes
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.ops import KEEPS_QUANTIZATION_ATEN
-from qgraph.quant.quant_type import check_quant_type
 from qgraph.quant.qconfig import check_qconfig_dict, qconfig_key_for_path
+from qgraph.quant.quant_type import check_quant_type
 from qgraph.quant.quantized_values import quantized_values
 
 __all__ = [
@@ -313,7 +313,7 @@ def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -
     return UNOBSERVED_INPUT, "its input is a float tensor (not observed, or produced by a float op)"
 
 
-def _node_kinds(module_c) -> set[str]:
+def _node_kinds(module_c: CppModule) -> set[str]:
     return {node.kind() for _, _, graph in method_graphs(module_c, distinct=True) for node in walk(graph)}
 
 

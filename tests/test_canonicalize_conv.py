@@ -1,5 +1,3 @@
-from typing import List
-
 import pytest
 import torch
 from torch.ao.quantization import default_qconfig, prepare_jit
@@ -111,7 +109,7 @@ def test_scripted_conv_is_already_canonical():
 
 
 class RuntimeStride(torch.nn.Module):
-    def forward(self, x, weight, stride: List[int]):
+    def forward(self, x, weight, stride: list[int]):
         return torch._convolution(x, weight, None, stride, [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True)
 
 

@@ -81,8 +81,9 @@ class ConvThenExp(torch.nn.Module):
 
 
 def _quantized_convnet() -> torch.jit.ScriptModule:
-    import qgraph
     from torch.ao.quantization import get_default_qconfig
+
+    import qgraph
 
     model = torch.jit.script(ConvThenExp().eval())
     batches = [torch.randn(1, 1, 6, 6)]
@@ -92,8 +93,9 @@ def _quantized_convnet() -> torch.jit.ScriptModule:
 
 
 def _dynamic_convnet() -> torch.jit.ScriptModule:
-    import qgraph
     from torch.ao.quantization import default_dynamic_qconfig
+
+    import qgraph
 
     return qgraph.quantize_dynamic_jit(torch.jit.script(ConvBnLinear().eval()), {"": default_dynamic_qconfig})
 
@@ -207,11 +209,9 @@ def test_passes_prints_forward_after_each_stage(capsys, models):
         "=== after fold-conv-bn ==="
     ).check_not("%bn").check("=== after swap-functional-linear ===").check("aten::addmm").check(
         "=== after fuse-linear ==="
-    ).check_not("aten::addmm").check("aten::_convolution").check(
-        "aten::linear"
-    ).check("=== after canonicalize-conv ===").check_not("aten::_convolution").check("aten::conv2d").check(
-        "aten::linear"
-    ).run(out)
+    ).check_not("aten::addmm").check("aten::_convolution").check("aten::linear").check(
+        "=== after canonicalize-conv ==="
+    ).check_not("aten::_convolution").check("aten::conv2d").check("aten::linear").run(out)
 
 
 def test_passes_swaps_a_called_linear_function(capsys, models):

@@ -14,13 +14,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers.quantized_reference import (
-    aten_op_counts,
-    assert_equal_outputs,
-    capture,
-    quantization_op_counts,
-    reference_pair,
-)
 from torch.ao.quantization import (
     PlaceholderObserver,
     QConfig,
@@ -33,6 +26,13 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
+from helpers.quantized_reference import (
+    assert_equal_outputs,
+    aten_op_counts,
+    capture,
+    quantization_op_counts,
+    reference_pair,
+)
 from passes import finalize
 from qgraph.ir import as_cpp
 
@@ -692,8 +692,9 @@ class SmallNet(nn.Module):
 
 @pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
 def test_whole_qgraph_path_matches_reference(tracing):
-    import qgraph
     from torch.ao.quantization import quantize_jit
+
+    import qgraph
 
     torch.manual_seed(0)
     example = (torch.randn(1, 3, 6, 6),)

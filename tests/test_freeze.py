@@ -200,8 +200,9 @@ def test_quantized_model_through_the_pipeline_equals_the_reference_freeze(monkey
     """convert_jit with this pass against convert_jit freezing with torch._C._freeze_module alone."""
     import sys
 
-    import qgraph
     from torch.ao.quantization import default_qconfig
+
+    import qgraph
 
     torch.manual_seed(0)
     model = torch.jit.script(ConvStack().eval())

@@ -739,7 +739,7 @@ def test_list_mutation_folded_where_the_reference_folds_it():
 
 
 def test_embedding_bag_weight_only_matches_reference():
-    from torch.ao.quantization import PlaceholderObserver, PerChannelMinMaxObserver, QConfig
+    from torch.ao.quantization import PerChannelMinMaxObserver, PlaceholderObserver, QConfig
 
     class Bag(nn.Module):
         def __init__(self):

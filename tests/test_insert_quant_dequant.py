@@ -9,7 +9,6 @@ values), the inlined forward graph's node kinds, and outputs, bit for bit.
 from __future__ import annotations
 
 import warnings
-from typing import Tuple
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
+import qgraph
 from helpers.quant_dequant_reference import (
     assert_same_outputs,
     assert_same_qparams,
@@ -36,7 +36,6 @@ from helpers.quant_dequant_reference import (
     reference_insert_quant_dequant,
     script_or_trace,
 )
-import qgraph
 from passes import insert_quant_dequant
 
 
@@ -293,7 +292,7 @@ class TupleOut(nn.Module):
         self.conv1 = nn.Conv2d(3, 3, 3)
         self.conv2 = nn.Conv2d(3, 3, 3)
 
-    def forward(self, x) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
         return self.conv1(x), self.conv2(x)
 
 

@@ -100,7 +100,9 @@ def _violations() -> list[str]:
                 continue
             where = f"{path.relative_to(ROOT)}:{line}"
             if target_layer > layer:
-                found.append(f"{where}: {LAYER_NAMES[layer]} module {module} imports {target} ({LAYER_NAMES[target_layer]})")
+                found.append(
+                    f"{where}: {LAYER_NAMES[layer]} module {module} imports {target} ({LAYER_NAMES[target_layer]})"
+                )
             elif layer == PASSES == target_layer and job_of(module) is not None and job_of(target) != job_of(module):
                 found.append(f"{where}: the pass {module} imports another pass, {target}")
     return found

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch.ao.quantization import get_default_qconfig, quantize_jit
 from torch.testing import FileCheck
 
-import qgraph
 import passes.composite
+import qgraph
 from passes import legalize_quantized
 from qgraph.quant.float_ops import FLOAT_OPS_ATTRIBUTE, float_op_records
 from qgraph.quant.kernels import groupwise_conv_is_unsafe

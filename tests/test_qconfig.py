@@ -10,6 +10,8 @@ from torch.ao.quantization import (
     QConfig,
     default_dynamic_qconfig,
     default_qconfig,
+)
+from torch.ao.quantization import (
     script_qconfig as reference_script_qconfig,
 )
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from helpers.quantized_reference import capture, quantization_op_counts, reference_pair
 from torch.ao.quantization import default_qconfig
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
+from helpers.quantized_reference import capture, quantization_op_counts, reference_pair
 from passes import fold_prepacking, insert_prepack_unpack, quant_fusion
 from passes.lower.insert_prepack_unpack import PREPACK_UNPACK
 from passes.lower.quant_fusion import DYNAMIC_QUANT_FUSION, STATIC_QUANT_FUSION

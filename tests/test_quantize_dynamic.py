@@ -44,10 +44,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers.numerics import assert_bitwise_equal
-from helpers.observers import graph_texts
-from helpers.quant_dequant_reference import qparam_attributes
-from helpers.quantized_reference import flat_outputs
 from torch.ao.quantization import (
     PlaceholderObserver,
     QConfig,
@@ -65,6 +61,10 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
+from helpers.numerics import assert_bitwise_equal
+from helpers.observers import graph_texts
+from helpers.quant_dequant_reference import qparam_attributes
+from helpers.quantized_reference import flat_outputs
 from passes.rnn import rnn_float_reasons
 from qgraph.report import float_op_report
 

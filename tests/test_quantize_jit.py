@@ -27,15 +27,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn as nn
-from examples.models import (
-    MobileNetV2Like,
-    ResNetLike,
-    TransformerMLP,
-    calibrate,
-    calibration_batches,
-    randomize_batchnorm,
-)
-from helpers.numerics import assert_bitwise_equal, sqnr
 from torch.ao.quantization import (
     HistogramObserver,
     QConfig,
@@ -48,6 +39,15 @@ from torch.ao.quantization import quantize_jit as reference_quantize_jit
 from torch.testing import FileCheck
 
 import qgraph
+from examples.models import (
+    MobileNetV2Like,
+    ResNetLike,
+    TransformerMLP,
+    calibrate,
+    calibration_batches,
+    randomize_batchnorm,
+)
+from helpers.numerics import assert_bitwise_equal, sqnr
 
 QCONFIGS = {"per_tensor": default_qconfig, "per_channel": default_per_channel_qconfig}
 CAPTURES = ("script", "trace")

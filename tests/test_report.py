@@ -7,12 +7,12 @@ import io
 import pytest
 import torch
 import torch.nn as nn
-from helpers.quantized_reference import capture, reference_pair
 from torch.ao.quantization import default_dynamic_qconfig, default_qconfig, get_default_qconfig
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
+from helpers.quantized_reference import capture, reference_pair
 from passes import finalize
 from qgraph.quant.qconfig import qconfig_for_path, qconfig_key_for_path
 from qgraph.report import (

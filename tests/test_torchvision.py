@@ -22,13 +22,13 @@ import functools
 
 import pytest
 import torch
-from helpers.numerics import assert_bitwise_equal, sqnr
-from helpers.torchvision_models import architectures, logits, reestimate_batchnorm, torchvision_installed
 from torch.ao.quantization import MinMaxObserver, QConfig, default_per_channel_weight_observer
 from torch.ao.quantization import convert_jit as reference_convert_jit
 from torch.ao.quantization import prepare_jit as reference_prepare_jit
 
 import qgraph
+from helpers.numerics import assert_bitwise_equal, sqnr
+from helpers.torchvision_models import architectures, logits, reestimate_batchnorm, torchvision_installed
 
 pytestmark = [
     pytest.mark.skipif(not torchvision_installed(), reason="torchvision is not installed (make test installs it)"),

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qgraph.ir import CppModule, is_constant, method_graph, walk
+from qgraph.ir import CppModule, is_constant, ivalue, method_graph, walk
 
 __all__ = ["BN_TRAINING", "BatchNormParameters", "batch_norm_parameters", "folded_weight_and_bias", "tensor_attr"]
 
@@ -60,7 +60,7 @@ def batch_norm_parameters(bn: CppModule) -> BatchNormParameters | None:
             return bn.getattr(name)
         if traced is None or not is_constant(traced.inputsAt(offset)):
             return _UNREADABLE
-        return traced.inputsAt(offset).toIValue()
+        return ivalue(traced.inputsAt(offset))
 
     eps, weight, bias = read("eps", BN_EPS), read("weight", BN_WEIGHT), read("bias", BN_BIAS)
     if any(v is _UNREADABLE for v in (eps, weight, bias)):

@@ -67,9 +67,13 @@ from typing import Any
 import networkx as nx
 import torch
 
+from passes.fold_conv_bn.batch_norm import batch_norm_parameters, folded_weight_and_bias, tensor_attr
 from qgraph.ir import (
     CppModule,
+    Graph,
+    Node,
     NodeIndex,
+    Value,
     as_cpp,
     call_graph,
     callees_first,
@@ -86,8 +90,6 @@ from qgraph.ir import (
     resolve_path,
     walk,
 )
-from passes.fold_conv_bn.batch_norm import batch_norm_parameters, folded_weight_and_bias, tensor_attr
-from qgraph.ir import Graph, Node, Value
 from qgraph.pattern import Match, compile_pattern, find_matches
 
 __all__ = ["fold_conv_bn", "fold_conv_bn_in_place"]
@@ -192,7 +194,7 @@ def fold_conv_bn_in_place(module: Any) -> Any:
                 continue
             planned = [_plan_fold(conv, bn, module_uses) for conv, bn in pairs]
             if all(p is not None for p in planned):
-                folds.extend(planned)
+                folds.extend(p for p in planned if p is not None)
                 to_fold.append(match)
 
     # All new weights are computed before any is written: a BatchNorm or conv
@@ -245,7 +247,9 @@ def _module_use_counts(methods: dict[tuple[str, str], _Method]) -> dict[CppModul
 
 
 def _submodules(match: Match, instance: CppModule) -> tuple[Any, Any]:
-    return resolve_path(instance, getattr_path(match["conv"])), resolve_path(instance, getattr_path(match["batchnorm"]))
+    conv, bn = getattr_path(match["conv"]), getattr_path(match["batchnorm"])
+    assert conv is not None and bn is not None, "receivers_are_submodules admitted the match"
+    return resolve_path(instance, conv), resolve_path(instance, bn)
 
 
 def _plan_fold(conv: CppModule, bn: CppModule, module_uses: dict[CppModule, int]) -> _Fold | None:

@@ -113,7 +113,9 @@ def _nodes_inserted_before(before: Node, previous: Node) -> list[Node]:
     return found
 
 
-def _guard(function: Callable[..., torch.Tensor], names: tuple[str, ...]):
+def _guard(
+    function: Callable[..., torch.Tensor], names: tuple[str, ...]
+) -> Callable[[Graph, Match, Node], list[Value]]:
     def replace(graph: Graph, match: Match, before: Node) -> list[Value]:
         previous = before.prev()
         outputs = insert_scripted(graph, function, [match[name] for name in names], before=before)

@@ -58,7 +58,7 @@ def _is_false(match: Match) -> bool:
     return match.constant("keepdim", default=None) is False
 
 
-def _mean_over_all_dims(x: torch.Tensor, dtype: Optional[int]) -> torch.Tensor:
+def _mean_over_all_dims(x: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
     dims = [d for d in range(x.dim())]
     return torch.mean(x, dims, True, dtype=dtype).reshape([])
 

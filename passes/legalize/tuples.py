@@ -20,6 +20,8 @@ stays as it is.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from qgraph.ir import TENSOR, Graph, Node, Value, inputs_of, insert_op, outputs_of
 from qgraph.pattern import Match, Rewrite
 from qgraph.quant.quantized_values import type_may_hold_tensor
@@ -45,7 +47,7 @@ def _dequantize_elements(graph: Graph, value: Value, before: Node) -> Value:
     if producer.kind() == "prim::TupleConstruct":
         elements = inputs_of(producer)
     else:
-        types = list(value.type().elements())
+        types = list(cast(Any, value.type()).elements())
         unpack = insert_op(graph, "prim::TupleUnpack", [value], before=before, n_outputs=len(types), output_types=types)
         elements = outputs_of(unpack)
     floats = [_dequantize_elements(graph, element, before) for element in elements]

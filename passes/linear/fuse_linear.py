@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from passes.linear.swap_functional_linear import SWAP_FUNCTIONAL_LINEAR
-from qgraph.ir import Graph
+from qgraph.ir import Graph, tensor_sizes
 from qgraph.pattern import Match, Rewrite, rewrite
 
 __all__ = ["FUSE_LINEAR", "FUSE_ADD", "fuse_linear"]
@@ -73,8 +73,8 @@ def _add_keeps_product_shape(match: Match) -> bool:
     # An out-of-place add may broadcast the product up to the bias's shape;
     # aten::linear cannot. Traced graphs record both shapes; where they are
     # unknown (scripted) the caller's fuse_add=True vouches for the bias.
-    product = match["output"].type().varyingSizes()
-    result = match["res"].type().varyingSizes()
+    product = tensor_sizes(match["output"].type())
+    result = tensor_sizes(match["res"].type())
     return product is None or result is None or product == result
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from qgraph.ir import erase_nodes, inputs_of, like, method_graph, walk
+from qgraph.ir import erase_nodes, inputs_of, ivalue, like, method_graph, walk
 from qgraph.ir.module import as_cpp
 from qgraph.quant.ops import PREPACK_OPS
 from qgraph.quant.packed_params import read_packed_from_attribute
@@ -42,7 +42,7 @@ _PREPACK_KINDS = frozenset(PREPACK_OPS)
 def _run(node: torch._C.Node) -> Any:
     namespace, name = node.kind().split("::", 1)
     op = getattr(getattr(torch.ops, namespace), name)
-    return op(*(value.toIValue() for value in inputs_of(node)))
+    return op(*(ivalue(value) for value in inputs_of(node)))
 
 
 def _all_inputs_constant(node: torch._C.Node) -> bool:

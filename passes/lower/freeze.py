@@ -45,11 +45,26 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from qgraph.ir import Node, NodeIndex, Value, as_cpp, erase_dead, inputs_of, insert_getattr, is_alive, like, method_graph, register_attribute, walk
+from qgraph.ir import (
+    CppModule,
+    Node,
+    NodeIndex,
+    Value,
+    as_cpp,
+    erase_dead,
+    inputs_of,
+    insert_getattr,
+    is_alive,
+    ivalue,
+    like,
+    method_graph,
+    register_attribute,
+    walk,
+)
 from qgraph.quant.ops import PREPACK_OPS
 from qgraph.quant.packed_params import read_packed_from_attribute
 
@@ -79,11 +94,11 @@ def freeze(module: Any, preserved_attrs: Sequence[str] = ()) -> Any:
     if not preserved and module_c._has_method("forward"):
         reads = _prepack_from_attributes(module_c)
     if not reads:
-        return like(torch._C._freeze_module(module_c, preserved), module)
+        return like(cast(CppModule, torch._C._freeze_module(module_c, preserved)), module)
     return like(_freeze_with_packed_arguments(module_c, reads), module)
 
 
-def _prepack_from_attributes(module_c) -> list[Node]:
+def _prepack_from_attributes(module_c: CppModule) -> list[Node]:
     """Replace attribute-fed prepacks of ``forward`` by packed-params attribute reads; the reads."""
     graph = method_graph(module_c, "forward")
     self_value = next(graph.inputs())
@@ -109,7 +124,7 @@ def _prepack_from_attributes(module_c) -> list[Node]:
     return [read for read in reads if is_alive(read)]
 
 
-def _freeze_with_packed_arguments(module_c, reads: list[Node]):
+def _freeze_with_packed_arguments(module_c: CppModule, reads: list[Node]) -> CppModule:
     """Freeze ``module_c`` while its packed params reach ``forward`` as arguments, then read them back.
 
     Freezing would turn each packed-params read into a constant (or, kept,
@@ -133,7 +148,7 @@ def _freeze_with_packed_arguments(module_c, reads: list[Node]):
         packed.append(module_c.getattr(read.s("name")))
     first_argument = len(inputs_of(graph)) - len(arguments)
     try:
-        frozen = torch._C._freeze_module(module_c, [])
+        frozen = cast(CppModule, torch._C._freeze_module(module_c, []))
     finally:
         for read, argument in zip(reads, arguments):
             argument.replaceAllUsesWith(read.output())
@@ -181,11 +196,11 @@ def _attributes_read_only(index: NodeIndex) -> bool:
     return True
 
 
-def _is_mutable_type(type_) -> bool:
+def _is_mutable_type(type_: Any) -> bool:
     return type_.kind() not in ("IntType", "FloatType", "BoolType", "StringType", "NoneType", "DeviceObjType")
 
 
-def _may_write_or_alias(user, offset: int) -> bool:
+def _may_write_or_alias(user: Node, offset: int) -> bool:
     kind = user.kind()
     if kind in _PURE_WEIGHT_OPS or kind == "prim::GetAttr":
         return False
@@ -196,14 +211,14 @@ def _may_write_or_alias(user, offset: int) -> bool:
     return arguments[offset].alias_info is not None
 
 
-@functools.lru_cache(maxsize=None)
-def _schema_arguments(schema: str):
+@functools.cache
+def _schema_arguments(schema: str) -> Any:
     if schema == "(no schema)":
         return None
     return torch._C.parse_schema(schema).arguments
 
 
-def _constant_slice(prepack, self_value: Value):
+def _constant_slice(prepack: Node, self_value: Value) -> list[Node] | None:
     """The nodes computing ``prepack``'s inputs, producers first; None unless all are foldable."""
     order = []
     seen = set()
@@ -231,18 +246,19 @@ def _constant_slice(prepack, self_value: Value):
     return order
 
 
-def _evaluate(order, prepack, module_c, self_value: Value) -> Any:
+def _evaluate(order: list[Node], prepack: Node, module_c: CppModule, self_value: Value) -> Any:
     values: dict[Value, Any] = {self_value: module_c}
     with torch.no_grad():
         for node in order:
             kind = node.kind()
             args = [values[v] for v in inputs_of(node)]
+            result: Any
             if kind == "prim::Constant":
-                result = node.output().toIValue()
+                result = ivalue(node.output())
             elif kind == "prim::GetAttr":
                 if not isinstance(args[0], torch._C.ScriptModule):
                     return _UNFOLDABLE  # a field of an object, not of a submodule
-                result = args[0].getattr(node.s("name"))
+                result = cast(CppModule, args[0]).getattr(node.s("name"))
                 if isinstance(result, torch.Tensor) and result.requires_grad:
                     result = result.detach()  # freezing folds a detached copy
             elif kind == "prim::ListConstruct":

@@ -106,10 +106,10 @@ class ObserverAnalysis:
             graph = method_graph(target, node.s("name"))
             self._keep.append(graph)
             return graph, 0, target
-        graph = rules.function_graph(node)
-        if graph is not None:
-            self._keep.append(graph)
-        return graph, 1, module
+        function = rules.function_graph(node)
+        if function is not None:
+            self._keep.append(function)
+        return function, 1, module
 
     def instances_of(self, module: CppModule) -> list[CppModule]:
         """Every instance of ``module``'s class type in the tree, as it was before observers went in."""

@@ -20,13 +20,27 @@ should return values that are observed consistently" instead.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 from torch.ao.quantization import QConfig
 
 from passes.observe.analysis import ObserverAnalysis
 from passes.observe.placement import ObserverPlacement
-from qgraph.ir import CppModule, Graph, Node, Value, call_graph, inputs_of, is_alive, nested_blocks, outputs_of, walk
+from qgraph.ir import (
+    CppModule,
+    Graph,
+    Node,
+    Value,
+    call_graph,
+    clone_node,
+    inputs_of,
+    is_alive,
+    nested_blocks,
+    outputs_of,
+    set_inputs,
+    walk,
+)
 from qgraph.quant.observed_values import is_tensor_or_tensor_list
 from qgraph.quant.quant_type import QuantType
 
@@ -52,6 +66,10 @@ def _node_count(nodes: list[Node]) -> int:
     return sum(1 + sum(1 for _ in _nested_nodes(node)) for node in nodes)
 
 
+def _renamed(env: dict[Value, Value], value: Value) -> Value:
+    return env.get(value, value)
+
+
 def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
     """Move the nodes after ``if_node`` in its block into every branch; returns the nodes added.
 
@@ -74,14 +92,12 @@ def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
         env: dict[Value, Value] = dict(zip(old_outputs, outputs_of(branch)))
         branch_return = branch.returnNode()
         for node in rest:
-            clone = graph.createClone(node, lambda v: env.get(v, v))
+            clone = clone_node(graph, node, functools.partial(_renamed, env))
             clone.insertBefore(branch_return)
             for old, new in zip(outputs_of(node), outputs_of(clone)):
                 new.copyMetadata(old)
                 env[old] = new
-        branch_return.removeAllInputs()
-        for value in returned:
-            branch_return.addInput(env.get(value, value))
+        set_inputs(branch_return, [env.get(value, value) for value in returned])
     block_return = block.returnNode()
     for index, value in enumerate(returned):
         result = if_node.addOutput()

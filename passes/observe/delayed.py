@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from qgraph.ir import Graph, NodeIndex, Value, class_name_of
+from qgraph.ir import Graph, NodeIndex, Value, class_name_of, ivalue
 from qgraph.pattern import Match, Pattern, compile_pattern, find_matches
 from qgraph.quant.observed_values import is_tensor_or_tensor_list
 
@@ -53,9 +53,7 @@ def _calls_method(name: str, method: str, traced_copies: bool = True) -> Filter:
 def _constant_is(name: str, expected: int) -> Filter:
     def check(match: Match) -> bool:
         value = match[name]
-        return (
-            value.node().kind() == "prim::Constant" and type(value.toIValue()) is int and value.toIValue() == expected
-        )
+        return value.node().kind() == "prim::Constant" and type(ivalue(value)) is int and ivalue(value) == expected
 
     return check
 

@@ -137,7 +137,9 @@ class _BlockWalk:
         if first_visit:
             placement._visited.add(block)
             values = list(self.to_observe.items())
-            placement.steps.append(ObserveBlock(block, self.frame.graph, self.frame.module, values, self.frame.in_function))
+            placement.steps.append(
+                ObserveBlock(block, self.frame.graph, self.frame.module, values, self.frame.in_function)
+            )
         return result
 
     # --- one value ------------------------------------------------------------------------
@@ -187,7 +189,9 @@ class _BlockWalk:
         in_function = self.frame.in_function or node.kind() != "prim::CallMethod"
         params = inputs_of(callee_graph)
         arrived = {param for i, param in enumerate(params) if node.inputsAt(i + offset) in self.observed}
-        walk = _BlockWalk(self.placement, callee_graph.block(), _Frame(callee_graph, owner, in_function), arrived, _NESTED)
+        walk = _BlockWalk(
+            self.placement, callee_graph.block(), _Frame(callee_graph, owner, in_function), arrived, _NESTED
+        )
         callee = walk.run()
         outputs = outputs_of(node)
         for index in callee.observed_outputs:
@@ -269,7 +273,7 @@ class _BlockWalk:
         Dynamic mode observes parameters at the start of the body.
         """
         analysis, placement = self.analysis, self.placement
-        body = next(node.blocks())
+        body = nested_blocks(node)[0]
         entries = inputs_of(node)[2:]
         carried = []
         for param, entry, back in zip(rules.loop_carried_params(node), entries, rules.loop_back_edges(node)):

@@ -23,7 +23,13 @@ from qgraph.ir import CppModule, Value, getattr_path, method_graph, resolve_path
 from qgraph.quant import observer_state
 from qgraph.quant.observers import observer_name
 
-__all__ = ["ObservedSite", "observed_sites", "first_non_finite_site", "non_finite_calibration_message", "check_calibration"]
+__all__ = [
+    "ObservedSite",
+    "observed_sites",
+    "first_non_finite_site",
+    "non_finite_calibration_message",
+    "check_calibration",
+]
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ def observed_sites(module: CppModule, method: str = "forward", path: str = "") -
             if receiver == self_value:
                 visit(current, node.s("name"), current_path, branch)
                 continue
-            names = getattr_path(receiver)
+            names = getattr_path(receiver) or []
             target = resolve_path(current, names) if names else None
             if isinstance(target, CppModule):
                 visit(target, node.s("name"), ".".join(p for p in [current_path, *names] if p), branch)

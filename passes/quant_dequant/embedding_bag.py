@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from qgraph.ir import TENSOR, Graph, NodeBuilder, Value, insert_scripted, inputs_of, outputs_of
+from qgraph.ir import TENSOR, Graph, NodeBuilder, Value, erase_nodes, inputs_of, insert_scripted, ivalue, outputs_of
 from qgraph.quant.observed_values import aten_name, call_name
 
 __all__ = ["EMBEDDING_BAG_OPS", "EMBEDDING_BAG_MODES", "quantize_embedding_bag"]
@@ -66,7 +66,8 @@ def quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op_
     """Replace the embedding_bag reading ``weight`` with its prepacked, quantized form."""
     if op_name not in EMBEDDING_BAG_OPS:
         raise RuntimeError(
-            f"embedding_bag weight-only quantization supports custom_op_name in {sorted(EMBEDDING_BAG_OPS)}, got {op_name!r}"
+            "embedding_bag weight-only quantization supports custom_op_name in "
+            f"{sorted(EMBEDDING_BAG_OPS)}, got {op_name!r}"
         )
     prepack_op, quantized_op, extra = EMBEDDING_BAG_OPS[op_name]
     bag = None
@@ -123,15 +124,14 @@ def quantize_embedding_bag(graph: Graph, cursor: NodeBuilder, weight: Value, op_
         # bag sizes here.
         result = insert_scripted(graph, _bag_mean, [result, indices, offsets, include_last_offset], before=bag)[0]
     bag.outputsAt(0).replaceAllUsesWith(result)
-    bag.removeAllInputs()
-    bag.destroy()
+    erase_nodes([bag])
 
 
 def _embedding_bag_mode(mode: Value) -> int:
     """The mode of an embedding_bag as aten numbers it, from its constant (a number or F's name)."""
     if mode.node().kind() != "prim::Constant":
         raise ValueError(f"embedding_bag mode %{mode.debugName()} must be a constant to quantize the bag")
-    value = mode.toIValue()
+    value = ivalue(mode)
     if isinstance(value, str):
         if value not in EMBEDDING_BAG_MODES:
             raise ValueError(f"unknown embedding_bag mode {value!r}; expected one of {sorted(EMBEDDING_BAG_MODES)}")

@@ -46,7 +46,10 @@ The graphs are left with their calls: the quant_dequant sequence of
 through the ops that need no observer (``propagate.py``), which gives the
 ``debug=True`` model of convert.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -59,8 +62,10 @@ from passes.quant_dequant.weights import WeightObservers
 from qgraph.ir import (
     TENSOR,
     CppModule,
+    Graph,
     Node,
     NodeBuilder,
+    Value,
     as_cpp,
     drop_attributes,
     erase_nodes,
@@ -109,9 +114,10 @@ class _QuantDequantInserter:
         found = []
         for node in stack_order(graph):
             for value in outputs_of(node):
-                if value.type().isSubtypeOf(TENSOR) and (name := observer_name(value)) is not None:
+                observed_by = observer_name(value)
+                if value.type().isSubtypeOf(TENSOR) and observed_by is not None:
                     found.append(node)
-                    self.observer_attrs.setdefault(module._type().qualified_name(), set()).add(name)
+                    self.observer_attrs.setdefault(module._type().qualified_name(), set()).add(observed_by)
                     self.doomed.extend([node, node.inputsAt(0).node()])
         if not found:
             return
@@ -134,10 +140,18 @@ class _QuantDequantInserter:
             self.attr_names[observer] = names
             self.insert_ops(module, graph, self_value, observer, per_channel, names)
 
-    def insert_ops(self, module, graph, self_value, observer, per_channel, names) -> None:
+    def insert_ops(
+        self,
+        module: CppModule,
+        graph: Graph,
+        self_value: Value,
+        observer: Node,
+        per_channel: bool,
+        names: dict[str, str],
+    ) -> None:
         observed = observer.output()
         original = observer.inputsAt(1)
-        obs = module.getattr(observer_name(observed))
+        obs = module.getattr(str(observer_name(observed)))
         cursor = NodeBuilder(graph, after=observer)
         quantize = "aten::quantize_per_channel" if per_channel else "aten::quantize_per_tensor"
 
@@ -171,7 +185,9 @@ class _QuantDequantInserter:
         self.doomed.clear()
 
 
-def insert_quant_dequant_in_place(module, method_name: str = "forward", quant_type=QuantType.STATIC) -> CppModule:
+def insert_quant_dequant_in_place(
+    module: Any, method_name: str = "forward", quant_type: Any = QuantType.STATIC
+) -> CppModule:
     """Observers of ``module.<method_name>`` (and what it calls) into quantize / dequantize pairs, on ``module`` itself.
 
     For a pipeline that cloned the caller's model already. Returns the

@@ -9,7 +9,7 @@ quantized tensors instead (each keeps its own qparams).
 from __future__ import annotations
 
 from passes.quant_dequant.nodes import dequantize, insert_dequantize_per_use
-from qgraph.ir import TENSOR, Block, Graph, Node, NodeBuilder, Value, erase_nodes, inputs_of, outputs_of
+from qgraph.ir import TENSOR, Block, Graph, Node, NodeBuilder, Value, erase_nodes, inputs_of, nested_blocks, outputs_of
 
 __all__ = ["carry_quantized_through_loop"]
 
@@ -46,11 +46,11 @@ def carry_quantized_through_loop(graph: Graph, loop: Node) -> list[int]:
     Each quantized tensor keeps its own qparams, so the entry and the back
     edge need not agree. Returns the indices of the carried values rewritten.
     """
-    body = next(loop.blocks())
+    body = nested_blocks(loop)[0]
     outer = loop.owningBlock()
     params = inputs_of(body)
     returned = outputs_of(body)
-    rewritten = []
+    rewritten: list[int] = []
     for index in range(1, len(params)):
         param, back = params[index], returned[index]
         entry = loop.inputsAt(index + 1)

@@ -48,7 +48,19 @@ import torch
 
 from passes.quant_dequant.loops import carry_quantized_through_loop
 from passes.quant_dequant.nodes import choose_qparams_quant_dequant, insert_dequantize_per_use
-from qgraph.ir import TENSOR, Block, Graph, Node, NodeBuilder, Value, erase_nodes, nested_blocks, outputs_of, stack_order
+from qgraph.ir import (
+    TENSOR,
+    Block,
+    Graph,
+    Node,
+    NodeBuilder,
+    Value,
+    clone_node,
+    erase_nodes,
+    nested_blocks,
+    outputs_of,
+    stack_order,
+)
 from qgraph.pattern import Match, Rewrite, find_matches, rewrite
 from qgraph.quant.observed_values import aten_name, is_binary_with_scalar, is_quantizable, pass_through_inputs
 from qgraph.quant.ops import CLAMP_ATEN, FIXED_QPARAMS, GENERAL_VALUE_ATEN, TENSOR_INFO_ATEN
@@ -134,7 +146,7 @@ def replicate_clamp_scalar_args(graph: Graph) -> None:
                 shared.setdefault(node, None)
     for node in shared:
         for use in list(node.output().uses()):
-            clone = graph.createClone(node, lambda v: v)
+            clone = clone_node(graph, node, lambda v: v)
             clone.insertBefore(use.user)
             use.user.replaceInput(use.offset, clone.output())
     erase_nodes(list(shared))
@@ -170,7 +182,7 @@ class _Propagator:
     def node(self, node: Node) -> None:
         if node.kind() == "prim::Loop":
             carry_quantized_through_loop(self.graph, node)
-            self.block(next(node.blocks()))
+            self.block(nested_blocks(node)[0])
             return
         if node.kind() == "prim::If":
             for block in nested_blocks(node):
@@ -221,7 +233,9 @@ class _Propagator:
             for output in outputs:
                 insert_dequantize_per_use(self.graph, output, output)
 
-    def requantize(self, output: Value, inputs: list[Value], *, scalar: bool = False, fixed=None) -> None:
+    def requantize(
+        self, output: Value, inputs: list[Value], *, scalar: bool = False, fixed: tuple | None = None
+    ) -> None:
         """Quantize ``output`` (of a general value op) with its input's or fixed qparams, then dequantize per use."""
         graph = self.graph
         node = output.node()

@@ -38,7 +38,9 @@ def qparam_type(value: Any) -> Any:
 
 def observer_qparams(module: CppModule, observer: Node) -> tuple[bool, list[tuple[str, Any]]]:
     """(per-channel?, [(attribute suffix, value)]) in quantize-op argument order."""
-    obs = module.getattr(observer_name(observer.output()))
+    name = observer_name(observer.output())
+    assert name is not None, "called on observer calls only"
+    obs = module.getattr(name)
     dtype = obs.getattr("dtype")
     if is_placeholder(observer.inputsAt(0).type()):
         if obs.hasattr("is_dynamic") and obs.getattr("is_dynamic"):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from passes.quant_dequant.calls import invoked_methods, is_weight_anywhere
-from qgraph.ir import TENSOR, CppModule, Node, Value, inputs_of, method_graph, outputs_of, stack_order
+from qgraph.ir import TENSOR, CppModule, Node, Value, clone_node, inputs_of, method_graph, outputs_of, stack_order
 from qgraph.quant import observer_state
 from qgraph.quant.observers import observer_name
 
@@ -49,7 +49,7 @@ class WeightObservers:
             if v.type().isSubtypeOf(TENSOR) and observer_name(v) is not None and is_weight_anywhere(module, v)
         ]
         for value in weights:
-            if only_unseen and not observer_state.saw_no_data(module.getattr(observer_name(value))):
+            if only_unseen and not observer_state.saw_no_data(module.getattr(str(observer_name(value)))):
                 continue
             function = self.functions.get(value)
             if function is None:
@@ -68,7 +68,7 @@ class _NotFromAttributes(RuntimeError):
     """A weight that is computed from a method's inputs, not only from module attributes."""
 
 
-def _subgraph_function(self_value: Value, value: Value):
+def _subgraph_function(self_value: Value, value: Value) -> Any:
     """A TorchScript function of ``self`` recomputing ``value`` (a weight observer call and what feeds it)."""
     nodes: list[Node] = []
     seen: set[Node] = set()
@@ -94,7 +94,7 @@ def _subgraph_function(self_value: Value, value: Value):
     remap = {self_value: sub.addInput()}
     remap[self_value].setType(self_value.type())
     for node in nodes:
-        clone = sub.createClone(node, lambda v: remap[v])
+        clone = clone_node(sub, node, lambda v: remap[v])
         sub.insertNode(clone)
         for old, new in zip(outputs_of(node), outputs_of(clone)):
             remap[old] = new

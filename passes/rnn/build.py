@@ -18,7 +18,17 @@ import torch
 from passes.rnn.plans import cell_params, no_bias, prepack
 from passes.rnn.sites import Context, Site, weight_tensors
 from passes.rnn.table import PACKED_CELL_PARAMS, PACKED_WEIGHT, QUANTIZED_CELL, QUANTIZED_FUSED, TABLE, RnnOp
-from qgraph.ir import getattr_path, insert_constant, insert_getattr, insert_op, register_attribute, resolve_path
+from qgraph.ir import (
+    Graph,
+    Node,
+    Value,
+    getattr_path,
+    insert_constant,
+    insert_getattr,
+    insert_op,
+    register_attribute,
+    resolve_path,
+)
 from qgraph.pattern import Match, Rewrite
 
 __all__ = ["bound_table"]
@@ -40,14 +50,14 @@ def _set_packed(ctx: Context, owner: str, name: str, make: Callable[[], Any]) ->
     ctx.packed[(owner, name)] = value
 
 
-def _insert_getattr(graph, base, names: list[str], owner_types: list[Any], before) -> torch._C.Value:
+def _insert_getattr(graph: Graph, base: Value, names: list[str], owner_types: list[Any], before: Node) -> Value:
     value = base
     for name, type_ in zip(names, owner_types):
         value = insert_getattr(graph, value, name, type_, before=before).output()
     return value
 
 
-def _attr_value(ctx: Context, graph, site: Site, name: str, before) -> torch._C.Value:
+def _attr_value(ctx: Context, graph: Graph, site: Site, name: str, before: Node) -> Value:
     """``self.<suffix>.<name>`` read in ``graph`` before ``before``."""
     owner = resolve_path(ctx.root, ctx.owners(site)[0])
     path = [*site.suffix, name]
@@ -61,7 +71,7 @@ def _attr_value(ctx: Context, graph, site: Site, name: str, before) -> torch._C.
     return _insert_getattr(graph, self_value, path, types, before)
 
 
-def _build_fused(ctx: Context, op: RnnOp, graph, match: Match, before) -> list[torch._C.Value]:
+def _build_fused(ctx: Context, op: RnnOp, graph: Graph, match: Match, before: Node) -> list[Value]:
     site = ctx.sites[match.anchor]
     layers = match.constant("num_layers")
     directions = 2 if match.constant("bidirectional") else 1
@@ -96,7 +106,7 @@ def _build_fused(ctx: Context, op: RnnOp, graph, match: Match, before) -> list[t
     return list(node.outputs())
 
 
-def _build_cell(ctx: Context, op: RnnOp, graph, match: Match, before) -> list[torch._C.Value]:
+def _build_cell(ctx: Context, op: RnnOp, graph: Graph, match: Match, before: Node) -> list[Value]:
     site = ctx.sites[match.anchor]
     for owner in ctx.owners(site):
         plan = ctx.plans[owner]
@@ -122,9 +132,9 @@ def _build_cell(ctx: Context, op: RnnOp, graph, match: Match, before) -> list[to
     return list(node.outputs())
 
 
-def _build_traced_cell_linear(ctx: Context, op: RnnOp, graph, match: Match, before) -> list[torch._C.Value]:
+def _build_traced_cell_linear(ctx: Context, op: RnnOp, graph: Graph, match: Match, before: Node) -> list[Value]:
     site = ctx.sites[match.anchor]
-    weight_name = getattr_path(match["weight"])[-1]
+    weight_name = (getattr_path(match["weight"]) or [""])[-1]
     attr = PACKED_WEIGHT[weight_name]
     bias_name = "bias_" + weight_name.removeprefix("weight_")
     for owner in ctx.owners(site):
@@ -146,7 +156,7 @@ def _build_traced_cell_linear(ctx: Context, op: RnnOp, graph, match: Match, befo
     return [node.output()]
 
 
-def _builder_for(op: RnnOp):
+def _builder_for(op: RnnOp) -> Callable[..., list[Value]]:
     if op.name == "traced_cell_linear":
         return _build_traced_cell_linear
     return _build_fused if op.params == "params" else _build_cell

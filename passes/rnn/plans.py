@@ -91,7 +91,9 @@ def no_bias() -> torch.Tensor:
     return torch.zeros(0)
 
 
-def cell_params(w_ih, w_hh, b_ih, b_hh, plan: Plan) -> Any:
+def cell_params(
+    w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor | None, b_hh: torch.Tensor | None, plan: Plan
+) -> Any:
     packed_ih = prepack(w_ih, b_ih, plan)
     packed_hh = prepack(w_hh, b_hh, plan)
     if plan.dtype == torch.float16:

@@ -121,7 +121,7 @@ def _types_to_unshare(root: CppModule, plans: dict[str, Plan]) -> list[str]:
             paths.update(type_paths)
         representative = resolve_path(root, type_paths[0])
         for method in representative._method_names():
-            for op, site in sites_in(method_graph(representative, method)):
+            for _, site in sites_in(method_graph(representative, method)):
                 if not site.suffix:
                     continue  # the RNN's own graph: covered by its own plan
                 owner_modes = set()
@@ -161,7 +161,7 @@ def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
         root = unshare_types(root, shared)
     for path, plan in plans.items():
         if plan.dtype is None:
-            record_float(root, path, plan.reason)
+            record_float(root, path, str(plan.reason))
     instances = _paths_by_type(root)
     slots: set[tuple[str, str]] = set()
     for type_paths in instances.values():
@@ -177,10 +177,11 @@ def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
                 if decision.site is not None:
                     ctx.sites[node] = decision.site
                     continue
+                reason = str(decision.reason)
                 for owner in decision.record_on:
-                    record_float(root, owner, decision.reason)
+                    record_float(root, owner, reason)
                 if decision.tag:
-                    tag_float_op(node, UNSUPPORTED_OP, decision.reason)
+                    tag_float_op(node, UNSUPPORTED_OP, reason)
             if rewrite(graph, table, index):
                 erase_dead(graph)
     if isinstance(module, torch.jit.RecursiveScriptModule):
@@ -202,7 +203,7 @@ def rnn_float_reasons(module: Any, qconfig_dict: dict | None = None) -> list[tup
     """
     root = as_cpp(module)
     if qconfig_dict is not None:
-        return [(path, plan.reason) for path, plan in rnn_plans(root, qconfig_dict).items() if plan.dtype is None]
+        return [(path, str(plan.reason)) for path, plan in rnn_plans(root, qconfig_dict).items() if plan.dtype is None]
     return [
         (path, sub.getattr(FLOAT_REASON_ATTR)) for path, sub in named_modules(root) if sub.hasattr(FLOAT_REASON_ATTR)
     ]

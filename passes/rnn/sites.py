@@ -19,7 +19,7 @@ import torch
 
 from passes.rnn.plans import Plan, is_tagged_reason
 from passes.rnn.table import PACKED_WEIGHT, TABLE, RnnOp, overload_is
-from qgraph.ir import CppModule, Graph, Node, NodeIndex, getattr_path, is_constant, is_instance_of, resolve_path
+from qgraph.ir import CppModule, Graph, Node, NodeIndex, Value, getattr_path, is_constant, is_instance_of, resolve_path
 from qgraph.pattern import Match, compile_pattern, match_at
 
 __all__ = ["Site", "Context", "Decision", "decide", "sites_in", "join", "weight_tensors"]
@@ -42,8 +42,9 @@ def _weights_suffix(value: torch._C.Value) -> tuple[tuple[str, ...], list[list[s
     node = value.node()
     if node.kind() != "prim::ListConstruct":
         return None
-    chains = [getattr_path(v) for v in node.inputs()]
-    if not chains or any(not c for c in chains):
+    found = [getattr_path(v) for v in node.inputs()]
+    chains = [chain for chain in found if chain]
+    if not chains or len(chains) != len(found):
         return None
     owners = {tuple(c[:-1]) for c in chains}
     if len(owners) != 1:
@@ -66,7 +67,8 @@ def _site_of(op: RnnOp, match: Match) -> Site | None:
             site.reason = f"{op.overload} with non-constant {', '.join(loose)}"
     else:
         w_hh = getattr_path(match["w_hh"])
-        if getattr_path(match["w_ih"])[-1:] != ["weight_ih"] or w_hh is None or w_hh != [*suffix, "weight_hh"]:
+        w_ih = getattr_path(match["w_ih"]) or []
+        if w_ih[-1:] != ["weight_ih"] or w_hh is None or w_hh != [*suffix, "weight_hh"]:
             site.reason = f"{op.overload} whose weights are not the cell's weight_ih / weight_hh"
     return site
 
@@ -127,8 +129,11 @@ def _shape_problem(ctx: Context, op: RnnOp, match: Match, site: Site) -> str | N
     return None
 
 
-def weight_tensors(root, owner: str, site: Site, value: torch._C.Value) -> list[torch.Tensor]:
-    _, chains = _weights_suffix(value)
+def weight_tensors(root: CppModule, owner: str, site: Site, value: Value) -> list[torch.Tensor]:
+    """The weight tensors an RNN op reads, of the instance at ``owner``."""
+    suffix_and_chains = _weights_suffix(value)
+    assert suffix_and_chains is not None, "a site's weights were read already"
+    _, chains = suffix_and_chains
     module = resolve_path(root, owner)
     found = []
     for chain in chains:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -20,6 +20,8 @@ __all__ = [
     "insert_constant",
     "insert_getattr",
     "insert_scripted",
+    "clone_node",
+    "set_inputs",
     "NodeBuilder",
     "replace_uses",
     "hoist_before",
@@ -53,7 +55,7 @@ def insert_op(
     # position before the new node is valid.
     position = before if before is not None else after
     with _InsertBefore(graph, position):
-        resolved = [v if isinstance(v, Value) else graph.insertConstant(v) for v in inputs]
+        resolved = [v if isinstance(v, Value) else _insert_constant_here(graph, v) for v in inputs]
         node = graph.create(kind, resolved, n_outputs)
         graph.insertNode(node)
     if after is not None:
@@ -84,7 +86,25 @@ class _InsertBefore:
 def insert_constant(graph: Graph, value: Any, *, before: Node | None = None) -> Value:
     """A ``prim::Constant`` for ``value`` placed before ``before`` (or at the insert point)."""
     with _InsertBefore(graph, before):
-        return graph.insertConstant(value)
+        return _insert_constant_here(graph, value)
+
+
+def _insert_constant_here(graph: Graph, value: Any) -> Value:
+    # The stubs of torch._C.Graph leave insertConstant out.
+    return cast(Any, graph).insertConstant(value)
+
+
+def clone_node(graph: Graph, node: Node, value_map: Callable[[Value], Value]) -> Node:
+    """A copy of ``node`` (blocks included) reading ``value_map(v)`` for each input ``v``; not inserted."""
+    return cast(Any, graph).createClone(node, value_map)
+
+
+def set_inputs(node: Node, values: Iterable[Value]) -> None:
+    """Make ``values`` the inputs of ``node`` (a block's return node, say), replacing the ones it had."""
+    bound = cast(Any, node)
+    bound.removeAllInputs()
+    for value in values:
+        bound.addInput(value)
 
 
 def insert_getattr(
@@ -112,7 +132,7 @@ def insert_getattr(
     node.output().setType(type_)
     if before is not None:
         node.insertBefore(before)
-    else:
+    elif after is not None:
         node.insertAfter(after)
     if source is not None:
         node.copyMetadata(source)
@@ -128,7 +148,9 @@ def _scripted_graph(function: Callable[..., Any]) -> Graph:
     return graph
 
 
-def insert_scripted(graph: Graph, function: Callable[..., Any], inputs: Sequence[Value], *, before: Node) -> list[Value]:
+def insert_scripted(
+    graph: Graph, function: Callable[..., Any], inputs: Sequence[Value], *, before: Node
+) -> list[Value]:
     """The body of a TorchScript-compatible Python ``function``, inlined before ``before``; its outputs.
 
     For rewrites whose replacement is easier to write as Python than as IR
@@ -151,12 +173,14 @@ class NodeBuilder:
         """Insert an already created node at the builder's position."""
         if self.before is not None:
             node.insertBefore(self.before)
-        else:
+        elif self.last is not None:
             node.insertAfter(self.last)
             self.last = node
         return node
 
-    def op(self, kind: str, inputs: Sequence[Value], *, n_outputs: int = 1, name: str | None = None, type_=None) -> Node:
+    def op(
+        self, kind: str, inputs: Sequence[Value], *, n_outputs: int = 1, name: str | None = None, type_: Any = None
+    ) -> Node:
         """``kind(*inputs)``; with one output, typed ``type_`` and named ``name`` when given."""
         node = self.place(self.graph.create(kind, list(inputs), n_outputs))
         if n_outputs == 1:
@@ -167,10 +191,10 @@ class NodeBuilder:
         return node
 
     def constant(self, value: Any) -> Value:
-        constant = self.graph.insertConstant(value)
+        constant = _insert_constant_here(self.graph, value)
         if self.before is not None:
             constant.node().moveBefore(self.before)
-        else:
+        elif self.last is not None:
             constant.node().moveAfter(self.last)
             self.last = constant.node()
         return constant
@@ -252,5 +276,3 @@ def erase_nodes(nodes: Iterable[Node]) -> None:
 def erase_dead(graph: Graph) -> None:
     """Remove nodes whose results are unused and that have no side effects."""
     torch._C._jit_pass_dce(graph)
-
-

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -24,17 +24,16 @@ TENSOR = torch._C.TensorType.get()
 
 __all__ = [
     "walk",
-    "blocks_of",
     "nested_blocks",
+    "ivalue",
+    "source_text",
+    "tensor_sizes",
     "inputs_of",
     "outputs_of",
     "NodeIndex",
     "uses_of",
-    "users_of",
-    "producer",
     "is_alive",
     "is_constant",
-    "constant_value",
     "nodes_before",
     "stack_order",
     "module_path_of",
@@ -96,6 +95,24 @@ def _may_have_blocks(kind: str) -> bool:
     return known
 
 
+# torch._C's stubs miss or mistype a few bindings; these read them as they are.
+
+
+def ivalue(value: Value) -> Any:
+    """The Python value of a constant (``Value.toIValue``)."""
+    return cast(Any, value).toIValue()
+
+
+def source_text(node: Node) -> str:
+    """The source range a node carries, as text ("" when it has none)."""
+    return str(node.sourceRange() or "")
+
+
+def tensor_sizes(type_: Any) -> list[int | None] | None:
+    """The sizes a tensor type records (None where unknown), or None for a type without them."""
+    return cast(Any, type_).varyingSizes() if type_.kind() == "TensorType" else None
+
+
 def nested_blocks(node: Node) -> list[Block]:
     """The blocks a node owns (``prim::If`` branches, a ``prim::Loop`` body), as a list."""
     if not _may_have_blocks(node.kind()):
@@ -140,14 +157,6 @@ def walk(graph_or_block: Graph | Block, *, into_blocks: bool = True) -> Iterator
         if has_blocks:
             for block in list(node.blocks()):
                 yield from walk(block)
-
-
-def blocks_of(graph_or_block: Graph | Block) -> Iterator[Block]:
-    """The graph's top block (or the block itself), then every nested block."""
-    top = graph_or_block.block() if isinstance(graph_or_block, Graph) else graph_or_block
-    yield top
-    for node in walk(top):
-        yield from nested_blocks(node)
 
 
 def stack_order(graph_or_block: Graph | Block, kinds: Iterable[str] | None = None) -> list[Node]:
@@ -213,19 +222,6 @@ def uses_of(value: Value) -> list[tuple[Node, int]]:
     return [(use.user, use.offset) for use in value.uses()]
 
 
-def users_of(value: Value) -> list[Node]:
-    """The distinct nodes that read ``value``, in use order."""
-    seen: dict[Node, None] = {}
-    for use in value.uses():
-        seen.setdefault(use.user, None)
-    return list(seen)
-
-
-def producer(value: Value) -> Node:
-    """The node that defines ``value`` (``prim::Param`` for block inputs)."""
-    return value.node()
-
-
 def is_constant(value: Value, expected: Any = ...) -> bool:
     """Whether ``value`` is a ``prim::Constant`` (equal to ``expected`` if given)."""
     node = value.node()
@@ -233,17 +229,10 @@ def is_constant(value: Value, expected: Any = ...) -> bool:
         return False
     if expected is ...:
         return True
-    actual = value.toIValue()
+    actual = ivalue(value)
     if type(expected) is bool or type(actual) is bool:
         return type(expected) is type(actual) and actual == expected
     return actual == expected
-
-
-def constant_value(value: Value) -> Any:
-    """The Python value of a constant; raises ValueError for a non-constant."""
-    if value.node().kind() != "prim::Constant":
-        raise ValueError(f"%{value.debugName()} is not a constant")
-    return value.toIValue()
 
 
 def nodes_before(end: Node, stop: Node | None) -> list[Node]:
@@ -293,7 +282,7 @@ _TRACED_SOURCE = re.compile(r"^(.+)\((\d+)\): ")
 
 def source_location(node: Node) -> str | None:
     """``"file.py:line"`` of the user code that made ``node`` (scripted or traced), when the graph kept it."""
-    text = node.sourceRange() or ""
+    text = source_text(node)
     found = _SCRIPTED_SOURCE.search(text) or _TRACED_SOURCE.search(text.splitlines()[0] if text else "")
     if not found:
         return None

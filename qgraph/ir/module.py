@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qgraph.ir.graph import Graph, Node, Value, walk
 
-CppModule = torch._C.ScriptModule
+if TYPE_CHECKING:
+
+    class CppModule(torch._C.ScriptModule):
+        """``torch._C.ScriptModule`` with the bindings its shipped stubs leave out."""
+
+        def hasattr(self, name: str) -> bool: ...
+        def getattr(self, name: str) -> Any: ...
+        def _has_method(self, name: str) -> bool: ...
+        def _register_attribute(self, name: str, type_: Any, value: Any) -> None: ...
+        def _reconstruct(self, module: Any) -> None: ...
+
+else:
+    CppModule = torch._C.ScriptModule
 
 __all__ = [
     "CppModule",
@@ -33,7 +45,6 @@ __all__ = [
     "module_class_name",
     "class_name_of",
     "is_instance_of",
-    "get_attr",
     "set_attr",
     "register_attribute",
     "register_submodule",
@@ -160,10 +171,6 @@ def is_instance_of(module: Any, *classes: type) -> bool:
         return False
     name = module_class_name(module)
     return any(name == f"{cls.__module__}.{cls.__qualname__}" for cls in classes)
-
-
-def get_attr(module: CppModule, name: str) -> Any:
-    return module.getattr(name)
 
 
 def set_attr(module: CppModule, name: str, value: Any, type_: Any = None) -> None:

@@ -26,7 +26,18 @@ from typing import Any, NamedTuple
 
 import torch
 
-from qgraph.ir import CppModule, Graph, Node, as_cpp, is_alive, method_graph, module_path_of, set_attr, walk
+from qgraph.ir import (
+    CppModule,
+    Graph,
+    Node,
+    as_cpp,
+    is_alive,
+    method_graph,
+    module_path_of,
+    set_attr,
+    source_text,
+    walk,
+)
 
 __all__ = [
     "FLOAT_OPS_ATTRIBUTE",
@@ -116,7 +127,7 @@ def _take_tags(graph: Graph) -> list[_Placed]:
 
 
 def _source_of(node: Node) -> str:
-    text = node.sourceRange()
+    text = source_text(node)
     first = text.strip().splitlines()[0] if text.strip() else ""
     # '  File "model.py", line 12' -> 'model.py:12'
     if first.startswith("File ") and ", line " in first:

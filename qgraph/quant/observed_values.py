@@ -8,6 +8,7 @@ weight or a bias, what a value's "already observed" state passes through.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch.ao.quantization.quant_type import QuantType
@@ -154,8 +155,8 @@ def is_user_function_call(node: Node) -> bool:
     return not is_general_call(node) and name not in STATIC_QUANTIZABLE_CALLS
 
 
-@functools.lru_cache(maxsize=None)
-def _function_by_name(qualified_name: str):
+@functools.cache
+def _function_by_name(qualified_name: str) -> Any:
     return torch.jit._state._python_cu.find_function(qualified_name)
 
 
@@ -203,12 +204,12 @@ def pass_through_inputs(value: Value) -> list[Value]:
 
 def loop_carried_params(loop: Node) -> list[Value]:
     """The body parameters of a ``prim::Loop`` that carry values between iterations (not the counter)."""
-    return inputs_of(next(loop.blocks()))[1:]
+    return inputs_of(nested_blocks(loop)[0])[1:]
 
 
 def loop_back_edges(loop: Node) -> list[Value]:
     """What the body of a ``prim::Loop`` hands to the next iteration, one per carried parameter."""
-    return outputs_of(next(loop.blocks()))[1:]
+    return outputs_of(nested_blocks(loop)[0])[1:]
 
 
 def is_defined_in(value: Value, block: Block) -> bool:

@@ -82,5 +82,7 @@ def searches_histogram(observer: CppModule) -> bool:
 
 def whole_range_qparams(observer: CppModule) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, zero point) covering everything the observer saw, without the histogram search."""
-    low, high = _statistics(observer)
-    return observer._get_method("_calculate_qparams")(low, high)
+    stats = _statistics(observer)
+    if stats is None:
+        raise ValueError(f"observer {observer._type().qualified_name()} keeps no min_val / max_val statistics")
+    return observer._get_method("_calculate_qparams")(*stats)

@@ -11,7 +11,7 @@ list / tuple construction and unpacking around such values.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from qgraph.ir.graph import Block, Graph, Node, Value, inputs_of, nested_blocks, outputs_of
 from qgraph.quant.ops import KEEPS_QUANTIZATION_ATEN
@@ -36,7 +36,7 @@ def type_may_hold_tensor(type_: Any) -> bool:
     if kind in ("ListType", "OptionalType"):
         return type_may_hold_tensor(type_.getElementType())
     if kind == "TupleType":
-        return any(type_may_hold_tensor(t) for t in type_.elements())
+        return any(type_may_hold_tensor(t) for t in cast(Any, type_).elements())
     return False
 
 
@@ -87,7 +87,7 @@ def _mark_loop(node: Node, quantized: set[Value]) -> None:
     # Loop-carried values: a carried value is quantized if it enters quantized
     # and every iteration hands it back quantized. Start from the entry and
     # drop assumptions the body breaks, until nothing changes.
-    body = next(node.blocks())
+    body = nested_blocks(node)[0]
     initial = inputs_of(node)[2:]
     params = inputs_of(body)[1:]
     results = outputs_of(body)[1:]

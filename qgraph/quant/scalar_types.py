@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from qgraph.ir import insert_constant, ivalue
+
 __all__ = [
     "code_of",
     "dtype_of",
@@ -40,7 +42,7 @@ _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
 def code_of(value: torch.dtype | torch.qscheme) -> int:
     """The number TorchScript stores for ``value``."""
     graph = torch._C.Graph()  # kept alive while its constant is read
-    return graph.insertConstant(value).toIValue()
+    return ivalue(insert_constant(graph, value))
 
 
 def _from_code(value: Any, choices: tuple) -> Any:

@@ -104,8 +104,8 @@ def _mobilenet_v3(models):
 
 
 def _quantizable_mobilenet_v3(models):
-    from torchvision.models.quantization.mobilenetv3 import QuantizableMobileNetV3
     from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
+    from torchvision.models.quantization.mobilenetv3 import QuantizableMobileNetV3
 
     settings, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", width_mult=0.25)
     return QuantizableMobileNetV3(settings, last_channel, num_classes=10)

@@ -6,7 +6,7 @@ IR text; ``tables.py`` lists the entries in order.
 
 from __future__ import annotations
 
-from qgraph.ir import Node
+from qgraph.ir import Node, ivalue
 from qgraph.pattern import Match, Rewrite
 from qgraph.quant.float_ops import is_tagged
 from qgraph.quant.observed_values import is_scalar
@@ -32,7 +32,7 @@ def alpha_is_int_one(match: Match) -> bool:
     value = match["alpha"]
     if value.node().kind() != "prim::Constant":
         return False
-    alpha = value.toIValue()
+    alpha = ivalue(value)
     return type(alpha) is int and alpha == 1
 
 
@@ -51,7 +51,7 @@ def not_kept_in_float(match: Match) -> bool:
     return not is_tagged(conv_node(match))
 
 
-def args_text(names) -> str:
+def args_text(names: list[str]) -> str:
     return "".join(f", {name}" for name in names)
 
 

@@ -31,7 +31,18 @@ import torch
 
 from passes.lower.quant_fusion.builders import conv_node
 from passes.lower.quant_fusion.tables import CONV_FUSIONS
-from qgraph.ir import CppModule, NodeIndex, Value, as_cpp, getattr_path, inputs_of, method_graph, resolve_path
+from qgraph.ir import (
+    CppModule,
+    NodeIndex,
+    Value,
+    as_cpp,
+    getattr_path,
+    inputs_of,
+    ivalue,
+    method_graph,
+    resolve_path,
+    tensor_sizes,
+)
 from qgraph.pattern import Match, Rewrite, find_matches
 from qgraph.quant.float_ops import SAFETY_RULE, is_tagged, tag_float_op
 from qgraph.quant.kernels import groupwise_conv_is_unsafe, groupwise_conv_reason
@@ -49,7 +60,7 @@ def _static(module: CppModule, value: Value) -> Any:
     """What ``value`` holds whatever the input: a constant, a module attribute, or a list of those."""
     node = value.node()
     if node.kind() == "prim::Constant":
-        return value.toIValue()
+        return ivalue(value)
     if node.kind() == "prim::ListConstruct":
         items = [_static(module, item) for item in inputs_of(node)]
         return _UNKNOWN if any(item is _UNKNOWN for item in items) else items
@@ -69,9 +80,9 @@ def _weight_shape(module: CppModule, packed: Value) -> tuple[int, ...] | None:
     weight = prepack.inputsAt(0)
     while weight.node().kind() in _QUANTIZE_KINDS:
         weight = weight.node().inputsAt(0)
-    sizes = weight.type().varyingSizes() if weight.type().kind() == "TensorType" else None
+    sizes = tensor_sizes(weight.type())
     if sizes is not None and all(size is not None for size in sizes):
-        return tuple(sizes)
+        return tuple(int(size) for size in sizes if size is not None)
     tensor = _static(module, weight)
     return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
 
