@@ -7,6 +7,10 @@
                                           run what prepare_jit runs (its pipeline, stage by
                                           stage), printing forward after each; observers go
                                           where the --qconfig entries say (none without them)
+    qgraph opt --pass NAME FILE [--dynamic] [--qconfig [PATH=]NAME ...]
+                                          one pass on a graph in IR text (FILE.ir) or on a model
+                                          in Python source (FILE.py), the result printed; see
+                                          qgraph.opt
     qgraph report MODEL.pt [--dynamic | --static] [--qconfig [PATH=]NAME ...]
                                           the ops a quantized model still runs in float, and why
                                           (static or dynamic as the model shows, unless told;
@@ -24,11 +28,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from qgraph.ir import CppModule, method_graph
+from qgraph.opt import OptError, run_opt
 from qgraph.pipeline import Pipeline, Stage, format_module_graphs, inspect
 from qgraph.prepare import prepare_pipeline
 from qgraph.quant.qconfig import script_qconfig_dict
@@ -75,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_qconfig_option(run_passes, "an entry of the qconfig_dict to prepare with")
     run_passes.set_defaults(command=_passes)
 
+    opt = commands.add_parser("opt", help="run one pass on a graph (FILE.ir) or a model's source (FILE.py), print it")
+    opt.add_argument("--pass", dest="pass_name", required=True, metavar="NAME", help="the pass (a stage name)")
+    opt.add_argument("file", metavar="FILE", help="IR text (.ir) or Python source defining Model (.py)")
+    opt.add_argument("--dynamic", action="store_true", help="dynamic quantization (prepare_dynamic_jit)")
+    _add_qconfig_option(opt, "an entry of the qconfig_dict to prepare with")
+    opt.set_defaults(command=_opt)
+
     report = commands.add_parser("report", help="list the ops a quantized model still runs in float, and why")
     report.add_argument(
         "model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save"
@@ -116,6 +129,18 @@ def _passes(args: argparse.Namespace) -> int:
     print(f"=== input ===\n{method_graph(module)}", end="")
     with inspect(dump_dir=args.dump_dir):
         Pipeline(prepare.name, [_printing(stage) for stage in prepare.stages]).run(module)
+    return 0
+
+
+def _opt(args: argparse.Namespace) -> int:
+    qconfig_dict = parse_qconfig_entries(args.qconfig)
+    quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
+    if not Path(args.file).is_file():
+        raise UsageError(f"{args.file}: no such file")
+    try:
+        print(run_opt(args.pass_name, args.file, qconfig_dict, quant_type), end="")
+    except OptError as err:
+        raise UsageError(str(err)) from None
     return 0
 
 
