@@ -29,6 +29,8 @@ from torch.ao.quantization.observer import (
 from torch.testing import FileCheck
 
 import qgraph
+from helpers.models import calibrate, capture
+from helpers.numerics import sqnr
 
 TRACING = pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
 FBGEMM = get_default_qconfig("fbgemm")  # HistogramObserver activations, per-channel weights
@@ -37,19 +39,6 @@ SQNR_SLACK = 3.0
 # Loops: the unrolled net (which the reference quantizes) has observers per
 # iteration, the loop body one set for all iterations; the same slack applies.
 LOOP_SLACK = 3.0
-
-
-def capture(model: nn.Module, example: tuple, tracing: bool) -> torch.jit.ScriptModule:
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
-
-
-def calibrate(model, data):
-    with torch.no_grad():
-        for args in data:
-            model(*args)
 
 
 def quantize_both(model, qconfig_dict, data):
@@ -63,11 +52,6 @@ def reference_quantize(model, qconfig_dict, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_jit(model, qconfig_dict, calibrate, [data])
-
-
-def sqnr(reference: torch.Tensor, approximation: torch.Tensor) -> float:
-    noise = (reference - approximation).pow(2).mean()
-    return float(10 * torch.log10(reference.pow(2).mean() / noise)) if noise > 0 else float("inf")
 
 
 def mean_sqnr(float_model, quantized, inputs) -> float:

@@ -3,11 +3,8 @@ import torch
 from torch.ao.quantization import default_qconfig, prepare_jit
 from torch.testing import FileCheck
 
+from helpers.models import run_graph
 from passes.canonicalize_conv import canonicalize_conv
-
-
-def run_graph(graph, *args):
-    return torch._C._create_function_from_graph("forward", graph)(*args)
 
 
 def conv_call(graph):

@@ -107,16 +107,6 @@ def test_conv_and_conv_relu(dim, tracing):
     ).run(str(ours.graph))
 
 
-@pytest.fixture
-def qnnpack_engine():
-    saved = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "qnnpack"
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = saved
-
-
 class ConvTranspose(nn.Module):
     def __init__(self, dim):
         super().__init__()

@@ -16,6 +16,7 @@ CALL = 'prim::CallMethod[name="forward"]'
 
 
 def capture(model, example, tracing):
+    # The model keeps its mode: some tests fold a BatchNorm left in training mode.
     # check_trace re-runs the model twice; these models have no data-dependent control flow.
     return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
 

@@ -7,12 +7,11 @@ must be equal bit for bit, before and after a save/load round trip.
 
 from __future__ import annotations
 
-import io
-
 import torch
 from torch import nn
 from torch.testing import FileCheck
 
+from helpers.models import reloaded
 from passes import fold_prepacking, freeze
 
 
@@ -30,17 +29,10 @@ def _frozen_by_pass(module: torch.jit.ScriptModule, preserved=()) -> torch.jit.S
     return torch.jit._recursive.wrap_cpp_module(fold_prepacking(frozen))
 
 
-def _reloaded(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
-    buffer.seek(0)
-    return torch.jit.load(buffer)
-
-
 def _assert_same_outputs(ours, reference, x) -> None:
     expected = reference(x)
     assert torch.equal(ours(x), expected)
-    assert torch.equal(_reloaded(ours)(x), expected)
+    assert torch.equal(reloaded(ours)(x), expected)
 
 
 class PackedLinears(nn.Module):

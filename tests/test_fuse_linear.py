@@ -3,11 +3,8 @@ import torch
 from torch.testing import FileCheck
 
 from helpers.graph_structure import dataflow_signature
+from helpers.models import run_graph
 from passes import fuse_linear
-
-
-def run_graph(graph, *args):
-    return torch._C._create_function_from_graph("forward", graph)(*args)
 
 
 def fused_and_reference(module):

@@ -18,22 +18,21 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
+from helpers.models import capture as captured
+from helpers.observers import graph_texts, observed_values, observer_names
 from passes import insert_observers
 from qgraph.ir.graph import walk
 from qgraph.pipeline import inspect
 from qgraph.prepare import prepare
 from qgraph.quant.qconfig import script_qconfig_dict
-from tests.helpers.observers import graph_texts, observed_values, observer_names
 
 OBSERVER = 'Observer = prim::GetAttr[name="_observer_'
 
 
 def capture(model, example, tracing):
+    # Seeded here: the tests draw their data after capturing.
     torch.manual_seed(0)
-    model = model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
+    return captured(model, example, tracing)
 
 
 both = pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])

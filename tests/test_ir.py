@@ -4,6 +4,7 @@ import io
 
 import pytest
 import torch
+from torch._C import parse_ir as parse
 
 from qgraph.ir import (
     NodeIndex,
@@ -34,10 +35,6 @@ from qgraph.ir import (
     uses_of,
     walk,
 )
-
-
-def parse(text):
-    return torch._C.parse_ir(text)
 
 
 def find(graph, kind):

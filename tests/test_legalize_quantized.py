@@ -24,6 +24,8 @@ from torch.testing import FileCheck
 
 import passes.composite
 import qgraph
+from helpers.models import calibrate, capture
+from helpers.numerics import sqnr
 from passes import legalize_quantized
 from qgraph.quant.float_ops import FLOAT_OPS_ATTRIBUTE, float_op_records
 from qgraph.quant.kernels import groupwise_conv_is_unsafe
@@ -33,21 +35,11 @@ QCONFIG = {"": get_default_qconfig("fbgemm")}
 CAPTURES = ["script", "trace"]
 
 
-def capture(model: nn.Module, example: tuple, how: str) -> torch.jit.ScriptModule:
-    model.eval()
-    # strict=False: ListOfConvOutputs returns a list of outputs, which is always the same list.
-    return torch.jit.trace(model, example, strict=False) if how == "trace" else torch.jit.script(model)
-
-
-def calibrate(model, batches):
-    for batch in batches:
-        model(*batch)
-
-
 def quantize_both(model: nn.Module, example: tuple, how: str, batches=None, debug=False, reference=True):
     """(captured float model, reference model or None, qgraph model with the pass applied, rewrite count)."""
     batches = batches or [example]
-    captured = capture(model, example, how)
+    # strict=False: ListOfConvOutputs returns a list of outputs, which is always the same list.
+    captured = capture(model, example, how, strict=False, check_trace=True)
     ref = quantize_jit(captured, QCONFIG, calibrate, [batches], debug=debug) if reference else None
     counts = []
 
@@ -83,11 +75,6 @@ def round_trip(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     torch.jit.save(model, buffer)
     buffer.seek(0)
     return torch.jit.load(buffer)
-
-
-def sqnr(reference: torch.Tensor, approximation: torch.Tensor) -> float:
-    noise = (reference - approximation).pow(2).sum()
-    return (10 * torch.log10(reference.pow(2).sum() / noise)).item()
 
 
 def check_runs_well(model: torch.jit.ScriptModule, inputs: tuple):

@@ -293,18 +293,6 @@ def test_inplace_true_returns_the_same_object_quantized():
 # ---- qnnpack ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def qnnpack_engine():
-    if "qnnpack" not in torch.backends.quantized.supported_engines:
-        pytest.skip("this PyTorch build has no qnnpack engine")
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "qnnpack"
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
-
-
 @pytest.mark.parametrize("model_name, capture", [("mobilenet_v2_style", "script"), ("transformer_mlp", "trace")])
 def test_qnnpack_output_equals_reference(qnnpack_engine, model_name, capture):
     build, shape = MODELS[model_name]

@@ -24,6 +24,7 @@ from torch.ao.quantization import (
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.testing import FileCheck
 
+from helpers.models import capture
 from passes.rnn import is_rnn_module, quantize_rnn, rnn_float_reasons
 from qgraph.ir import as_python, clone_module
 from qgraph.quant.qconfig import script_qconfig
@@ -33,8 +34,7 @@ RNN_TYPES = {nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell}
 
 
 def _capture(model: nn.Module, example: tuple, how: str) -> torch.jit.ScriptModule:
-    model = model.eval()
-    captured = torch.jit.script(model) if how == "script" else torch.jit.trace(model, example, check_trace=False)
+    captured = capture(model, example, how)
     # A fresh clone: the pass rewrites class types in place, and a traced
     # module's methods already ran (the trace check) with their own plans.
     return as_python(clone_module(captured._c))

@@ -12,6 +12,7 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
+from helpers.models import calibrate
 from helpers.quantized_reference import capture, reference_pair
 from passes import finalize
 from qgraph.quant.qconfig import qconfig_for_path, qconfig_key_for_path
@@ -216,10 +217,6 @@ def _round_trip(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     return torch.jit.load(buffer)
 
 
-def _calibrate(model, inputs):
-    model(*inputs)
-
-
 def _rows(report) -> list[tuple]:
     return [(entry.module_path, entry.kind, entry.reason, entry.detail) for entry in report]
 
@@ -243,7 +240,7 @@ def _quantize_static(model, example, tracing, qconfig_dict=None):
     torch.manual_seed(0)
     captured = capture(model, example, tracing)
     qconfig_dict = qconfig_dict or {"": get_default_qconfig("fbgemm")}
-    return qgraph.quantize_jit(captured, qconfig_dict, _calibrate, [example])
+    return qgraph.quantize_jit(captured, qconfig_dict, calibrate, [[example]])
 
 
 @pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
@@ -448,6 +445,6 @@ class ConvLoop(nn.Module):
 def test_loop_carried_quantized_values_are_not_reported():
     torch.manual_seed(0)
     example = (torch.randn(1, 3, 5, 5), 2)
-    quantized = qgraph.quantize_jit(torch.jit.script(ConvLoop().eval()), {"": default_qconfig}, _calibrate, [example])
+    quantized = qgraph.quantize_jit(torch.jit.script(ConvLoop().eval()), {"": default_qconfig}, calibrate, [[example]])
     FileCheck().check("prim::Loop").check("quantized::conv2d_relu").run(str(quantized.graph))
     assert len(float_op_report(quantized)) == 0

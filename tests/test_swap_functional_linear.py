@@ -3,12 +3,9 @@ import torch
 from torch.testing import FileCheck
 
 from helpers.graph_structure import dataflow_signature
+from helpers.models import run_graph
 from passes import swap_functional_linear
 from qgraph.ir import as_python, clone_module
-
-
-def run_graph(graph, *args):
-    return torch._C._create_function_from_graph("forward", graph)(*args)
 
 
 def swapped_and_reference(module):
