@@ -14,8 +14,9 @@ from torch.ao.quantization.quant_type import QuantType
 
 from passes.insert_quant_dequant import OBSERVER_MARK, insert_quant_dequant_in_place
 from passes.legalize_quantized import legalize_quantized
-from qgraph.ir import CppModule, as_python, clone_module, named_modules, walk
+from qgraph.ir import CppModule, as_python, clone_module, drop_attributes, named_modules, walk
 from qgraph.pipeline import Pipeline, Stage, method_graphs
+from qgraph.prepare import PREPARED_MARK
 
 __all__ = ["convert"]
 
@@ -28,7 +29,12 @@ def _check_model(model) -> None:
 
 
 def _check_prepared(module_c: CppModule, quant_type: QuantType) -> None:
-    """ValueError for a model that prepare never saw: it has no observers and nothing quantized."""
+    """ValueError for a model that prepare never saw: no prepare mark, no observers, nothing quantized.
+
+    Models prepared by other tools have observers but no mark.
+    """
+    if module_c.hasattr(PREPARED_MARK):
+        return
     if any(path.rpartition(".")[2].startswith(OBSERVER_MARK) for path, _ in named_modules(module_c)):
         return
     # Dynamic prepare quantizes RNNs itself and may leave no observer behind.
@@ -107,6 +113,8 @@ def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=N
         preserved_attrs = []
     _check_prepared(model._c, quant_type)
     module_c = model._c if inplace else clone_module(model._c)
+    if module_c.hasattr(PREPARED_MARK):
+        module_c = drop_attributes(module_c, {module_c._type().qualified_name(): {PREPARED_MARK}})
     # Convert produces an inference model: eval mode decides the graph of
     # dropout and batch norm that freezing and fusion see.
     _set_eval(module_c)
