@@ -11,13 +11,18 @@ BIN := $(VENV)/bin
 # an open requirement to a multi-gigabyte CUDA build. torchvision (the tests'
 # real architectures) is published as a CUDA build: its model code is pure
 # Python, so it goes in without its dependencies, over the CPU torch; it is
-# never a dependency of qgraph.
+# never a dependency of qgraph. It goes into a folder of its own, off
+# sys.path: a plain `import torchvision` fails beside the CPU torch (its C++
+# operators are missing), and code that tries it, such as PyTorch's own
+# testing helpers, must see it absent. tests/helpers/torchvision_models.py
+# defines the missing operators, then imports it from there.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps torchvision==0.28.0 pillow
+	$(BIN)/python -m pip install --quiet pillow
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/torchvision torchvision==0.28.0
 	touch $@
 
 demo: $(VENV)/.installed

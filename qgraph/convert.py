@@ -23,8 +23,9 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.composite import cleanup_stage, finalize_stages, legalize_stage, quant_dequant_stages
-from qgraph.ir import CppModule, as_python, clone_module, named_modules, walk
+from qgraph.ir import CppModule, as_python, clone_module, drop_attributes, named_modules, walk
 from qgraph.pipeline import Pipeline, method_graphs
+from qgraph.prepare import PREPARED_MARK
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 
@@ -39,7 +40,12 @@ def _check_model(model: Any) -> None:
 
 
 def _check_prepared(module_c: CppModule, quant_type: QuantType) -> None:
-    """ValueError for a model that prepare never saw: it has no observers and nothing quantized."""
+    """ValueError for a model that prepare never saw: no prepare mark, no observers, nothing quantized.
+
+    Models prepared by other tools have observers but no mark.
+    """
+    if module_c.hasattr(PREPARED_MARK):
+        return
     if any(is_observer_path(path) for path, _ in named_modules(module_c)):
         return
     # Dynamic prepare quantizes RNNs itself and may leave no observer behind.
@@ -97,6 +103,8 @@ def convert(
         preserved_attrs = []
     _check_prepared(model._c, quant_type)
     module_c = model._c if inplace else clone_module(model._c)
+    if module_c.hasattr(PREPARED_MARK):
+        module_c = drop_attributes(module_c, {module_c._type().qualified_name(): {PREPARED_MARK}})
     # Convert produces an inference model: eval mode decides the graph of
     # dropout and batch norm that freezing and fusion see.
     _set_eval(module_c)

@@ -40,13 +40,24 @@ from qgraph.ir import (
     is_instance_of,
     method_graph,
     named_modules,
+    register_attribute,
     walk,
 )
 from qgraph.pipeline import Pipeline, Stage
 from qgraph.quant.qconfig import check_qconfig_dict, script_qconfig_dict
 from qgraph.quant.quant_type import parse_quant_type
 
-__all__ = ["prepare", "check_script_module", "check_eval_mode", "check_qconfig_kind", "prepare_pipeline"]
+# A bool attribute on the root of every prepared model; convert removes it.
+PREPARED_MARK = "_qgraph_prepared"
+
+__all__ = [
+    "PREPARED_MARK",
+    "prepare",
+    "check_script_module",
+    "check_eval_mode",
+    "check_qconfig_kind",
+    "prepare_pipeline",
+]
 
 
 def check_script_module(model: Any) -> None:
@@ -174,6 +185,9 @@ def prepare(
     # at the result.
     module = clone_module(as_cpp(model))
     module = prepare_pipeline(scripted, kind).run(module)
+    # A qconfig_dict may leave nothing to observe; convert still needs to tell
+    # such a model from one that was never prepared.
+    register_attribute(module, PREPARED_MARK, True)
     if inplace:
         model._reconstruct(module)
         return model

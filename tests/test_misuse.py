@@ -137,6 +137,23 @@ def test_convert_of_a_model_never_prepared_is_refused(convert, prepare_api):
         convert(model)
 
 
+class Adds(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_convert_of_a_prepared_model_with_nothing_to_observe_gives_the_float_model(debug):
+    # An add of two model inputs is quantized only when something observes them.
+    model = torch.jit.script(Adds())
+    prepared = qgraph.prepare_jit(model, {"": X86})
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    prepared(x, y)
+    converted = qgraph.convert_jit(prepared, debug=debug)
+    assert not converted._c.hasattr("_qgraph_prepared")
+    assert torch.equal(converted(x, y), x + y)
+
+
 class Recurrent(nn.Module):
     def __init__(self):
         super().__init__()

@@ -4,8 +4,10 @@ torchvision is installed beside the CPU torch with ``--no-deps`` (its wheel
 is a CUDA build): its model code is pure Python, but its C++ extension
 cannot load, and ``import torchvision`` registers fake kernels for the
 ``torchvision::nms`` / ``torchvision::qnms`` operators the extension would
-have defined. ``import_torchvision`` defines those two schemas first, once
-per process, so the import works.
+have defined. The set-up puts it in a folder of its own, ``torchvision``
+inside the virtual environment, off ``sys.path``, so that nothing else
+imports it by accident. ``import_torchvision`` defines those two schemas
+first, once per process, then imports it from that folder.
 
 Each family has one representative built from torchvision's own classes
 (the same modules, block code and control flow as the named model) with
@@ -18,9 +20,11 @@ are re-estimated on random batches first, as a trained model would have them.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -32,13 +36,19 @@ _OPERATOR_SCHEMAS = {
 _library: torch.library.Library | None = None
 
 
+# Where the set-up installs torchvision (Makefile: pip install --target).
+_TORCHVISION_FOLDER = Path(sys.prefix) / "torchvision"
+
+
 def torchvision_installed() -> bool:
-    return importlib.util.find_spec("torchvision") is not None
+    return (_TORCHVISION_FOLDER / "torchvision").is_dir() or importlib.util.find_spec("torchvision") is not None
 
 
 def import_torchvision():
     """``torchvision``, importable beside a CPU torch (see the module docstring)."""
     global _library
+    if _TORCHVISION_FOLDER.is_dir() and str(_TORCHVISION_FOLDER) not in sys.path:
+        sys.path.append(str(_TORCHVISION_FOLDER))
     if _library is None:
         _library = torch.library.Library("torchvision", "FRAGMENT")
         for name, schema in _OPERATOR_SCHEMAS.items():
