@@ -68,25 +68,24 @@ import networkx as nx
 import torch
 
 from passes.fold_conv_bn.batch_norm import batch_norm_parameters, folded_weight_and_bias, tensor_attr
+from passes.fold_conv_bn.edits import (
+    convolutions_without_bias,
+    ensure_bias_attribute,
+    remove_batch_norm_call,
+    remove_dead_pair,
+)
 from qgraph.ir import (
     CppModule,
     Graph,
-    Node,
     NodeIndex,
-    Value,
     as_cpp,
     call_graph,
     callees_first,
     clone_module,
-    erase_nodes,
     getattr_path,
-    insert_getattr,
-    is_constant,
     is_instance_of,
     like,
     method_graph,
-    register_attribute,
-    replace_uses,
     resolve_path,
     walk,
 )
@@ -110,12 +109,6 @@ FOLDABLE_PAIRS = (
     (torch.nn.Conv2d, torch.nn.BatchNorm2d),
     (torch.nn.Conv3d, torch.nn.BatchNorm3d),
 )
-
-# Convolution ops a conv's forward may run, with the bias as third input.
-CONVOLUTION_KINDS = ("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::convolution")
-BIAS_INPUT = 2
-
-_OPTIONAL_TENSOR = torch._C.OptionalType(torch._C.TensorType.get())
 
 
 # --- what folds ---------------------------------------------------------------
@@ -200,14 +193,15 @@ def fold_conv_bn_in_place(module: Any) -> Any:
     # All new weights are computed before any is written: a BatchNorm or conv
     # read by one fold must not see another fold's result.
     for fold in folds:
-        _ensure_bias_attribute(fold.conv, methods)
+        key = (fold.conv._type().qualified_name(), "forward")
+        ensure_bias_attribute(fold.conv, list(methods[key].instances.values()) if key in methods else [])
     for fold in folds:
         fold.conv.setattr("weight", fold.weight)
         fold.conv.setattr("bias", fold.bias)
     for match in to_fold:
-        _remove_batch_norm_call(match)
+        remove_batch_norm_call(match)
     for match in to_drop:
-        _remove_dead_pair(match)
+        remove_dead_pair(match)
     return module
 
 
@@ -263,7 +257,7 @@ def _plan_fold(conv: CppModule, bn: CppModule, module_uses: dict[CppModule, int]
         if bias is not None and not isinstance(bias, torch.Tensor):
             return None
     else:
-        if not _convolutions_without_bias(method_graph(conv)):
+        if not convolutions_without_bias(method_graph(conv)):
             return None  # no place to read a new bias from
         bias = None
     parameters = batch_norm_parameters(bn)
@@ -282,52 +276,3 @@ def _is_dead_pair(match: Match, pairs: list[tuple[Any, Any]]) -> bool:
 
 def _computes_nothing(graph: Graph) -> bool:
     return all(node.kind() in ("prim::Constant", "prim::GetAttr") for node in walk(graph))
-
-
-def _ensure_bias_attribute(conv: CppModule, methods: dict[tuple[str, str], _Method]) -> None:
-    """Give a conv type without ``bias`` an ``Optional[Tensor]`` one that its convolution reads."""
-    if conv.hasattr("bias"):
-        return
-    register_attribute(conv, "bias", None, _OPTIONAL_TENSOR)
-    # Other instances of the type got the slot but no value.
-    key = (conv._type().qualified_name(), "forward")
-    for twin in methods[key].instances.values() if key in methods else ():
-        twin.setattr("bias", None)
-    graph = method_graph(conv)
-    self_value = next(graph.inputs())
-    for node in _convolutions_without_bias(graph):
-        read = insert_getattr(graph, self_value, "bias", _OPTIONAL_TENSOR, before=node, source=node, debug_name="bias")
-        none = node.inputsAt(BIAS_INPUT)
-        node.replaceInput(BIAS_INPUT, read.output())
-        if is_constant(none) and not none.uses():
-            erase_nodes([none.node()])
-
-
-def _convolutions_without_bias(graph: Graph) -> list[Node]:
-    return [
-        node
-        for node in NodeIndex(graph).of_kind(*CONVOLUTION_KINDS)
-        if node.inputsSize() > BIAS_INPUT and node.inputsAt(BIAS_INPUT).type().kind() == "NoneType"
-    ]
-
-
-def _remove_batch_norm_call(match: Match) -> None:
-    bn_call = match.node("bn_out")
-    replace_uses(match["bn_out"], match["conv_out"])
-    erase_nodes([bn_call])
-    _erase_unused_getattr_chain(match["batchnorm"])
-
-
-def _remove_dead_pair(match: Match) -> None:
-    erase_nodes([match.node("bn_out"), match.node("conv_out")])
-    _erase_unused_getattr_chain(match["batchnorm"])
-    _erase_unused_getattr_chain(match["conv"])
-
-
-def _erase_unused_getattr_chain(value: Value) -> None:
-    """Remove ``value``'s ``prim::GetAttr`` and, up the chain, each read left unused."""
-    node = value.node()
-    while node.kind() == "prim::GetAttr" and not node.output().uses():
-        parent = node.input()
-        erase_nodes([node])
-        node = parent.node()
