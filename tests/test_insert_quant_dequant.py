@@ -36,7 +36,7 @@ from helpers.quant_dequant_reference import (
     reference_insert_quant_dequant,
     script_or_trace,
 )
-from passes import insert_quant_dequant
+from passes import insert_observers, insert_quant_dequant
 
 
 def check_against_reference(model, data, qconfig_dict, *, tracing=False, dynamic=False):
@@ -429,3 +429,29 @@ def test_embedding_bag_with_padding_idx_is_an_error_like_the_reference():
         reference_insert_quant_dequant(prepared)
     with pytest.raises(RuntimeError, match="Expected aten::embedding_bag padding_idx input to be None"):
         insert_quant_dequant(prepared, "forward", False, False, QuantType.STATIC)
+
+
+class ExportedFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.relu(x)
+
+    @torch.jit.export
+    def features(self, x):
+        return self.conv(x)
+
+
+def test_method_name_names_the_method_converted():
+    # The method given is inlined and quantized; forward stays as it was.
+    torch.manual_seed(0)
+    model = torch.jit.script(ExportedFeatures().eval())
+    prepared = insert_observers(model, "features", {"": default_qconfig}, False, QuantType.STATIC)
+    prepared.features(torch.randn(1, 3, 6, 6))
+    converted = insert_quant_dequant(prepared, "features", False, False, QuantType.STATIC)
+    FileCheck().check_not("prim::CallMethod").check("aten::quantize_per_tensor").check("aten::conv2d").run(
+        str(converted.features.graph)
+    )
+    FileCheck().check("aten::relu").check_not("quantize").run(str(converted.graph))
