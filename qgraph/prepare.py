@@ -143,7 +143,8 @@ def prepare_pipeline(qconfig_dict: dict, quant_type: QuantType) -> Pipeline:
     """
 
     def rnn(module: CppModule) -> CppModule:
-        return quantize_rnn(module, qconfig_dict)
+        # The unshare-qconfig-types stage before it unshared what RNN plans would.
+        return quantize_rnn(module, qconfig_dict, unshare=False)
 
     return Pipeline(
         "prepare",

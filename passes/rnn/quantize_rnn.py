@@ -134,7 +134,7 @@ def _types_to_unshare(root: CppModule, plans: dict[str, Plan]) -> list[str]:
     return sorted(paths)
 
 
-def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
+def quantize_rnn(module: Any, qconfig_dict: dict, *, unshare: bool = True) -> Any:
     """Quantize the LSTM / GRU modules and cells of ``module`` dynamically, in place.
 
     ``module`` is a ScriptModule or its ``._c``; the result is the same kind
@@ -151,12 +151,17 @@ def quantize_rnn(module: Any, qconfig_dict: dict) -> Any:
         %packed_hh = prim::GetAttr[name="_packed_weight_hh"](%self)
         %h = quantized::quantized_gru_cell_dynamic(%input, %hx, %packed_ih, %packed_hh,
                                                    %bias_ih, %bias_hh)
+
+    ``unshare=False`` is for a pipeline that ran ``unshare_qconfig_types``
+    with the same ``qconfig_dict`` first: instances that kept one class type
+    then have the same qconfig everywhere below them, so the same plans, and
+    there is nothing left to unshare.
     """
     root = as_cpp(module)
     plans = rnn_plans(root, qconfig_dict)
     if not plans:
         return module
-    shared = _types_to_unshare(root, plans)
+    shared = _types_to_unshare(root, plans) if unshare else []
     if shared:
         root = unshare_types(root, shared)
     for path, plan in plans.items():
