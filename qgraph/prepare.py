@@ -166,7 +166,7 @@ def prepare(
 ) -> torch.jit.ScriptModule:
     """Preprocess ``model`` and insert observers; calibrate the result, then convert it.
 
-    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.qconfig``).
+    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.quant.qconfig``).
     With ``inplace=False`` the caller's model is left exactly as it was;
     with ``inplace=True`` the same Python object is returned, now prepared
     (its tensors are copies: the rewrites never touch the class types the

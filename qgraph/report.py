@@ -6,7 +6,7 @@ float tensors, with the module it came from, its source line and one of four
 reasons:
 
 - ``no qconfig``: the op belongs to a module whose effective qconfig is None
-  (the ``qconfig_dict`` rule of ``qgraph.qconfig.qconfig_for_path``: the
+  (the ``qconfig_dict`` rule of ``qgraph.quant.qconfig.qconfig_for_path``: the
   longest matching prefix wins; known only when the ``qconfig_dict`` is
   passed in);
 - ``unsupported op``: no quantized kernel or pattern exists for the op kind
@@ -16,7 +16,7 @@ reasons:
   tensor (a model input nobody observed, the output of a float op, ...);
 - ``kept in float by a safety rule``: a known PyTorch kernel bug makes the
   quantized op unsafe for this op's arguments, so convert's
-  legalize-quantized stage runs it in float (a grouped conv on fbgemm's
+  keep-unsafe-convs-in-float stage leaves it in float (a grouped conv on fbgemm's
   broken groupwise path: 2 or 4 channels per group, a channel count above 8
   that is not a multiple of 8, 3x3 kernel, padding 1, ...).
 

@@ -1,4 +1,4 @@
-"""qgraph.qconfig: scripting QConfigs and resolving qconfig_dict to module paths."""
+"""qgraph.quant.qconfig: scripting QConfigs and resolving qconfig_dict to module paths."""
 
 import warnings
 
