@@ -884,7 +884,7 @@ def test_in_place_scalar_add_in_one_branch_stays_in_its_branch():
     torch.manual_seed(0)
     data = [(torch.randn(2, 3, 6, 6), flag) for flag in (True, False, True)]
     eager = InPlaceAddInOneBranch().eval()
-    model = capture(eager, data[0], tracing=False)
+    model = capture(eager, data[0], False)
     with pytest.warns(UserWarning, match="debug=True does not model add/mul with a scalar exactly"):
         debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
     x = data[0][0]
