@@ -42,8 +42,9 @@ from qgraph.quant.quant_type import QuantType
 from qgraph.report import detected_quant_type, float_op_report
 
 USAGE_ERROR = 2
-# Names ``report --qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs.
-QCONFIG_NAMES = ("none", "x86", "fbgemm", "qnnpack", "onednn", "default", "dynamic", "fp16")
+# Names ``report --qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs
+# (``qat``: x86's for quantization-aware training, ``qat-default``: default_qat_qconfig).
+QCONFIG_NAMES = ("none", "x86", "fbgemm", "qnnpack", "onednn", "default", "dynamic", "fp16", "qat", "qat-default")
 
 
 class UsageError(Exception):
@@ -158,8 +159,10 @@ def _report(args: argparse.Namespace) -> int:
 def _named_qconfig(name: str) -> Any:
     from torch.ao.quantization import (
         default_dynamic_qconfig,
+        default_qat_qconfig,
         default_qconfig,
         float16_dynamic_qconfig,
+        get_default_qat_qconfig,
         get_default_qconfig,
     )
 
@@ -170,6 +173,8 @@ def _named_qconfig(name: str) -> Any:
         "default": default_qconfig,
         "dynamic": default_dynamic_qconfig,
         "fp16": float16_dynamic_qconfig,
+        "qat": get_default_qat_qconfig("x86"),
+        "qat-default": default_qat_qconfig,
     }
     return named[name]
 
