@@ -69,7 +69,7 @@ __all__ = ["swap_conv_bn_for_qat"]
 # aten::_convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups, ...)
 _STRIDE, _PADDING, _DILATION, _TRANSPOSED, _GROUPS = 3, 4, 5, 6, 8
 # aten::batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled)
-_MOMENTUM, _EPS = 6, 7
+_TRAINING, _MOMENTUM, _EPS = 5, 6, 7
 
 
 @dataclass
@@ -156,7 +156,7 @@ def _conv_fields(conv: CppModule) -> SimpleNamespace | None:
             groups=scripted.groups,
             padding_mode=scripted.padding_mode,
         )
-    node = _only_op(method_graph(conv), "aten::_convolution") if conv._has_method("forward") else None
+    node = _only_op(method_graph(conv), "aten::_convolution", _STRIDE) if conv._has_method("forward") else None
     if node is None or _constant(node.inputsAt(_TRANSPOSED)):
         return None
     return SimpleNamespace(
@@ -184,21 +184,21 @@ def _batch_norm_fields(bn: CppModule) -> SimpleNamespace | None:
     if hasattr(scripted, "eps"):
         fields.eps, fields.momentum = scripted.eps, scripted.momentum
         return fields
-    node = _only_op(method_graph(bn), "aten::batch_norm") if bn._has_method("forward") else None
+    node = _only_op(method_graph(bn), "aten::batch_norm", _TRAINING) if bn._has_method("forward") else None
     if node is None:
         return None
     fields.eps, fields.momentum = _constant(node.inputsAt(_EPS)), _constant(node.inputsAt(_MOMENTUM))
     return fields
 
 
-def _only_op(graph: Graph, kind: str) -> Any:
+def _only_op(graph: Graph, kind: str, first_constant: int) -> Any:
     """The one ``kind`` node of a traced forward whose other nodes only read attributes and constants."""
     ops = [n for n in walk(graph) if n.kind() not in ("prim::GetAttr", "prim::Constant", "prim::ListConstruct")]
     found = [n for n in ops if n.kind() == kind]
     if len(found) != 1 or any(n.kind() != kind for n in ops if n.kind().startswith("aten::")):
         return None
     node = found[0]
-    constant_args = list(node.inputs())[3:]
+    constant_args = list(node.inputs())[first_constant:]
     if not all(v.node().kind() in ("prim::Constant", "prim::ListConstruct") for v in constant_args):
         return None
     return node
