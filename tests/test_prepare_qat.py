@@ -9,7 +9,7 @@ from torch.testing import FileCheck
 
 import qgraph
 from helpers.qat_models import INPUT, Net, float_state, graph_qat
-from qgraph.ir import as_cpp, method_graph, named_modules
+from qgraph.ir import as_cpp, method_graph, named_modules, walk
 from qgraph.quant.qat_modules import is_conv_bn_module, is_fake_quant
 
 X86 = tq.get_default_qat_qconfig("x86")
@@ -21,7 +21,7 @@ def _sites(model):
     for path, module in named_modules(as_cpp(model)):
         if not module._has_method("forward"):
             continue
-        for node in method_graph(module).nodes():
+        for node in walk(method_graph(module)):
             receiver = node.inputsAt(0).node() if node.kind() == "prim::CallMethod" else None
             if receiver is None or receiver.kind() != "prim::GetAttr" or "_observer_" not in receiver.s("name"):
                 continue
@@ -191,3 +191,31 @@ def test_a_dynamic_qconfig_and_an_eager_module_are_refused():
         qgraph.prepare_qat_jit(torch.jit.script(Net().train()), {"": tq.default_dynamic_qconfig})
     with pytest.raises(ValueError, match="TorchScript module"):
         qgraph.prepare_qat_jit(Net().train(), {"": X86})
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.other = nn.Conv2d(2, 2, 1)
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x, flag: bool):
+        if flag:
+            y = self.conv(x)
+        else:
+            y = self.other(x)
+        for _ in range(2):
+            y = torch.relu(self.conv(y))
+        return self.fc(y.mean([2, 3]))
+
+
+def test_if_and_loop_models_get_fake_quants_where_prepare_jit_puts_observers():
+    model = Branchy()
+    qat = qgraph.prepare_qat_jit(torch.jit.script(model.train()), {"": X86})
+    ptq = qgraph.prepare_jit(torch.jit.script(model.eval()), {"": tq.get_default_qconfig("x86")})
+    assert _sites(qat) == _sites(ptq) and len(_sites(qat)) >= 6
+    assert str(qat.graph).count("prim::CallMethod") == str(ptq.graph).count("prim::CallMethod")
+    x = torch.randn(2, 2, 3, 3)
+    (F.mse_loss(qat(x, True), torch.zeros(2, 2)) + F.mse_loss(qat(x, False), torch.zeros(2, 2))).backward()
+    assert all(p.grad is not None for p in qat.parameters())
