@@ -32,6 +32,8 @@ RESUME = textwrap.dedent(
     import sys
     import torch
     sys.path[:0] = [{root!r}, {tests!r}]
+    # The same float summation order as the uninterrupted run.
+    torch.set_num_threads({threads})
     import qgraph
     from helpers.qat_models import INPUT, train_step
     from qgraph.ir import as_cpp, named_modules
@@ -62,7 +64,9 @@ def test_saved_mid_training_resumes_in_a_fresh_process(tmp_path):
     paths = {name: str(tmp_path / name) for name in ("model", "optimizer", "state", "int8")}
     torch.jit.save(model, paths["model"])
     torch.save(optimizer.state_dict(), paths["optimizer"])
-    script = RESUME.format(root=str(TESTS.parent), tests=str(TESTS), steps=STEPS, **paths)
+    script = RESUME.format(
+        root=str(TESTS.parent), tests=str(TESTS), steps=STEPS, threads=torch.get_num_threads(), **paths
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
