@@ -16,12 +16,19 @@ from qgraph.api import (
     script_qconfig_dict,
 )
 from qgraph.capture import capture
+from qgraph.quant.calibrators import EntropyObserver, MSEObserver, PercentileObserver
+from qgraph.quant.merge import all_reduce_observers, merge_observers
 
 __all__ = [
+    "EntropyObserver",
+    "MSEObserver",
+    "PercentileObserver",
+    "all_reduce_observers",
     "capture",
     "convert_dynamic_jit",
     "convert_jit",
     "fuse_conv_bn_jit",
+    "merge_observers",
     "prepare_dynamic_jit",
     "prepare_jit",
     "quantize_dynamic_jit",
