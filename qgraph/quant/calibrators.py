@@ -174,7 +174,7 @@ class MSEObserver(FloatBinObserver):
     Clipping error is exact on the histogram, rounding error is modelled
     (values within half a step of zero become zero, the others err by
     step^2 / 12); the search is vectorized over a grid of both range ends
-    and refined to 2^(-1/256) (``range_search.mse_range``).
+    to within 2^(-1/256) (``range_search.mse_range``).
     """
 
     def _search_range(self, low: float, high: float) -> tuple[float, float]:

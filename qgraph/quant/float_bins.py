@@ -66,62 +66,72 @@ def count_bins(x: Tensor, mantissa_bits: int) -> Tensor:
     return torch.ops.qgraph.count_float_bins(x, mantissa_bits)
 
 
-def magnitude_edges(mantissa_bits: int) -> Tensor:
-    """Lower edges of the finite bins of one sign, by magnitude, then +inf (float64).
+def _lower_edges(index: Tensor, mantissa_bits: int) -> Tensor:
+    """Lower edges (float64) of the magnitude bins ``index``: the floats whose bit pattern starts with it.
 
-    Bin ``j`` holds the floats whose bit pattern starts with ``j``: exponent
-    field ``j >> mantissa_bits``, leading mantissa bits ``j % 2^mantissa_bits``.
+    Exponent field ``index >> mantissa_bits``, leading mantissa bits
+    ``index % 2^mantissa_bits``; field 0 holds zero and the subnormals (no
+    implicit leading 1, the scale of field 1).
     """
-    index = torch.arange(finite_bins(mantissa_bits), dtype=torch.int64)
-    exponent = torch.bitwise_right_shift(index, mantissa_bits).to(torch.float64)
+    exponent = torch.bitwise_right_shift(index, mantissa_bits)
     fraction = torch.bitwise_and(index, (1 << mantissa_bits) - 1).to(torch.float64) / (1 << mantissa_bits)
-    # Exponent field 0 holds zero and the subnormals: no implicit leading 1, same scale as field 1.
-    lower = torch.where(
-        exponent > 0,
-        (1.0 + fraction) * torch.pow(2.0, exponent - 127),
-        fraction * torch.pow(2.0, exponent - 126),
-    )
+    scale = torch.pow(2.0, (exponent.clamp(min=1) - 127).to(torch.float64))
+    return torch.where(exponent > 0, 1.0 + fraction, fraction) * scale
+
+
+def magnitude_edges(mantissa_bits: int) -> Tensor:
+    """Lower edges of all finite bins of one sign, by magnitude, then +inf (float64)."""
+    lower = _lower_edges(torch.arange(finite_bins(mantissa_bits), dtype=torch.int64), mantissa_bits)
     return torch.cat([lower, torch.tensor([float("inf")], dtype=torch.float64)])
+
+
+def _occupied(counts: Tensor) -> tuple[int, int]:
+    """First and last index of a non-zero count, or (0, -1) for none."""
+    index = torch.nonzero(counts).flatten()
+    if index.numel() == 0:
+        return 0, -1
+    return int(index[0]), int(index[-1])
+
+
+def _side(counts: Tensor, mantissa_bits: int) -> tuple[Tensor, Tensor]:
+    """(edges, counts) of one sign's occupied bins by increasing magnitude, edges one longer."""
+    first, last = _occupied(counts)
+    index = torch.arange(first, last + 2, dtype=torch.int64)
+    return _lower_edges(index, mantissa_bits), counts[first : last + 1].to(torch.float64)
 
 
 def _finite_counts(counts: Tensor, mantissa_bits: int) -> tuple[Tensor, Tensor]:
     """(positive, negative) finite bin counts, each ordered by magnitude."""
     finite = finite_bins(mantissa_bits)
     half = bin_count(mantissa_bits) // 2
-    return counts[:finite].to(torch.float64), counts[half : half + finite].to(torch.float64)
-
-
-def _cropped(edges: Tensor, weights: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
-    """The run of segments from the first to the last non-empty one, edges clamped to [low, high]."""
-    occupied = torch.nonzero(weights).flatten()
-    if occupied.numel() == 0:
-        return torch.tensor([low, high], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-    first = int(occupied[0])
-    last = int(occupied[-1])
-    return edges[first : last + 2].clamp(low, high), weights[first : last + 1]
+    return counts[:finite], counts[half : half + finite]
 
 
 def signed_segments(counts: Tensor, min_val: float, max_val: float, mantissa_bits: int) -> tuple[Tensor, Tensor]:
-    """(edges, counts) of the finite bins in increasing order of value, from ``min_val`` to ``max_val``.
+    """(edges, counts) of the occupied bins in increasing order of value, from ``min_val`` to ``max_val``.
 
     ``edges`` has one more element than ``counts``; the outer edges are the
-    exact extremes seen, the others bin edges.
+    exact extremes seen, the others bin edges. Between the smallest
+    negative and the smallest positive magnitude one empty segment bridges
+    zero.
     """
     positive, negative = _finite_counts(counts, mantissa_bits)
-    magnitudes = magnitude_edges(mantissa_bits)
-    edges = torch.cat([-magnitudes.flip(0), magnitudes[1:]])
-    return _cropped(edges, torch.cat([negative.flip(0), positive]), min_val, max_val)
+    edges_pos, weights_pos = _side(positive, mantissa_bits)
+    edges_neg, weights_neg = _side(negative, mantissa_bits)
+    if weights_neg.numel() == 0:
+        return edges_pos.clamp(min_val, max_val), weights_pos
+    if weights_pos.numel() == 0:
+        return (-edges_neg.flip(0)).clamp(min_val, max_val), weights_neg.flip(0)
+    edges = torch.cat([-edges_neg.flip(0), edges_pos])
+    weights = torch.cat([weights_neg.flip(0), torch.zeros(1, dtype=torch.float64), weights_pos])
+    return edges.clamp(min_val, max_val), weights
 
 
 def magnitude_segments(counts: Tensor, min_val: float, max_val: float, mantissa_bits: int) -> tuple[Tensor, Tensor]:
-    """(edges, counts) of the absolute values, from 0 up to ``max(|min_val|, |max_val|)``."""
+    """(edges, counts) of the absolute values' occupied bins, up to ``max(|min_val|, |max_val|)``."""
     positive, negative = _finite_counts(counts, mantissa_bits)
-    return _cropped(
-        magnitude_edges(mantissa_bits),
-        positive + negative,
-        0.0,
-        max(abs(min_val), abs(max_val)),
-    )
+    edges, weights = _side(positive + negative, mantissa_bits)
+    return edges.clamp(0.0, max(abs(min_val), abs(max_val))), weights
 
 
 def running_moments(edges: Tensor, weights: Tensor) -> Tensor:

@@ -20,9 +20,9 @@ candidate ranges and TorchScript, for the scripted observers.
   values seen, from clipping (exact, values beyond the range move to its
   end) and rounding (values within half a step of zero become zero; the
   others err by a step squared over 12, uniform rounding noise). Candidates
-  are the extremes scaled by powers of 2^(-1/4) over 16 octaves, both ends
-  at once for an affine range that spans zero, then three finer searches
-  around the best (to 2^(-1/256)).
+  are the extreme scaled by powers of 2^(-1/16) down to 2^-16 when one end
+  is free; when both are (an affine range across zero), a grid of both ends
+  every half octave; then finer grids around the best, to 2^(-1/256).
 """
 
 import torch
@@ -39,6 +39,11 @@ from qgraph.quant.float_bins import (
 __all__ = ["entropy_range", "mse_range", "percentile_range"]
 
 
+def _float64(values: list[float]) -> Tensor:
+    """``values`` as a float64 tensor; TorchScript's ``torch.tensor`` (and item assignment) round through float32."""
+    return torch.cat([torch.full([1], value, dtype=torch.float64) for value in values])
+
+
 def percentile_range(
     counts: Tensor,
     min_val: float,
@@ -49,11 +54,11 @@ def percentile_range(
 ) -> tuple[float, float]:
     if symmetric:
         edges, weights = magnitude_segments(counts, min_val, max_val, mantissa_bits)
-        threshold = float(quantiles(edges, weights, torch.tensor([percentile / 100]))[0])
+        threshold = float(quantiles(edges, weights, _float64([percentile / 100]))[0])
         return -threshold, threshold
     edges, weights = signed_segments(counts, min_val, max_val, mantissa_bits)
     cut = (1.0 - percentile / 100) / 2
-    ends = quantiles(edges, weights, torch.tensor([cut, 1.0 - cut]))
+    ends = quantiles(edges, weights, _float64([cut, 1.0 - cut]))
     return float(ends[0]), float(ends[1])
 
 
@@ -114,9 +119,9 @@ def entropy_range(
     # exact zeros (often half the values) would otherwise decide the threshold, pulling it down to where
     # each level is one bin.
     histogram[0] = histogram[1]
-    lengths = torch.arange(levels, bins + 1, 8)
+    lengths = torch.arange(levels, bins + 1, 16)
     best = int(lengths[int(torch.argmin(_kl_divergences(histogram, lengths, levels)))])
-    lengths = torch.arange(max(levels, best - 7), min(bins, best + 7) + 1)
+    lengths = torch.arange(max(levels, best - 15), min(bins, best + 15) + 1)
     best = int(lengths[int(torch.argmin(_kl_divergences(histogram, lengths, levels)))])
     threshold = best * largest / bins
     return max(min_val, -threshold), min(max_val, threshold)
@@ -165,27 +170,23 @@ def mse_range(
         reach_low, reach_high = min(min_val, 0.0), max(max_val, 0.0)
     running = running_moments(edges, weights)
     both_ends = reach_low < 0.0 and reach_high > 0.0
-    # Each end is its extreme times 2^-u for u in [0, 16] octaves: a coarse grid, then finer ones around the best.
-    u_grid = 0.25 * torch.arange(65, dtype=torch.float64)
-    centre_low, centre_high, step = 0.0, 0.0, 0.25
-    for stage in range(4):
-        grid = [u_grid, u_grid]
-        if stage > 0:
-            fine = step * torch.arange(-4, 5, dtype=torch.float64)
-            grid = [
-                (centre_low + fine).clamp(0.0, 16.0),
-                (centre_high + fine).clamp(0.0, 16.0),
-            ]
-        if not both_ends:
-            grid[0 if reach_high > 0.0 else 1] = torch.zeros(1, dtype=torch.float64)
-        u_low, u_high = torch.meshgrid(grid[0], grid[1], indexing="ij")
+    # Each end is its extreme times 2^-u, u in [0, 16] octaves: every 1/16 octave for one end (every half
+    # octave for both), then finer grids around the best, to 1/256 octave.
+    steps_and_widths = [(0.5, 16), (1.0 / 16, 8), (1.0 / 256, 8)] if both_ends else [(1.0 / 16, 128), (1.0 / 256, 8)]
+    centre_low, centre_high = 8.0, 8.0
+    for step, half_width in steps_and_widths:
+        offsets = step * torch.arange(-half_width, half_width + 1, dtype=torch.float64)
+        grid_low = (centre_low + offsets).clamp(0.0, 16.0) if both_ends else torch.zeros(1, dtype=torch.float64)
+        grid_high = (centre_high + offsets).clamp(0.0, 16.0)
+        if not both_ends and reach_high == 0.0:
+            grid_low, grid_high = grid_high, grid_low
+        u_low, u_high = torch.meshgrid(grid_low, grid_high, indexing="ij")
         lows = (reach_low * torch.exp2(-u_low)).flatten()
         highs = (reach_high * torch.exp2(-u_high)).flatten()
         scales = highs / (steps / 2) if symmetric else (highs - lows) / steps
         best = int(torch.argmin(_squared_errors(edges, weights, running, lows, highs, scales)))
         centre_low = float(u_low.flatten()[best])
         centre_high = float(u_high.flatten()[best])
-        step = step / 4
     if symmetric:
         threshold = reach_high * 2.0 ** (-centre_high)
         return -threshold, threshold
