@@ -67,19 +67,20 @@ def prepare(observer: str) -> torch.jit.ScriptModule:
     return qgraph.prepare_jit(make_model(), {"": qconfig})
 
 
-def calibrate_shard(rank: int, world_size: int, port: int, observer: str, saved: str) -> None:
-    """One process: calibrate on every ``world_size``-th batch, merge with the others, process 0 saves."""
+def calibrate_shard(rank: int, world_size: int, port: int, observers: list[str], folder: str) -> None:
+    """One process: calibrate on every ``world_size``-th batch, merge with the others; process 0 saves."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        prepared = prepare(observer)
-        with torch.no_grad():
-            for batch in calibration_batches()[rank::world_size]:
-                prepared(batch)
-        qgraph.all_reduce_observers(prepared)
-        if rank == 0:
-            torch.jit.save(prepared, saved)
+        for observer in observers:
+            prepared = prepare(observer)
+            with torch.no_grad():
+                for batch in calibration_batches()[rank::world_size]:
+                    prepared(batch)
+            qgraph.all_reduce_observers(prepared)
+            if rank == 0:
+                torch.jit.save(prepared, str(Path(folder) / f"{observer}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -90,12 +91,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def calibrate_distributed(observer: str, world_size: int = 2) -> torch.jit.ScriptModule:
-    """The prepared model after ``world_size`` processes calibrated their shares and merged them."""
+def calibrate_distributed(observers: list[str], world_size: int = 2) -> dict[str, torch.jit.ScriptModule]:
+    """For each observer, the prepared model after ``world_size`` processes calibrated their shares and merged."""
     with tempfile.TemporaryDirectory() as folder:
-        saved = str(Path(folder) / "prepared.pt")
-        mp.spawn(calibrate_shard, args=(world_size, free_port(), observer, saved), nprocs=world_size)
-        return torch.jit.load(saved)
+        mp.spawn(calibrate_shard, args=(world_size, free_port(), observers, folder), nprocs=world_size)
+        return {observer: torch.jit.load(str(Path(folder) / f"{observer}.pt")) for observer in observers}
 
 
 def calibrate_single(observer: str) -> torch.jit.ScriptModule:
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--observer", choices=sorted(OBSERVERS), default="mse")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    merged = qgraph.convert_jit(calibrate_distributed(args.observer))
+    merged = qgraph.convert_jit(calibrate_distributed([args.observer])[args.observer])
     single = qgraph.convert_jit(calibrate_single(args.observer))
     x = torch.randn(2, 3, 16, 16)
     difference = (merged(x) - single(x)).abs().max().item()

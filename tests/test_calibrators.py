@@ -184,11 +184,11 @@ def fake_quantization_error(data: torch.Tensor, scale: float, zero_point: int) -
 
 
 def test_mse_range_is_as_good_as_a_brute_force_search():
-    data = torch.distributions.Laplace(0.0, 1.0).sample((100_000,)).relu()
+    data = torch.distributions.Laplace(0.0, 1.0).sample((20_000,)).relu()
     scale, zero_point = observed(qgraph.MSEObserver(), data).calculate_qparams()
     chosen = fake_quantization_error(data, scale.item(), int(zero_point))
     high = data.max().item()
-    brute_force = min(fake_quantization_error(data, high * r / 255, 0) for r in torch.linspace(0.05, 1, 400).tolist())
+    brute_force = min(fake_quantization_error(data, high * r / 255, 0) for r in torch.linspace(0.05, 1, 200).tolist())
     assert chosen <= 1.01 * brute_force
 
 
@@ -237,31 +237,27 @@ def qconfig_with(calibrator) -> QConfig:
     return QConfig(activation=calibrator.with_args(reduce_range=True), weight=default_per_channel_weight_observer)
 
 
-@pytest.mark.parametrize("calibrator", CALIBRATORS, ids=lambda c: c.__name__)
-def test_quantize_jit_with_a_calibrator_equals_pytorchs_graph_mode(small_resnet, calibrator):
+def test_quantize_jit_with_the_calibrators_equals_pytorchs_graph_mode(small_resnet):
     model, scripted, batches = small_resnet
-    qconfig_dict = {"": qconfig_with(calibrator)}
+    qconfig_dict = {
+        "": qconfig_with(qgraph.PercentileObserver),
+        "layer2": qconfig_with(qgraph.EntropyObserver),
+        "layer4": qconfig_with(qgraph.MSEObserver),
+    }
+    # Saved and loaded halfway through calibration: the calibrators' state and bin counting survive it.
+    # (Not before: PyTorch's per-channel weight observer cannot resize the buffers a load gives it.)
     prepared = qgraph.prepare_jit(scripted, qconfig_dict)
-    calibrate(prepared, batches)
+    calibrate(prepared, batches[:1])
+    buffer = io.BytesIO()
+    torch.jit.save(prepared, buffer)
+    buffer.seek(0)
+    prepared = torch.jit.load(buffer)
+    calibrate(prepared, batches[1:])
     quantized = qgraph.convert_jit(prepared)
     reference = reference_quantize_jit(scripted, qconfig_dict, calibrate, [batches])
     x = batches[0]
     assert_bitwise_equal(quantized(x), reference(x))
     assert sqnr(model(x), quantized(x)) > 15
-
-
-def test_prepared_model_with_calibrators_saves_and_loads(small_resnet):
-    _, scripted, batches = small_resnet
-    prepared = qgraph.prepare_jit(scripted, {"": qconfig_with(qgraph.MSEObserver)})
-    calibrate(prepared, batches[:1])
-    buffer = io.BytesIO()
-    torch.jit.save(prepared, buffer)
-    buffer.seek(0)
-    loaded = torch.jit.load(buffer)
-    calibrate(loaded, batches[1:])
-    calibrate(prepared, batches[1:])
-    x = batches[0]
-    assert_bitwise_equal(qgraph.convert_jit(loaded)(x), qgraph.convert_jit(prepared)(x))
 
 
 class EagerNet(nn.Module):
