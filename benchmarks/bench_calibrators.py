@@ -9,7 +9,8 @@ HistogramObserver (with them, the x86 default qconfig), and qgraph's
 PercentileObserver, EntropyObserver and MSEObserver; all with reduce_range
 (7-bit activations) as the x86 default has it, then MobileNetV2 also with
 full 8-bit activations beside ONNX Runtime's quantize_static (QDQ, per-channel
-int8 weights, each CalibrationMethod), which quantizes to 8 bits.
+int8 weights, each CalibrationMethod), which quantizes to 8 bits (qgraph's
+8-bit models run on PyTorch's onednn engine, see ``quantize_with``).
 
 Inputs are "dead leaves" images (overlapping discs of random colour and
 power-law radius over a 1/f noise texture: edges, flat regions and the
@@ -127,19 +128,29 @@ def batched(data: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 
 def quantize_with(scripted, observer, reduce_range: bool, calibration, evaluation):
+    """(outputs, calibration s, convert s); full 8-bit activations run on the onednn engine.
+
+    fbgemm's x86 kernels can saturate on 8-bit activations (what reduce_range is for in the x86
+    qconfig): MobileNetV2 lost 1-2 dB with them; onednn computes them exactly.
+    """
     qconfig = QConfig(
         activation=observer.with_args(reduce_range=reduce_range), weight=default_per_channel_weight_observer
     )
-    prepared = qgraph.prepare_jit(scripted, {"": qconfig})
-    start = time.perf_counter()
-    with torch.no_grad():
-        for batch in calibration:
-            prepared(batch)
-    calibrated = time.perf_counter()
-    quantized = qgraph.convert_jit(prepared)
-    converted = time.perf_counter()
-    with torch.no_grad():
-        outputs = torch.cat([quantized(batch) for batch in evaluation])
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine if reduce_range else "onednn"
+    try:
+        prepared = qgraph.prepare_jit(scripted, {"": qconfig})
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch)
+        calibrated = time.perf_counter()
+        quantized = qgraph.convert_jit(prepared)
+        converted = time.perf_counter()
+        with torch.no_grad():
+            outputs = torch.cat([quantized(batch) for batch in evaluation])
+    finally:
+        torch.backends.quantized.engine = engine
     return outputs, calibrated - start, converted - calibrated
 
 
@@ -183,25 +194,25 @@ def ort_quantize(model: nn.Module, calibration, evaluation, method: str, folder)
     return outputs, seconds
 
 
-def qparams_times(activation: torch.Tensor, repeats: int) -> list[tuple]:
-    """calculate_qparams alone, scripted as convert calls it, on one calibrated activation (interleaved)."""
-    observers = {}
-    for name, observer in OBSERVERS.items():
-        scripted = torch.jit.script(observer(reduce_range=True))
-        scripted(activation)
-        observers[name] = scripted
-    forward = interleaved({name: (lambda o=o: o(activation)) for name, o in observers.items()}, repeats)
-    qparams = interleaved({name: o.calculate_qparams for name, o in observers.items()}, repeats)
-    base = median(qparams["histogram"])
-    return [
-        (
-            name,
-            f"{median(forward[name]) * 1e3:.2f}",
-            f"{median(qparams[name]) * 1e3:.2f}",
-            f"{median(qparams[name]) / base:.2f}",
-        )
-        for name in observers
-    ]
+def qparams_times(activations: dict[str, torch.Tensor], repeats: int) -> list[tuple]:
+    """forward and calculate_qparams alone, scripted as convert calls them, on calibrated activations (interleaved)."""
+    rows = []
+    for label, activation in activations.items():
+        observers = {name: torch.jit.script(observer(reduce_range=True)) for name, observer in OBSERVERS.items()}
+        forward = interleaved({name: (lambda o=o, a=activation: o(a)) for name, o in observers.items()}, repeats)
+        qparams = interleaved({name: o.calculate_qparams for name, o in observers.items()}, repeats)
+        base = median(qparams["histogram"])
+        for name in observers:
+            rows.append(
+                (
+                    f"{label}, {activation.numel()} values",
+                    name,
+                    f"{median(forward[name]) * 1e3:.2f}",
+                    f"{median(qparams[name]) * 1e3:.2f}",
+                    f"{median(qparams[name]) / base:.2f}",
+                )
+            )
+    return rows
 
 
 def main() -> None:
@@ -214,13 +225,13 @@ def main() -> None:
     parser.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (needs the bench extra)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     models = zoo(args.size)
     names = args.models or list(models)
     sqnr_rows, time_rows = [], []
-    activation = None
+    activations: dict[str, torch.Tensor] = {}
     for name in names:
         build, inputs = models[name]
+        torch.manual_seed(0)  # each model's weights independent of the others run before it
         model = reestimated(build().eval(), batched(inputs(64, 1000), 4))
         calibration = batched(inputs(args.calibration_images, 1), 4)
         evaluation = batched(inputs(args.eval_images, 2), 8)
@@ -267,17 +278,19 @@ def main() -> None:
                         outputs, seconds = ort_quantize(model, calibration, evaluation, method, Path(folder))
                         eight_bit.append((f"onnxruntime {method}", f"{sqnr(reference, outputs):.2f}", f"{seconds:.2f}"))
             print(table(eight_bit, ("mobilenet_v2, 8-bit activations", "SQNR dB", "quantize_static s")), flush=True)
-        if activation is None and isinstance(calibration[0], torch.Tensor) and calibration[0].dim() == 4:
+        if not activations and hasattr(model, "conv1"):
             with torch.no_grad():
-                activation = torch.relu(model.conv1(calibration[0])) if hasattr(model, "conv1") else None
+                signed = model.conv1(calibration[0])
+            activations = {"conv output": signed, "after ReLU": signed.relu()}
     print()
     print(table(sqnr_rows, ("model (SQNR dB, 7-bit activations)", *OBSERVERS)))
     print()
     print(table(time_rows, ("model", "observer", "calibrate s", "convert s", "total s", "/ histogram")))
-    if activation is not None:
+    if activations:
         print()
-        print(f"one activation, {activation.numel()} values (ms per call, medians of 10 interleaved):")
-        print(table(qparams_times(activation, 10), ("observer", "forward ms", "calculate_qparams ms", "/ histogram")))
+        print("one activation (ms per call, medians of 30 interleaved):")
+        header = ("activation", "observer", "forward ms", "calculate_qparams ms", "/ histogram")
+        print(table(qparams_times(activations, 30), header))
 
 
 if __name__ == "__main__":
