@@ -26,10 +26,12 @@ table times calculate_qparams alone on one activation, interleaved.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from common import ROOT, interleaved, median, table
@@ -199,7 +201,7 @@ def qparams_times(activations: dict[str, torch.Tensor], repeats: int) -> list[tu
     rows = []
     for label, activation in activations.items():
         observers = {name: torch.jit.script(observer(reduce_range=True)) for name, observer in OBSERVERS.items()}
-        forward = interleaved({name: (lambda o=o, a=activation: o(a)) for name, o in observers.items()}, repeats)
+        forward = interleaved({name: functools.partial(o, activation) for name, o in observers.items()}, repeats)
         qparams = interleaved({name: o.calculate_qparams for name, o in observers.items()}, repeats)
         base = median(qparams["histogram"])
         for name in observers:
@@ -280,7 +282,8 @@ def main() -> None:
             print(table(eight_bit, ("mobilenet_v2, 8-bit activations", "SQNR dB", "quantize_static s")), flush=True)
         if not activations and hasattr(model, "conv1"):
             with torch.no_grad():
-                signed = model.conv1(calibration[0])
+                stem: Any = model.conv1
+                signed = stem(calibration[0])
             activations = {"conv output": signed, "after ReLU": signed.relu()}
     print()
     print(table(sqnr_rows, ("model (SQNR dB, 7-bit activations)", *OBSERVERS)))

@@ -20,6 +20,7 @@ import socket
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,7 +30,7 @@ from torch.ao.quantization import HistogramObserver, MinMaxObserver, QConfig, de
 
 import qgraph
 
-OBSERVERS = {
+OBSERVERS: dict[str, Any] = {
     "mse": qgraph.MSEObserver,
     "percentile": qgraph.PercentileObserver,
     "entropy": qgraph.EntropyObserver,

@@ -55,7 +55,7 @@ def _is_observer(module: torch.nn.Module) -> bool:
     return module._c._has_method("calculate_qparams") and module._c.hasattr("dtype") and not any(module.children())
 
 
-def observers_of(model: Any) -> Iterator[tuple[str, torch.nn.Module]]:
+def observers_of(model: Any) -> Iterator[tuple[str, Any]]:
     """(dotted path, observer) for the observer ``model`` is, or every observer submodule it holds."""
     module = _as_module(model)
     for path, submodule in module.named_modules():
@@ -63,11 +63,11 @@ def observers_of(model: Any) -> Iterator[tuple[str, torch.nn.Module]]:
             yield path, submodule
 
 
-def _class_name(module: torch.nn.Module) -> str:
+def _class_name(module: Any) -> str:
     return module.original_name if isinstance(module, torch.jit.ScriptModule) else type(module).__name__
 
 
-def _kind(observer: torch.nn.Module) -> str:
+def _kind(observer: Any) -> str:
     if hasattr(observer, "bin_counts"):
         return "float bins"
     if hasattr(observer, "averaging_constant"):
@@ -79,12 +79,12 @@ def _kind(observer: torch.nn.Module) -> str:
     return "other"
 
 
-def _never_ran(observer: torch.nn.Module) -> bool:
+def _never_ran(observer: Any) -> bool:
     low = observer.min_val
     return low.numel() == 0 or bool((low == float("inf")).all() and (observer.max_val == float("-inf")).all())
 
 
-def _set(observer: torch.nn.Module, name: str, value: Tensor) -> None:
+def _set(observer: Any, name: str, value: Tensor) -> None:
     setattr(observer, name, value.to(getattr(observer, name).dtype))
 
 
@@ -108,7 +108,7 @@ def _rebinned(histogram: Tensor, low: Tensor, high: Tensor, new_low: Tensor, new
     return below.diff().clamp(min=0.0)
 
 
-def _merge_histograms(target: torch.nn.Module, other: torch.nn.Module) -> None:
+def _merge_histograms(target: Any, other: Any) -> None:
     if target.histogram.numel() != other.histogram.numel():
         raise ValueError(f"histograms of {target.histogram.numel()} and {other.histogram.numel()} bins cannot merge")
     low = torch.minimum(target.min_val, other.min_val)
@@ -121,7 +121,7 @@ def _merge_histograms(target: torch.nn.Module, other: torch.nn.Module) -> None:
     _set(target, "max_val", high)
 
 
-def _merge_pair(target: torch.nn.Module, other: torch.nn.Module, where: str) -> None:
+def _merge_pair(target: Any, other: Any, where: str) -> None:
     kind = _kind(target)
     if kind != _kind(other) or _class_name(target) != _class_name(other):
         raise ValueError(f"observers at {where} differ: {_class_name(target)} and {_class_name(other)}")
@@ -186,7 +186,7 @@ def merge_observers(a: Any, b: Any, inplace: bool = False) -> Any:
     return target
 
 
-def _reduce_min_max(observer: torch.nn.Module, group: Any) -> None:
+def _reduce_min_max(observer: Any, group: Any) -> None:
     import torch.distributed as dist
 
     shape = observer.min_val.shape
