@@ -15,7 +15,9 @@ candidate ranges and TorchScript, for the scripted observers.
   with Q, that distribution squeezed into as many levels as the grid has for
   one sign and spread back over P's non-empty bins; the threshold with the
   least KL(P || Q) wins. Coarse candidates every 16 bins, then every bin
-  around the best.
+  around the best. As in NVIDIA's pytorch-quantization the first bin takes
+  its neighbour's count; fewer than 16 values per bin get fewer bins, and
+  too few values for one bin per level keep the whole range.
 - ``mse_range``: the range with the least expected squared error over the
   values seen, from clipping (exact, values beyond the range move to its
   end) and rounding (values within half a step of zero become zero; the
@@ -66,8 +68,9 @@ def _kl_divergences(histogram: Tensor, lengths: Tensor, levels: int) -> Tensor:
     """KL(P || Q) for thresholds at each of ``lengths`` bins, from prefix sums (no per-bin matrix).
 
     With H the counts of P (the last kept bin also holding the outliers), T
-    their total, G_g the count of level g's bins before the outliers, n_g
-    its non-empty bins and Q's count per non-empty bin q_g = G_g / n_g:
+    their total, H_g their sum over level g, G_g the same before the
+    outliers, n_g the level's non-empty bins and Q's count per non-empty
+    bin q_g = G_g / n_g:
     KL = (sum H log H - sum_g H_g log q_g) / T - log T + log sum_g n_g q_g.
     """
     zero = torch.zeros(1, dtype=torch.float64)
