@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import math
 import time
 import warnings
@@ -227,6 +228,9 @@ def main() -> None:
     parser.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (needs the bench extra)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if not args.no_ort and importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime is not installed (pip install -e '.[bench]'): ONNX Runtime is left out")
+        args.no_ort = True
     models = zoo(args.size)
     names = args.models or list(models)
     sqnr_rows, time_rows = [], []
