@@ -249,8 +249,8 @@ def test_loop_with_two_carried_values_observes_each_once():
     # (in the body), each with an observer of its own; the body's parameters are not observed again.
     text = str(prepared.graph)
     before, body = text.split("prim::Loop", 1)
-    assert before.count('CallMethod[name="forward"](%_observer_') == 2  # x and the zeros
-    assert body.count('CallMethod[name="forward"](%_observer_') == 2  # conv output and the sum
+    assert before.count("CallMethod[name=\"forward\"](%_observer_") == 2  # x and the zeros
+    assert body.count("CallMethod[name=\"forward\"](%_observer_") == 2  # conv output and the sum
     data, inputs = loop_inputs(), loop_inputs()
     calibrate(prepared, data)
     debug_model, quantized = qgraph.convert_jit(prepared, debug=True), qgraph.convert_jit(prepared)
@@ -374,7 +374,9 @@ def test_if_branches_observed_differently_flag_argument(tail):
         with pytest.raises(RuntimeError, match="observed consistently"):
             prepare_jit(model, {"": default_qconfig})
     debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
-    FileCheck().check("prim::If").check("block0").check("quantized::conv2d").check("block1").run(str(quantized.graph))
+    FileCheck().check("prim::If").check("block0").check("quantized::conv2d").check("block1").run(
+        str(quantized.graph)
+    )
     inputs = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
     for flag in (True, False):
         flagged = [(x.clone(), flag) for (x,) in inputs]
@@ -597,10 +599,9 @@ class TwoBlocks(nn.Module):
         return self.second(self.first(x)) + x
 
 
-PER_CHANNEL_MINMAX = QConfig(
-    activation=MinMaxObserver.with_args(reduce_range=True),
-    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
-)
+PER_CHANNEL_MINMAX = QConfig(activation=MinMaxObserver.with_args(reduce_range=True),
+                             weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                                       qscheme=torch.per_channel_symmetric))
 
 
 @TRACING
@@ -696,9 +697,9 @@ def test_embedding_bag_mean_mode_computes_the_mean(op_name, tracing):
     model = capture(float_model, data[0], tracing)
     qconfig_dict = {"": bag_qconfig(op_name)}
     debug_model, quantized = quantize_both(model, qconfig_dict, data)
-    FileCheck().check(f"quantized::{op_name}_rowwise_offsets").check("aten::div").check_not("aten::embedding_bag").run(
-        str(quantized.graph)
-    )
+    FileCheck().check(f"quantized::{op_name}_rowwise_offsets").check("aten::div").check_not(
+        "aten::embedding_bag"
+    ).run(str(quantized.graph))
     assert_sound(debug_model, quantized, data)
 
     indices, offsets = data[0]

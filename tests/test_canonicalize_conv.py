@@ -112,7 +112,9 @@ def test_scripted_conv_is_already_canonical():
 
 class RuntimeStride(torch.nn.Module):
     def forward(self, x, weight, stride: List[int]):
-        return torch._convolution(x, weight, None, stride, [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True)
+        return torch._convolution(
+            x, weight, None, stride, [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True
+        )
 
 
 def test_convolution_with_run_time_arguments_stays():

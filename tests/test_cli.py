@@ -84,9 +84,7 @@ def _quantized_convnet() -> torch.jit.ScriptModule:
 
     model = torch.jit.script(ConvThenExp().eval())
     batches = [torch.randn(1, 1, 6, 6)]
-    return qgraph.quantize_jit(
-        model, {"": get_default_qconfig("fbgemm")}, lambda m, data: [m(b) for b in data], [batches]
-    )
+    return qgraph.quantize_jit(model, {"": get_default_qconfig("fbgemm")}, lambda m, data: [m(b) for b in data], [batches])
 
 
 def _dynamic_convnet() -> torch.jit.ScriptModule:
@@ -156,7 +154,9 @@ def test_show_all_heads_every_method_with_its_module_path(capsys, models):
     assert code == 0
     FileCheck().check("=== <root> : forward ===").check("=== <root> : features ===").check(
         "=== conv : forward ==="
-    ).check("aten::conv2d").check("=== bn : forward ===").check("=== fc : forward ===").check("aten::linear").run(out)
+    ).check("aten::conv2d").check("=== bn : forward ===").check("=== fc : forward ===").check(
+        "aten::linear"
+    ).run(out)
 
 
 def test_method_and_all_exclude_each_other(capsys, models):

@@ -131,7 +131,9 @@ class ConvTranspose(nn.Module):
 def test_conv_transpose_under_qnnpack(qnnpack_engine, dim, tracing):
     torch.manual_seed(0)
     ours = finalize_and_compare(ConvTranspose(dim), (_image(dim, size=4),), tracing, get_default_qconfig("qnnpack"))
-    FileCheck().check(f"quantized::conv_transpose{dim}d(").check_not(f"aten::conv_transpose{dim}d").run(str(ours.graph))
+    FileCheck().check(f"quantized::conv_transpose{dim}d(").check_not(f"aten::conv_transpose{dim}d").run(
+        str(ours.graph)
+    )
 
 
 class LinearRelu(nn.Module):
@@ -350,7 +352,9 @@ class FloatAdd(nn.Module):
 def test_float_op_without_quantized_input_stays_float(tracing):
     torch.manual_seed(0)
     ours = finalize_and_compare(FloatAdd(), (torch.randn(2, 3), torch.randn(2, 3)), tracing)
-    FileCheck().check("aten::add").check_not("quantized::").check_not("aten::quantize_per_tensor").run(str(ours.graph))
+    FileCheck().check("aten::add").check_not("quantized::").check_not("aten::quantize_per_tensor").run(
+        str(ours.graph)
+    )
 
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}

@@ -106,9 +106,9 @@ def test_traced_conv_without_bias_gets_a_bias_attribute_its_convolution_reads():
 
     folded = fold(model)
 
-    FileCheck().check('prim::GetAttr[name="bias"]').check("aten::_convolution(%x, %weight").check_same("%bias").run(
-        str(folded.conv.graph)
-    )
+    FileCheck().check('prim::GetAttr[name="bias"]').check("aten::_convolution(%x, %weight").check_same(
+        "%bias"
+    ).run(str(folded.conv.graph))
     torch._C._jit_pass_lint(folded.conv.graph)
     bias = folded.conv._c.getattr("bias")
     assert isinstance(bias, torch.Tensor) and bias.shape == (4,)
@@ -316,10 +316,7 @@ class SequentialBlocks(nn.Module):
         super().__init__()
         layers = []
         for _ in range(blocks):
-            layers += [
-                CONV[dim](4, 4, 3, padding=1, bias=bias),
-                randomize_statistics(BATCH_NORM[dim](4, affine=affine)),
-            ]
+            layers += [CONV[dim](4, 4, 3, padding=1, bias=bias), randomize_statistics(BATCH_NORM[dim](4, affine=affine))]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):

@@ -110,7 +110,9 @@ def test_only_attribute_fed_prepacks_are_done_early():
     assert names == ["_packed_params_0"]
     # The second one's scales are built by aten::full in forward: freezing folds
     # them to constants and fold_prepacking takes the prepack from there.
-    FileCheck().check_count("quantized::linear_prepack", 1, exactly=True).run(str(ours._get_method("forward").graph))
+    FileCheck().check_count("quantized::linear_prepack", 1, exactly=True).run(
+        str(ours._get_method("forward").graph)
+    )
 
 
 class MutatedBuffer(nn.Module):
@@ -211,9 +213,7 @@ def test_quantized_model_through_the_pipeline_equals_the_reference_freeze(monkey
     prepared(x)
     ours = qgraph.convert_jit(prepared)
     # The package attribute passes.finalize is the function; the module is in sys.modules.
-    monkeypatch.setattr(
-        sys.modules["passes.finalize"], "freeze", lambda module, preserved: torch._C._freeze_module(module, preserved)
-    )
+    monkeypatch.setattr(sys.modules["passes.finalize"], "freeze", lambda module, preserved: torch._C._freeze_module(module, preserved))
     reference = qgraph.convert_jit(prepared)
     # Same ops reading the same constants and attributes; value names may differ
     # (constant pooling keeps whichever equal constant it met first).

@@ -79,9 +79,9 @@ def test_traced_matmul_with_transposed_weight_becomes_linear(input_shape, has_bi
     count, graph, reference = fused_and_reference(model)
 
     assert count == 1
-    FileCheck().check("aten::linear").check_not("aten::matmul").check_not("aten::add_").check_not("aten::t(").run(
-        str(graph)
-    )
+    FileCheck().check("aten::linear").check_not("aten::matmul").check_not("aten::add_").check_not(
+        "aten::t("
+    ).run(str(graph))
     linear = next(n for n in graph.nodes() if n.kind() == "aten::linear")
     assert linear.sourceRange() == matmul_range
     assert dataflow_signature(graph) == dataflow_signature(reference)
@@ -286,7 +286,9 @@ def test_rewrites_inside_if_branches():
     count, graph, reference = fused_and_reference(model)
 
     assert count == 2
-    FileCheck().check("prim::If").check("aten::linear").check("aten::linear").check_not("aten::matmul").run(str(graph))
+    FileCheck().check("prim::If").check("aten::linear").check("aten::linear").check_not("aten::matmul").run(
+        str(graph)
+    )
     assert dataflow_signature(graph) == dataflow_signature(reference)
     x = torch.randn(2, 3)
     for flag in (True, False):

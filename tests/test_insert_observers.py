@@ -54,9 +54,9 @@ def test_conv_input_output_and_weight_observed(tracing):
     prepared = prepare(model, {"": default_qconfig})
     assert len(observer_names(prepared)) == 2
     assert len(observer_names(prepared.conv)) == 1
-    FileCheck().check(OBSERVER).check('prim::GetAttr[name="conv"]').check("prim::CallMethod").check(OBSERVER).run(
-        str(prepared.graph)
-    )
+    FileCheck().check(OBSERVER).check('prim::GetAttr[name="conv"]').check("prim::CallMethod").check(
+        OBSERVER
+    ).run(str(prepared.graph))
 
 
 def test_observer_output_replaces_later_uses():
@@ -193,9 +193,9 @@ def test_linear_relu_observes_relu_output(model_class, relu_kind):
     kinds = [entry[1] for entry in observed_values(prepared)[""]]
     assert kinds == ["input1", relu_kind]
     # One observer after the linear: the relu's, none in between.
-    FileCheck().check('prim::GetAttr[name="fc"]').check("prim::CallMethod").check_count(OBSERVER, 1, exactly=True).run(
-        str(prepared.graph)
-    )
+    FileCheck().check('prim::GetAttr[name="fc"]').check("prim::CallMethod").check_count(
+        OBSERVER, 1, exactly=True
+    ).run(str(prepared.graph))
 
 
 def test_add_relu_observes_relu_output_and_add_needs_observed_inputs():
@@ -416,9 +416,9 @@ def test_inconsistent_if_branches_leave_the_if_output_unobserved():
     # observer and the `if` result gets one of its own after the `if`.
     prepared = prepare(capture(Inconsistent(), None, False), {"": default_qconfig})
     assert len(observer_names(prepared)) == 3  # x, the conv output, the `if` result
-    FileCheck().check("prim::If").check("block0").check("_observer_").check("block1").check_not("_observer_").check(
-        "aten::exp"
-    ).check("_observer_").run(str(prepared.graph))
+    FileCheck().check("prim::If").check("block0").check("_observer_").check("block1").check_not(
+        "_observer_"
+    ).check("aten::exp").check("_observer_").run(str(prepared.graph))
 
 
 class Exp(nn.Module):
@@ -444,11 +444,11 @@ def test_ops_after_inconsistent_if_branches_are_observed_per_branch():
     # each branch, so each side calibrates its own head output range.
     prepared = prepare(capture(BranchThenHead(Exp()), None, False), {"": default_qconfig})
     graph = prepared.graph
-    FileCheck().check("prim::If").check("block0").check('name="conv"').check(OBSERVER).check('name="head"').check(
-        OBSERVER
-    ).check("aten::add").check("block1").check('name="other"').check(OBSERVER).check('name="head"').check(
-        OBSERVER
-    ).check("aten::add").check("return").run(str(graph))
+    FileCheck().check("prim::If").check("block0").check('name="conv"').check(OBSERVER).check(
+        'name="head"'
+    ).check(OBSERVER).check("aten::add").check("block1").check('name="other"').check(OBSERVER).check(
+        'name="head"'
+    ).check(OBSERVER).check("aten::add").check("return").run(str(graph))
     assert next(graph.outputs()).node().kind() == "prim::If"
     # Calibrating one side leaves the other side's head observer untouched.
     prepared(torch.randn(1, 3, 4, 4), True)
@@ -615,9 +615,7 @@ def test_input_read_under_two_qconfigs_takes_first_consumer():
 def test_pass_takes_scripted_or_plain_qconfigs_and_quant_type_strings():
     model = capture(ConvOnly(), None, False)
     plain = insert_observers(model, "forward", {"": default_qconfig}, False, "static")
-    scripted = insert_observers(
-        model._c, "forward", script_qconfig_dict({"": default_qconfig}), False, QuantType.STATIC
-    )
+    scripted = insert_observers(model._c, "forward", script_qconfig_dict({"": default_qconfig}), False, QuantType.STATIC)
     assert isinstance(plain, torch.jit.ScriptModule) and isinstance(scripted, torch._C.ScriptModule)
     assert observed_values(plain) == observed_values(scripted)
     with pytest.raises(ValueError, match="quant_type"):

@@ -154,9 +154,7 @@ class GeneralOps(nn.Module):
 @TRACING
 def test_general_ops_chain_requantizes_value_ops_with_input_qparams(tracing):
     torch.manual_seed(3)
-    ours, _ = check_against_reference(
-        GeneralOps(), [(torch.randn(1, 3, 10, 10),)], {"": default_qconfig}, tracing=tracing
-    )
+    ours, _ = check_against_reference(GeneralOps(), [(torch.randn(1, 3, 10, 10),)], {"": default_qconfig}, tracing=tracing)
     FileCheck().check("aten::max_pool2d").check("aten::avg_pool2d").check("aten::q_scale").check_next(
         "aten::q_zero_point"
     ).check_next("prim::dtype").check_next("aten::quantize_per_tensor").run(str(ours.graph))
@@ -187,9 +185,9 @@ def test_add_and_mul_with_a_scalar_are_general_ops_like_the_reference(tracing):
     with pytest.warns(UserWarning, match="scalar"):
         ours, _ = check_against_reference(ScalarAfterLinear(), data, {"": default_qconfig}, tracing=tracing)
     # Both outputs are requantized with their input's qparams.
-    FileCheck().check("aten::add").check("aten::q_scale").check("aten::quantize_per_tensor").check("aten::mul").check(
-        "aten::q_scale"
-    ).check("aten::quantize_per_tensor").run(str(ours.graph))
+    FileCheck().check("aten::add").check("aten::q_scale").check("aten::quantize_per_tensor").check(
+        "aten::mul"
+    ).check("aten::q_scale").check("aten::quantize_per_tensor").run(str(ours.graph))
 
     model = script_or_trace(ScalarAfterLinear(), data[0], tracing)
     qconfig_dict = {"": default_qconfig}
@@ -200,9 +198,9 @@ def test_add_and_mul_with_a_scalar_are_general_ops_like_the_reference(tracing):
             quantized = qgraph.quantize_jit(model, qconfig_dict, calibrate, [data], debug=debug)
         assert_same_outputs(quantized(*data[0]), reference(*data[0]))
         if not debug:
-            FileCheck().check("quantized::add_scalar").check("quantized::linear").check("quantized::mul_scalar").run(
-                str(quantized.graph)
-            )
+            FileCheck().check("quantized::add_scalar").check("quantized::linear").check(
+                "quantized::mul_scalar"
+            ).run(str(quantized.graph))
 
 
 class IntArithmeticBesideConv(nn.Module):
@@ -277,9 +275,7 @@ def test_shared_class_type_keeps_one_graph_and_per_instance_qparams():
     ours, reference = check_against_reference(TwoConvs(), data, {"": default_qconfig})
     assert ours.conv1._c._type() == ours.conv2._c._type()
     names = [n for n, _ in torch._C._jit_debug_module_iterators(ours.conv1._c)["named_attributes"] if "_scale_" in n]
-    assert names == [
-        n for n, _ in torch._C._jit_debug_module_iterators(ours.conv2._c)["named_attributes"] if "_scale_" in n
-    ]
+    assert names == [n for n, _ in torch._C._jit_debug_module_iterators(ours.conv2._c)["named_attributes"] if "_scale_" in n]
     assert ours.conv1._c.getattr(names[0]) != ours.conv2._c.getattr(names[0])
     FileCheck().check("aten::quantize_per_tensor").check_next("aten::dequantize").check(
         'prim::CallMethod[name="_conv_forward"]'

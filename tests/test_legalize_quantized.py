@@ -221,15 +221,8 @@ class ViewAfter(nn.Module):
 
 @pytest.mark.parametrize(
     "producer, how",
-    [
-        ("conv", "script"),
-        ("conv", "trace"),
-        ("batch_norm", "script"),
-        ("group_norm", "trace"),
-        ("instance_norm", "script"),
-        ("avg_pool", "trace"),
-        ("cat", "script"),
-    ],
+    [("conv", "script"), ("conv", "trace"), ("batch_norm", "script"), ("group_norm", "trace"),
+     ("instance_norm", "script"), ("avg_pool", "trace"), ("cat", "script")],
 )
 def test_view_of_channels_last_quantized_value_becomes_reshape(producer, how):
     # reference: raises "view size is not compatible with input tensor's size and stride".
@@ -395,9 +388,9 @@ def test_norm_kernel_skipping_samples_is_guarded_without_a_float_op(norm, skippe
     batches = [(torch.randn(skipped_shape),) for _ in range(2)]
     captured, _, ours, made = quantize_both(model, (x,), how, batches, reference=False)
     assert made == _norm_calls(norm, how)
-    FileCheck().check("prim::If").check("aten::reshape").check(f"quantized::{norm}(").check(f"quantized::{norm}(").run(
-        str(ours.graph)
-    )
+    FileCheck().check("prim::If").check("aten::reshape").check(f"quantized::{norm}(").check(
+        f"quantized::{norm}("
+    ).run(str(ours.graph))
     assert f"aten::{norm}" not in str(ours.graph)
     assert float_op_records(ours) == []
     out = check_runs_well(ours, (x,))
@@ -539,9 +532,9 @@ def test_unsafe_grouped_conv_runs_in_float(how, groups, relu, dims):
     _, _, ours, made = quantize_both(model, (x,), how, reference=False)
     assert made == 1
     conv = f"conv{dims}d"
-    FileCheck().check(f"quantized::{conv}_unpack").check(f"aten::{conv}").check("aten::quantize_per_tensor").run(
-        str(ours.graph)
-    )
+    FileCheck().check(f"quantized::{conv}_unpack").check(f"aten::{conv}").check(
+        "aten::quantize_per_tensor"
+    ).run(str(ours.graph))
     assert sum(n.kind().startswith(f"quantized::{conv}") for n in ours.graph.nodes()) == 2  # stem + unpack
     out = check_runs_well(ours, (x,))
     (record,) = float_op_records(ours)

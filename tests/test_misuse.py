@@ -221,11 +221,8 @@ def test_a_model_in_training_mode_is_refused_with_a_call_to_eval(api, tracing):
     model = ConvBn().train()
     example = torch.randn(2, 3, 6, 6)
     captured = torch.jit.trace(model, example) if tracing else torch.jit.script(model)
-    with pytest.raises(
-        ValueError,
-        match=r"the model is in training mode \(its BatchNorm 'bn' normalises with batch "
-        r"statistics\); .* call model.eval\(\) before scripting or tracing it",
-    ):
+    with pytest.raises(ValueError, match=r"the model is in training mode \(its BatchNorm 'bn' normalises with batch "
+                                         r"statistics\); .* call model.eval\(\) before scripting or tracing it"):
         if api == "prepare_jit":
             qgraph.prepare_jit(captured, {"": default_qconfig})
         elif api == "quantize_jit":

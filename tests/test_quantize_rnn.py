@@ -436,7 +436,9 @@ def test_unsupported_rnns_stay_float_with_a_reason(how):
     uint8_weights = QConfig(
         activation=default_dynamic_qconfig.activation, weight=MinMaxObserver.with_args(dtype=torch.quint8)
     )
-    quantized = quantize_rnn(_capture(model, (x,), how), {"": default_dynamic_qconfig, "uint8_weights": uint8_weights})
+    quantized = quantize_rnn(
+        _capture(model, (x,), how), {"": default_dynamic_qconfig, "uint8_weights": uint8_weights}
+    )
     _assert_equal(quantized(x), model(x))
     reasons = dict(rnn_float_reasons(quantized))
     assert set(reasons) == {"projected", "plain_rnn", "uint8_weights"}

@@ -144,7 +144,9 @@ def test_dynamic_report_lists_only_dynamically_quantizable_ops():
         capture(DynamicWithFloat(), (torch.randn(2, 4),), False), qconfig_dict, quant_type=QuantType.DYNAMIC
     )
     report = float_op_report(finalize(qdq, QuantType.DYNAMIC), qconfig_dict, QuantType.DYNAMIC)
-    assert [(entry.kind, entry.module_path, entry.reason) for entry in report] == [("aten::linear", "off", NO_QCONFIG)]
+    assert [(entry.kind, entry.module_path, entry.reason) for entry in report] == [
+        ("aten::linear", "off", NO_QCONFIG)
+    ]
 
 
 class ConvThenLinear(nn.Module):
@@ -301,7 +303,9 @@ def test_records_find_their_own_nodes_also_after_load(tracing):
         # The switched-off group_norm shares the quantized one's source line; only it is float.
         (off,) = [e for e in report if e.kind == "aten::group_norm"]
         assert off.reason in (NO_QCONFIG, UNOBSERVED_INPUT)
-    assert [e.reason for e in float_op_report(quantized, qconfig_dict) if e.kind == "aten::group_norm"] == [NO_QCONFIG]
+    assert [e.reason for e in float_op_report(quantized, qconfig_dict) if e.kind == "aten::group_norm"] == [
+        NO_QCONFIG
+    ]
 
 
 class OneByOneGroupedConv(nn.Module):

@@ -48,26 +48,9 @@ QCONFIG_DICT = {
     "": QConfig(activation=MinMaxObserver.with_args(reduce_range=True), weight=default_per_channel_weight_observer)
 }
 NAMES = [
-    "alexnet",
-    "vgg",
-    "resnet",
-    "resnext",
-    "densenet",
-    "squeezenet",
-    "googlenet",
-    "inception_v3",
-    "mobilenet_v2",
-    "mobilenet_v3",
-    "quantizable_mobilenet_v3",
-    "mnasnet",
-    "shufflenet_v2",
-    "efficientnet_b0",
-    "efficientnet_v2",
-    "regnet",
-    "convnext",
-    "vit",
-    "swin",
-    "maxvit",
+    "alexnet", "vgg", "resnet", "resnext", "densenet", "squeezenet", "googlenet", "inception_v3", "mobilenet_v2",
+    "mobilenet_v3", "quantizable_mobilenet_v3", "mnasnet", "shufflenet_v2", "efficientnet_b0", "efficientnet_v2",
+    "regnet", "convnext", "vit", "swin", "maxvit",
 ]
 CAPTURES = ("script", "trace")
 
@@ -84,7 +67,8 @@ REFERENCE_FAILS = {
     ("efficientnet_v2", "script"): "'branches for `if` should return values that are observed consistently' "
     "(stochastic depth)",
     ("swin", "script"): "'branches for `if` should return values that are observed consistently' (stochastic depth)",
-    ("maxvit", "script"): "'branches for `if` should return values that are observed consistently' (stochastic depth)",
+    ("maxvit", "script"): "'branches for `if` should return values that are observed consistently' "
+    "(stochastic depth)",
     ("vit", "script"): "prepare_jit crashes the process (SIGSEGV)",
 }
 SQNR_ENOUGH = 20.0

@@ -167,14 +167,8 @@ def _swin(models):
 
 def _maxvit(models):
     return models.MaxVit(
-        input_size=(32, 32),
-        stem_channels=8,
-        partition_size=2,
-        block_channels=[16, 32],
-        block_layers=[1, 1],
-        head_dim=8,
-        stochastic_depth_prob=0.1,
-        num_classes=10,
+        input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 1],
+        head_dim=8, stochastic_depth_prob=0.1, num_classes=10,
     )
 
 
