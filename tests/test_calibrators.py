@@ -9,12 +9,10 @@ prepare / convert.
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
-from helpers.numerics import assert_bitwise_equal, sqnr
 from torch import nn
 from torch.ao.quantization import (
     DeQuantStub,
@@ -28,7 +26,9 @@ from torch.ao.quantization import prepare as eager_prepare
 from torch.ao.quantization import quantize_jit as reference_quantize_jit
 
 import qgraph
-from examples.models import ResNetLike, calibrate, calibration_batches, randomize_batchnorm
+from examples.models import ResNetLike, calibration_batches, randomize_batchnorm
+from helpers.models import calibrate, reloaded
+from helpers.numerics import assert_bitwise_equal, sqnr
 from qgraph.quant.calibrators import FloatBinObserver
 from qgraph.quant.float_bins import count_bins, magnitude_edges
 from qgraph.quant.range_search import _kl_divergences
@@ -37,8 +37,7 @@ CALIBRATORS = [qgraph.PercentileObserver, qgraph.EntropyObserver, qgraph.MSEObse
 
 
 def observed(observer: nn.Module, *tensors: torch.Tensor) -> nn.Module:
-    for tensor in tensors:
-        observer(tensor)
+    calibrate(observer, tensors)
     return observer
 
 
@@ -251,10 +250,7 @@ def test_quantize_jit_with_the_calibrators_equals_pytorchs_graph_mode(small_resn
     # (Not before: PyTorch's per-channel weight observer cannot resize the buffers a load gives it.)
     prepared = qgraph.prepare_jit(scripted, qconfig_dict)
     calibrate(prepared, batches[:1])
-    buffer = io.BytesIO()
-    torch.jit.save(prepared, buffer)
-    buffer.seek(0)
-    prepared = torch.jit.load(buffer)
+    prepared = reloaded(prepared)
     calibrate(prepared, batches[1:])
     quantized = qgraph.convert_jit(prepared)
     reference = reference_quantize_jit(scripted, qconfig_dict, calibrate, [batches])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.numerics import assert_bitwise_equal
 from torch.ao.quantization import (
     HistogramObserver,
     MinMaxObserver,
@@ -25,6 +24,8 @@ from torch.ao.quantization import prepare as eager_prepare
 
 import qgraph
 from examples import distributed_calibration
+from helpers.models import calibrate
+from helpers.numerics import assert_bitwise_equal
 from qgraph.quant.merge import observers_of
 
 EXACT = [
@@ -44,8 +45,7 @@ def shards() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 
 def calibrated(observer, batches):
-    for batch in batches:
-        observer(batch)
+    calibrate(observer, batches)
     return observer
 
 
@@ -149,7 +149,8 @@ def test_prepared_models_merge_observer_by_observer():
         single(batch)
     merged = qgraph.merge_observers(*halves)
     assert len(list(observers_of(merged))) > 3
-    for (path, mine), (_, theirs) in zip(observers_of(merged), observers_of(single)):
+    for (path, mine), (single_path, theirs) in zip(observers_of(merged), observers_of(single)):
+        assert path == single_path
         assert_same_state(mine, theirs)
     x = batches[0]
     assert_bitwise_equal(qgraph.convert_jit(merged)(x), qgraph.convert_jit(single)(x))
