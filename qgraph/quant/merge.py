@@ -35,12 +35,14 @@ import torch
 from torch import Tensor
 from torch.ao.quantization.observer import ObserverBase
 
+from qgraph.ir import CppModule, as_python
+
 __all__ = ["all_reduce_observers", "merge_observers", "observers_of"]
 
 
 def _as_module(module: Any) -> torch.nn.Module:
-    if isinstance(module, torch._C.ScriptModule):
-        return torch.jit._recursive.wrap_cpp_module(module)
+    if isinstance(module, CppModule):
+        return as_python(module)
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"expected an observer or a model (nn.Module or ScriptModule), got {type(module).__name__}")
     return module
