@@ -98,7 +98,10 @@ class FloatBinObserver(UniformQuantizationObserverBase):
         low = float(self.min_val)
         high = float(self.max_val)
         if low == math.inf and high == -math.inf:
-            warnings.warn("must run observer before calling calculate_qparams. Returning default scale and zero point")
+            warnings.warn(
+                "must run observer before calling calculate_qparams. Returning default scale and zero point",
+                stacklevel=2,
+            )
             return torch.tensor([1.0]), torch.tensor([0])
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"the observer saw NaN or infinite values (min {low}, max {high}); they have no range")
