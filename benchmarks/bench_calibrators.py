@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from torch.ao.quantization import (
 
 import qgraph
 from examples.models import MobileNetV2Like, ResNetLike, TransformerMLP
+from tests.helpers.numerics import sqnr
 
 warnings.filterwarnings("ignore")
 
@@ -96,7 +96,9 @@ def token_features(count: int, seed: int, dim: int = 32, tokens: int = 16) -> to
 
 
 def zoo(size: int) -> dict[str, tuple[Callable[[], nn.Module], Callable[[int, int], torch.Tensor]]]:
-    images = lambda count, seed: dead_leaves(count, size, seed)
+    def images(count: int, seed: int) -> torch.Tensor:
+        return dead_leaves(count, size, seed)
+
     models = {
         "ResNetLike": (lambda: ResNetLike(width=16, num_classes=1000), images),
         "MobileNetV2Like": (lambda: MobileNetV2Like(width=16, num_classes=1000), images),
@@ -120,10 +122,6 @@ def reestimated(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     from tests.helpers.torchvision_models import reestimate_batchnorm
 
     return reestimate_batchnorm(model, batches)
-
-
-def sqnr(reference: torch.Tensor, output: torch.Tensor) -> float:
-    return 10 * math.log10(reference.pow(2).sum().item() / max((reference - output).pow(2).sum().item(), 1e-30))
 
 
 def batched(data: torch.Tensor, size: int) -> list[torch.Tensor]:
