@@ -10,9 +10,10 @@ The package is layered, each layer importing only those below it::
     qgraph.quant                                          quantization facts and rules
     qgraph.ir, qgraph.pattern, qgraph.pipeline            TorchScript IR, patterns, stages
 
-The public functions below live in the driver and are imported on first
-use (PEP 562), so that ``import passes`` (which imports ``qgraph.ir``) pulls
-in the layers below the passes and nothing of the driver.
+The public names below live in the driver (and the calibrators and their
+merging in ``qgraph.quant``) and are imported on first use (PEP 562), so
+that ``import passes`` (which imports ``qgraph.ir``) pulls in the layers
+below the passes and nothing of the driver.
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ if TYPE_CHECKING:
         script_qconfig_dict,
     )
     from qgraph.capture import capture
+    from qgraph.quant.calibrators import EntropyObserver, MSEObserver, PercentileObserver
+    from qgraph.quant.merge import all_reduce_observers, merge_observers
 
-# Public name -> the driver module that defines it.
+# Public name -> the module that defines it.
 _PUBLIC = {
+    "EntropyObserver": "qgraph.quant.calibrators",
+    "MSEObserver": "qgraph.quant.calibrators",
+    "PercentileObserver": "qgraph.quant.calibrators",
+    "all_reduce_observers": "qgraph.quant.merge",
     "capture": "qgraph.capture",
     "convert_dynamic_jit": "qgraph.api",
     "convert_jit": "qgraph.api",
     "fuse_conv_bn_jit": "qgraph.api",
+    "merge_observers": "qgraph.quant.merge",
     "prepare_dynamic_jit": "qgraph.api",
     "prepare_jit": "qgraph.api",
     "quantize_dynamic_jit": "qgraph.api",
@@ -51,10 +59,15 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "EntropyObserver",
+    "MSEObserver",
+    "PercentileObserver",
+    "all_reduce_observers",
     "capture",
     "convert_dynamic_jit",
     "convert_jit",
     "fuse_conv_bn_jit",
+    "merge_observers",
     "prepare_dynamic_jit",
     "prepare_jit",
     "quantize_dynamic_jit",
