@@ -133,9 +133,11 @@ from qgraph.ir.module import (
     instances_by_type,
     method_graph,
     register_submodule,
+    resolve_path,
 )
 from qgraph.pattern import Match, compile_pattern, find_matches
 from qgraph.qconfig import is_scripted_qconfig, qconfig_paths_needing_own_type, resolve_qconfigs, script_qconfig
+from qgraph.qconfig_mapping import MappingResolver, OpPosition, is_qconfig_mapping, map_qconfigs
 
 __all__ = ["insert_observers", "insert_observers_in_place", "DELAYED_OBSERVATION", "parse_quant_type"]
 
@@ -261,7 +263,11 @@ def parse_quant_type(quant_type: Any) -> QuantType:
     raise ValueError(f"quant_type must be QuantType.STATIC/DYNAMIC or 'static'/'dynamic', got {quant_type!r}")
 
 
-def _scripted(qconfig_dict: dict) -> dict:
+def _scripted(qconfig_dict: Any) -> Any:
+    if is_qconfig_mapping(qconfig_dict):
+        return map_qconfigs(
+            qconfig_dict, lambda qconfig: qconfig if is_scripted_qconfig(qconfig) else script_qconfig(qconfig)
+        )
     return {
         key: qconfig if qconfig is None or is_scripted_qconfig(qconfig) else script_qconfig(qconfig)
         for key, qconfig in qconfig_dict.items()
@@ -272,10 +278,17 @@ class _ObserverPlacement:
     """The analysis state and the insertion walk over one module tree."""
 
     def __init__(
-        self, root: CppModule, qconfigs: dict[str, QConfig | None], quant_type: QuantType, dry_run: bool = False
+        self,
+        root: CppModule,
+        qconfigs: dict[str, QConfig | None],
+        quant_type: QuantType,
+        dry_run: bool = False,
+        op_qconfigs: dict[Node, QConfig | None] | None = None,
     ):
         self.root = root
         self.qconfigs = qconfigs
+        # Ops whose qconfig is not their module's (QConfigMapping object types and order entries).
+        self.op_qconfigs = op_qconfigs or {}
         self.quant_type = quant_type
         # A dry run decides everything and changes nothing (no observer is
         # inserted); it reports the ``if`` nodes whose branches disagree.
@@ -315,7 +328,7 @@ class _ObserverPlacement:
             self._keep.append(graph)
             self._find_delayed(graph)
             qconfig = self.qconfigs.get(data["instances"][0]) if data["instances"] else None
-            if qconfig is not None:
+            if qconfig is not None or self.op_qconfigs:
                 self._fill_observers(graph, qconfig)
             self._fill_pass_through(graph, analysed_functions)
         for path, module, name in self._instance_methods(method):
@@ -351,44 +364,81 @@ class _ObserverPlacement:
                 if rules.is_tensor_or_tensor_list(match["second_output"]) and all(check(match) for check in filters):
                     self.delayed[match["first_output"]] = match["second_output"]
 
-    def _fill_observers(self, graph: Graph, qconfig: QConfig) -> None:
+    def _fill_observers(self, graph: Graph, qconfig: QConfig | None) -> None:
         for value in inputs_of(graph):
-            if self._needs_observer(value, qconfig):
-                self.observer_for_value[value] = self._observer_module(value, qconfig)
+            observer = self._observer_needed(value, qconfig)
+            if observer is not None:
+                self.observer_for_value[value] = observer
         for node in walk(graph):
             values = outputs_of(node)
             if node.kind() == "prim::Loop":
                 values += rules.loop_carried_params(node)
             for value in values:
-                if self._needs_observer(value, qconfig):
-                    self.observer_for_value[value] = self._observer_module(value, qconfig)
+                observer = self._observer_needed(value, qconfig)
+                if observer is not None:
+                    self.observer_for_value[value] = observer
+
+    def _qconfig_of(self, node: Node, module_qconfig: QConfig | None) -> QConfig | None:
+        """The qconfig of one op: its own (a QConfigMapping op entry), else its module's."""
+        return self.op_qconfigs.get(node, module_qconfig) if self.op_qconfigs else module_qconfig
 
     @staticmethod
     def _observer_module(value: Value, qconfig: QConfig) -> CppModule:
         return qconfig.weight if rules.is_weight(value) else qconfig.activation
 
-    def _needs_observer(self, value: Value, qconfig: QConfig) -> bool:
+    def _observer_needed(self, value: Value, module_qconfig: QConfig | None) -> CppModule | None:
+        """The observer ``value`` needs in its graph, or None.
+
+        The qconfig that observes it is its producer's when the producer asks
+        for an observer, else that of its first reader that does; an op's
+        qconfig is its module's unless a QConfigMapping names the op.
+        """
         if (
             rules.is_bias(value)
             or not rules.is_tensor_or_tensor_list(value)
             or rules.is_embedding_bag_float_arg(value)
         ):
-            return False
+            return None
         node = value.node()
+        producer_qconfig = self._qconfig_of(node, module_qconfig)
         if self.quant_type == QuantType.STATIC:
-            if not rules.is_weight_only(node) and (
-                rules.is_quantizable(node, QuantType.STATIC) or rules.is_propagating(node)
+            if (
+                producer_qconfig is not None
+                and not rules.is_weight_only(node)
+                and (rules.is_quantizable(node, QuantType.STATIC) or rules.is_propagating(node))
             ):
-                return True
-        else:
-            # fp16 dynamic quantization converts weights only.
-            if _observer_dtype(self._observer_module(value, qconfig)) == torch.float16 and not rules.is_weight(value):
-                return False
+                return self._observer_module(value, producer_qconfig)
+        qconfig = next(
+            (
+                reader_qconfig
+                for use in value.uses()
+                if rules.is_quantizable_use(use.user, use.offset, self.quant_type)
+                and (reader_qconfig := self._qconfig_of(use.user, module_qconfig)) is not None
+            ),
+            None,
+        )
+        if self.quant_type == QuantType.DYNAMIC:
+            weight_only_qconfig = next(
+                (
+                    self._qconfig_of(use.user, module_qconfig)
+                    for use in value.uses()
+                    if rules.is_weight_only(use.user) and self._qconfig_of(use.user, module_qconfig) is not None
+                ),
+                None,
+            )
             # Weight-only quantization needs no calibration, so the dynamic API
             # gives an embedding_bag what the static API gives when its qconfig asks for it.
-            if rules.is_weight_only_weight(value) and _is_embedding_bag_placeholder(qconfig.weight):
-                return True
-        return any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in value.uses())
+            if (
+                weight_only_qconfig is not None
+                and rules.is_weight_only_weight(value)
+                and _is_embedding_bag_placeholder(weight_only_qconfig.weight)
+            ):
+                return weight_only_qconfig.weight
+            # fp16 dynamic quantization converts weights only.
+            if qconfig is not None and not rules.is_weight(value):
+                if _observer_dtype(self._observer_module(value, qconfig)) == torch.float16:
+                    return None
+        return None if qconfig is None else self._observer_module(value, qconfig)
 
     def _fill_pass_through(self, graph: Graph, analysed_functions: set) -> None:
         pending = [graph]
@@ -761,7 +811,7 @@ def _node_count(nodes: list[Node]) -> int:
     return sum(1 + sum(1 for _ in _nested_nodes(node)) for node in nodes)
 
 
-def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
+def _move_continuation_into_branches(graph: Graph, if_node: Node, op_qconfigs: dict[Node, Any]) -> int:
     """Move the nodes after ``if_node`` in its block into every branch; returns the nodes added.
 
     Each branch gets its own copy of the rest of the block, reading that
@@ -785,6 +835,9 @@ def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
         for node in rest:
             clone = graph.createClone(node, lambda v: env.get(v, v))
             clone.insertBefore(branch_return)
+            for old_node, new_node in zip([node, *_nested_nodes(node)], [clone, *_nested_nodes(clone)]):
+                if old_node in op_qconfigs:
+                    op_qconfigs[new_node] = op_qconfigs[old_node]
             for old, new in zip(outputs_of(node), outputs_of(clone)):
                 new.copyMetadata(old)
                 env[old] = new
@@ -813,7 +866,7 @@ def _has_if_with_tensor_result(root: CppModule, method_name: str) -> bool:
 
 
 def _separate_branch_continuations(
-    root: CppModule, qconfigs: dict, quant_type: QuantType, method_name: str
+    root: CppModule, qconfigs: dict, quant_type: QuantType, method_name: str, op_qconfigs: dict[Node, Any]
 ) -> _ObserverPlacement | None:
     """Give each side of an ``if`` whose branches are observed differently its own continuation.
 
@@ -832,7 +885,7 @@ def _separate_branch_continuations(
         return None
     budget: dict[Graph, int] = {}
     for _ in range(_MAX_CONTINUATION_ROUNDS):
-        dry = _ObserverPlacement(root, qconfigs, quant_type, dry_run=True)
+        dry = _ObserverPlacement(root, qconfigs, quant_type, dry_run=True, op_qconfigs=op_qconfigs)
         dry.analyze(method_name)
         graph = method_graph(root, method_name)
         dry.observe_block(graph.block(), graph, root, set(), entry=True)
@@ -853,7 +906,7 @@ def _separate_branch_continuations(
             cost = _node_count(rest) * (len(nested_blocks(if_node)) - 1)
             if cost > budget[owner]:
                 continue
-            budget[owner] -= _move_continuation_into_branches(owner, if_node)
+            budget[owner] -= _move_continuation_into_branches(owner, if_node, op_qconfigs)
             moved = True
         if not moved:
             return dry.for_insertion()
@@ -903,17 +956,34 @@ def insert_observers_in_place(module: CppModule, method_name: str, qconfig_dict:
     root = as_cpp(module)
     _check_method(root, method_name)
     kind = parse_quant_type(quant_type)
-    qconfigs = resolve_qconfigs(root, _scripted(qconfig_dict))
-    own_type = qconfig_paths_needing_own_type(root, qconfigs)
+    scripted = _scripted(qconfig_dict)
+    qconfigs = resolve_qconfigs(root, scripted)
+    by_position = MappingResolver(root, scripted, method_name).op_qconfigs if is_qconfig_mapping(scripted) else {}
+    own_type = qconfig_paths_needing_own_type(root, qconfigs, by_position)
     if own_type:
         root = unshare_types(root, own_type)
-    placement = _separate_branch_continuations(root, qconfigs, kind, method_name)
+    op_qconfigs = _op_qconfigs_by_node(root, by_position)
+    placement = _separate_branch_continuations(root, qconfigs, kind, method_name, op_qconfigs)
     if placement is None:
-        placement = _ObserverPlacement(root, qconfigs, kind)
+        placement = _ObserverPlacement(root, qconfigs, kind, op_qconfigs=op_qconfigs)
         placement.analyze(method_name)
     graph = method_graph(root, method_name)
     placement.observe_block(graph.block(), graph, root, set(), entry=True)
     return root
+
+
+def _op_qconfigs_by_node(root: CppModule, by_position: dict[str, dict[OpPosition, Any]]) -> dict[Node, Any]:
+    """``MappingResolver.op_qconfigs`` (per module path, by method and walk position) as a map from node."""
+    found: dict[Node, Any] = {}
+    nodes_of: dict[tuple[str, str], list[Node]] = {}
+    for path, positions in by_position.items():
+        module = resolve_path(root, path)
+        for (method, position), qconfig in positions.items():
+            key = (module._type().qualified_name(), method)
+            if key not in nodes_of:
+                nodes_of[key] = list(walk(method_graph(module, method)))
+            found[nodes_of[key][position]] = qconfig
+    return found
 
 
 def _check_method(root: CppModule, method_name: str) -> None:

@@ -40,6 +40,7 @@ from qgraph.ir import (
 )
 from qgraph.pipeline import Pipeline, Stage
 from qgraph.qconfig import _resolve, check_qconfig_dict, qconfig_paths_needing_own_type, script_qconfig_dict
+from qgraph.qconfig_mapping import is_qconfig_mapping, mapping_entries
 
 # A bool attribute on the root of every prepared model; convert removes it.
 PREPARED_MARK = "_qgraph_prepared"
@@ -94,7 +95,7 @@ def check_eval_mode(model: Any) -> None:
             )
 
 
-def check_qconfig_kind(scripted_qconfig_dict: dict, quant_type: QuantType) -> None:
+def check_qconfig_kind(scripted_qconfig_dict: Any, quant_type: QuantType) -> None:
     """ValueError when a dynamic qconfig (activations quantized at run time) goes to the static API.
 
     Its activation observer is a ``PlaceholderObserver(is_dynamic=True)``,
@@ -105,11 +106,15 @@ def check_qconfig_kind(scripted_qconfig_dict: dict, quant_type: QuantType) -> No
     """
     if quant_type != QuantType.STATIC:
         return
-    for key, qconfig in scripted_qconfig_dict.items():
+    if is_qconfig_mapping(scripted_qconfig_dict):
+        entries = [(f"QConfigMapping {where}", q) for where, q in mapping_entries(scripted_qconfig_dict)]
+    else:
+        entries = [(f"qconfig_dict[{key!r}]", q) for key, q in scripted_qconfig_dict.items()]
+    for where, qconfig in entries:
         activation = None if qconfig is None else qconfig.activation
         if activation is not None and activation.hasattr("is_dynamic") and activation.getattr("is_dynamic"):
             raise ValueError(
-                f"qconfig_dict[{key!r}] is a dynamic qconfig (its activation observer quantizes at run time); "
+                f"{where} is a dynamic qconfig (its activation observer quantizes at run time); "
                 "use quantize_dynamic_jit or prepare_dynamic_jit / convert_dynamic_jit for it, or a static qconfig "
                 "such as get_default_qconfig('x86') with quantize_jit / prepare_jit"
             )
@@ -177,7 +182,8 @@ def prepare(
 ) -> torch.jit.ScriptModule:
     """Preprocess ``model`` and insert observers; calibrate the result, then convert it.
 
-    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.qconfig``).
+    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.qconfig``),
+    or is a ``QConfigMapping`` (see ``qgraph.qconfig_mapping``).
     With ``inplace=False`` the caller's model is left exactly as it was;
     with ``inplace=True`` the same Python object is returned, now prepared
     (its tensors are copies: the rewrites never touch the class types the
