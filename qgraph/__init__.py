@@ -16,11 +16,16 @@ from qgraph.api import (
     script_qconfig_dict,
 )
 from qgraph.capture import capture
+from qgraph.compare import compare
+from qgraph.draw import draw
+from qgraph.sensitivity import sensitivity
 
 __all__ = [
     "capture",
+    "compare",
     "convert_dynamic_jit",
     "convert_jit",
+    "draw",
     "fuse_conv_bn_jit",
     "prepare_dynamic_jit",
     "prepare_jit",
@@ -28,4 +33,5 @@ __all__ = [
     "quantize_jit",
     "script_qconfig",
     "script_qconfig_dict",
+    "sensitivity",
 ]

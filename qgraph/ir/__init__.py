@@ -26,6 +26,7 @@ from qgraph.ir.graph import (
     producer,
     replace_uses,
     source_location,
+    strip_serialized,
     users_of,
     uses_of,
     walk,
