@@ -11,7 +11,11 @@
                                           (static or dynamic as the model shows, unless told;
                                           --qconfig gives the qconfig_dict used for prepare, so
                                           ops under a None qconfig say so: NAME is none, x86,
-                                          fbgemm, qnnpack, onednn, default, dynamic or fp16)
+                                          fbgemm, qnnpack, onednn, default, dynamic, fp16, or
+                                          MODULE:ATTRIBUTE naming a QConfig or QConfigMapping)
+    qgraph quantize | compare | sensitivity | draw ...
+                                          see ``qgraph.cli_tools``
+    qgraph --version
 
 MODEL.pt is a TorchScript archive written by ``torch.jit.save``. Bad input
 (a missing file, a file that is not TorchScript, an unknown method) gives a
@@ -22,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -50,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgraph", description="Graph-mode quantization of TorchScript models.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     show = commands.add_parser("show", help="print the graphs of a saved TorchScript model")
@@ -79,14 +86,26 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="[PATH=]NAME",
         help="an entry of the qconfig_dict used for prepare (repeatable; PATH defaults to the whole model): "
-        f"NAME is one of {', '.join(QCONFIG_NAMES)}",
+        f"NAME is one of {', '.join(QCONFIG_NAMES)}, or MODULE:ATTRIBUTE naming a QConfig or QConfigMapping",
     )
     report.set_defaults(command=_report)
+
+    from qgraph.cli_tools import add_commands
+
+    add_commands(commands)
     return parser
 
 
+def _version() -> str:
+    try:
+        version = importlib.metadata.version("qgraph")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"qgraph {version} (torch {torch.__version__})"
+
+
 def _show(args: argparse.Namespace) -> int:
-    module = _load(args.model)
+    module = load_model(args.model)
     if args.all:
         print(format_module_graphs(module), end="")
     else:
@@ -95,7 +114,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
-    module = _load(args.model)
+    module = load_model(args.model)
     print(f"=== input ===\n{method_graph(module)}", end="")
     pipeline = Pipeline("passes", [_printing(stage) for stage in standalone_stages()])
     with inspect(dump_dir=args.dump_dir):
@@ -109,7 +128,7 @@ def _report(args: argparse.Namespace) -> int:
     from qgraph.report import detected_quant_type, float_op_report
 
     qconfig_dict = parse_qconfig_entries(args.qconfig) if args.qconfig else None
-    model = _load(args.model)
+    model = load_model(args.model)
     if args.dynamic or args.static:
         quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
     else:
@@ -137,15 +156,49 @@ def _named_qconfig(name: str):
     return named[name]
 
 
-def parse_qconfig_entries(entries: Sequence[str]) -> dict:
-    """``["x86", "head=none"]`` -> ``{"": <x86 qconfig>, "head": None}``; UsageError for an unknown name."""
+def parse_qconfig_entries(entries: Sequence[str]) -> Any:
+    """``["x86", "head=none"]`` -> ``{"": <x86 qconfig>, "head": None}``; UsageError for an unknown name.
+
+    ``MODULE:ATTRIBUTE`` imports a QConfig (an entry like the others), or a
+    QConfigMapping or qconfig_dict (then the only entry, without PATH).
+    """
+    from torch.ao.quantization import QConfig
+
     qconfig_dict = {}
     for entry in entries:
         path, _, name = entry.rpartition("=")
-        if name.lower() not in QCONFIG_NAMES:
-            raise UsageError(f"--qconfig {entry}: unknown qconfig {name!r} (one of {', '.join(QCONFIG_NAMES)})")
-        qconfig_dict[path] = _named_qconfig(name.lower())
+        qconfig = resolve_qconfig_name(name, entry)
+        if not (qconfig is None or isinstance(qconfig, QConfig)):
+            if path or len(entries) > 1:
+                raise UsageError(f"--qconfig {entry}: a QConfigMapping or qconfig_dict must be the only --qconfig")
+            return qconfig
+        qconfig_dict[path] = qconfig
     return qconfig_dict
+
+
+def resolve_qconfig_name(name: str, entry: str | None = None) -> Any:
+    """A ``--qconfig`` NAME: one of ``QCONFIG_NAMES``, or ``MODULE:ATTRIBUTE`` imported (a callable is called)."""
+    from torch.ao.quantization import QConfig, QConfigMapping
+
+    if name.lower() in QCONFIG_NAMES:
+        return _named_qconfig(name.lower())
+    where = f"--qconfig {entry or name}"
+    module_name, colon, attribute = name.partition(":")
+    if not colon or not module_name or not attribute:
+        raise UsageError(f"{where}: unknown qconfig {name!r} (one of {', '.join(QCONFIG_NAMES)}, or MODULE:ATTRIBUTE)")
+    try:
+        value: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except ImportError as err:
+        raise UsageError(f"{where}: cannot import {module_name} ({err})") from None
+    except AttributeError:
+        raise UsageError(f"{where}: {module_name} has no attribute {attribute}") from None
+    if callable(value) and not isinstance(value, (QConfig, QConfigMapping, dict)):
+        value = value()
+    if value is not None and not isinstance(value, (QConfig, QConfigMapping, dict)):
+        raise UsageError(f"{where}: {name} is a {type(value).__name__}, not a QConfig, QConfigMapping or qconfig_dict")
+    return value
 
 
 def standalone_stages() -> list[Stage]:
@@ -177,7 +230,7 @@ def _printing(stage: Stage) -> Stage:
     return Stage(stage.name, run)
 
 
-def _load(path: str) -> CppModule:
+def load_model(path: str) -> CppModule:
     try:
         return torch.jit.load(path, map_location="cpu")._c
     except FileNotFoundError:

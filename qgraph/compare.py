@@ -549,7 +549,9 @@ def compare(float_model: Any, quantized_model: Any, inputs: Any) -> NumericsRepo
     sites = _sites(quantized_taps.graph)
     # Every match before any tap: a tap adds a reader to the value it records.
     candidates = [matcher.float_values(site) for site in sites]
-    if sites and not any(candidates):
+    # A model input always has its float value; an op is matched only through what the graphs kept.
+    op_candidates = [found for site, found in zip(sites, candidates) if site.origin is not None]
+    if op_candidates and not any(op_candidates):
         raise ValueError(
             "no quantized op could be matched with a value of the float model: pass the float model that was "
             "quantized, captured the same way (scripted or traced)"

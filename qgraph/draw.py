@@ -38,7 +38,7 @@ from qgraph.ir import CppModule, as_cpp, getattr_path, method_graph, module_path
 from qgraph.ir.graph import Block, Graph, Node, Value, inputs_of, nested_blocks, outputs_of
 from qgraph.pipeline import DUMP_PICTURES
 
-__all__ = ["CATEGORIES", "GraphvizNotFound", "draw", "svg_of", "to_dot", "write_svg"]
+__all__ = ["CATEGORIES", "GraphvizNotFound", "Picture", "draw", "picture", "to_dot", "write_svg"]
 
 QUANTIZED = "quantized op"
 QUANTIZE = "quantize / dequantize"
@@ -240,30 +240,40 @@ def _build(model: Any, method: str) -> _Drawing:
     return drawing
 
 
-def svg_of(model: Any, method: str = "forward") -> str:
-    """The SVG text of ``model.<method>``; GraphvizNotFound without Graphviz's ``dot``."""
+@dataclass(frozen=True)
+class Picture:
+    """An SVG drawing and how many nodes of each category it shows."""
+
+    svg: str
+    counts: dict[str, int]
+
+
+def picture(model: Any, method: str = "forward") -> Picture:
+    """``model.<method>`` drawn; GraphvizNotFound without Graphviz's ``dot``."""
     drawing = _build(model, method)
     try:
-        return drawing.dot.pipe(format="svg", encoding="utf-8")
+        svg = drawing.dot.pipe(format="svg", encoding="utf-8")
     except graphviz.ExecutableNotFound:
         raise GraphvizNotFound(
             "drawing needs the dot program of Graphviz, which is not installed: install the graphviz system package "
             "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)"
         ) from None
+    counts = {category: drawing.counts[category] for category in CATEGORIES if category in drawing.counts}
+    return Picture(svg, counts)
 
 
 def write_svg(module: CppModule, path: str) -> None:
     """``draw`` for a ``torch._C.ScriptModule`` (the pipeline's per-stage pictures)."""
     with open(path, "w", encoding="utf-8") as out:
-        out.write(svg_of(module))
+        out.write(picture(module).svg)
 
 
 def draw(model: Any, path: str | os.PathLike, method: str = "forward") -> str:
     """Write ``model.<method>`` as an SVG picture to ``path``; returns the path written."""
-    text = svg_of(model, method)
+    drawn = picture(model, method)
     destination = os.fspath(path)
     with open(destination, "w", encoding="utf-8") as out:
-        out.write(text)
+        out.write(drawn.svg)
     return destination
 
 

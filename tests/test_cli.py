@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.lit import directives, filecheck, run_cli
 from torch.testing import FileCheck
 
-from qgraph.cli import main, standalone_stages
+from qgraph.cli import standalone_stages
 
 LIT_DIR = Path(__file__).parent / "lit"
 
@@ -115,16 +116,6 @@ def _save_models(directory: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return _save_models(tmp_path_factory.mktemp("models"))
-
-
-def run_cli(capsys, *args):
-    """(exit code, stdout, stderr) of the command line run in-process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse exits for --help and usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_lists_the_commands(capsys):
@@ -249,29 +240,12 @@ def test_runs_as_a_python_module(models):
 # --- lit files --------------------------------------------------------------------------------
 
 
-def _directives(check_file: Path) -> dict[str, str]:
-    found = {}
-    for line in check_file.read_text().splitlines():
-        for key in ("MODEL", "ARGS", "EXIT"):
-            prefix = f"# {key}:"
-            if line.startswith(prefix):
-                found[key] = line[len(prefix) :].strip()
-    return found
-
-
 @pytest.mark.parametrize("check_file", sorted(LIT_DIR.glob("*.txt")), ids=lambda path: path.stem)
 def test_lit(check_file, capsys, models, tmp_path):
-    directives = _directives(check_file)
-    assert "ARGS" in directives, f"{check_file.name} has no '# ARGS:' line"
-    model = models[directives.get("MODEL", "convnet")]
-    args = directives["ARGS"].format(model=model, tmp=tmp_path).split()
+    found = directives(check_file)
+    assert "ARGS" in found, f"{check_file.name} has no '# ARGS:' line"
+    model = models[found.get("MODEL", "convnet")]
+    args = found["ARGS"].format(model=model, tmp=tmp_path).split()
     code, out, err = run_cli(capsys, *args)
-    assert code == int(directives.get("EXIT", "0")), err
-    checked = subprocess.run(
-        [sys.executable, "-m", "filecheck", str(check_file)],
-        input=out + err,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert code == int(found.get("EXIT", "0")), err
+    filecheck(check_file, out + err)
