@@ -1,12 +1,13 @@
 """qgraph.compare: every quantized op against the float model's same value; the matching rule checked against a float twin."""
 
-import io
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers.float_twin import assert_close_to_twin, float_twin
+from helpers.quantized_reference import capture as capture_model
+from helpers.saving import round_trip
 from helpers.torchvision_models import architectures, reestimate_batchnorm, torchvision_installed
 from torch import nn
 from torch.ao.quantization import MinMaxObserver, QConfig, default_dynamic_qconfig, get_default_qconfig
@@ -62,10 +63,6 @@ def batches():
     return [torch.randn(2, 3, 8, 8) for _ in range(3)]
 
 
-def captured(model: nn.Module, capture: str, batch: torch.Tensor) -> torch.jit.ScriptModule:
-    return torch.jit.script(model) if capture == "script" else torch.jit.trace(model, batch)
-
-
 def quantized_pair(model: torch.jit.ScriptModule, batches, qconfig=FAST):
     prepared = qgraph.prepare_jit(model, {"": qconfig})
     for batch in batches:
@@ -75,7 +72,7 @@ def quantized_pair(model: torch.jit.ScriptModule, batches, qconfig=FAST):
 
 @pytest.fixture(scope="module", params=["script", "trace"])
 def block_models(request, batches):
-    float_model = captured(block(), request.param, batches[0])
+    float_model = capture_model(block(), (batches[0],), request.param == "trace")
     return (float_model, *quantized_pair(float_model, batches))
 
 
@@ -151,24 +148,17 @@ def test_torchvision_resnet_matches_op_by_op(capture):
     architecture = architectures()["resnet"]
     batches = [torch.randn(2, 3, architecture.size, architecture.size)]
     model = reestimate_batchnorm(architecture.build(), batches)
-    float_model = captured(model, capture, batches[0])
+    float_model = capture_model(model, (batches[0],), capture == "trace")
     quantized, debug = quantized_pair(float_model, batches)
     report = qgraph.compare(float_model, quantized, batches)
     assert len(report) == 19 and all(op.status == COMPARED for op in report)
     assert check_against_float_twin(float_model, debug, batches[0]) == 19
 
 
-def saved_and_loaded(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    buffer = io.BytesIO()
-    torch.jit.save(model, buffer)
-    buffer.seek(0)
-    return torch.jit.load(buffer)
-
-
 def test_models_loaded_from_files_match_without_call_stacks(block_models, batches):
     float_model, quantized, _ = block_models
     in_memory = qgraph.compare(float_model, quantized, batches)
-    loaded = qgraph.compare(saved_and_loaded(float_model), saved_and_loaded(quantized), batches)
+    loaded = qgraph.compare(round_trip(float_model), round_trip(quantized), batches)
     assert [(op.kind, op.module_path, op.source, op.sqnr) for op in loaded] == [
         (op.kind, op.module_path, op.source, op.sqnr) for op in in_memory
     ]

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 from helpers.quantized_reference import capture, reference_pair
+from helpers.saving import round_trip
 from torch.ao.quantization import default_dynamic_qconfig, default_qconfig, get_default_qconfig
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
@@ -211,13 +212,6 @@ def test_bad_arguments():
         float_op_report(quantized, [("", None)])
 
 
-def _round_trip(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    buffer = io.BytesIO()
-    torch.jit.save(model, buffer)
-    buffer.seek(0)
-    return torch.jit.load(buffer)
-
-
 def _calibrate(model, inputs):
     model(*inputs)
 
@@ -268,7 +262,7 @@ def test_ops_legalize_keeps_in_float_are_reported_as_safety_rules(tracing):
 def test_safety_rule_entries_survive_save_and_load(tracing):
     example = (torch.randn(2, 10, 6, 6),)
     quantized = _quantize_static(GroupwiseThenGroupNorm(), example, tracing)
-    assert _rows(float_op_report(_round_trip(quantized))) == _rows(float_op_report(quantized))
+    assert _rows(float_op_report(round_trip(quantized))) == _rows(float_op_report(quantized))
 
 
 class TwoGroupwiseConvs(nn.Module):
@@ -293,7 +287,7 @@ def test_records_find_their_own_nodes_also_after_load(tracing):
     example = (torch.randn(1, 10, 5, 5), torch.randn(1, 12, 5, 5))
     qconfig_dict = {"": get_default_qconfig("fbgemm"), "off": None}
     quantized = _quantize_static(TwoGroupwiseConvs(), example, tracing, qconfig_dict)
-    for model in (quantized, _round_trip(quantized)):
+    for model in (quantized, round_trip(quantized)):
         report = float_op_report(model, qconfig_dict)
         safety = [(e.module_path, e.kind) for e in report.by_reason(SAFETY_RULE)]
         assert safety == [("narrow", "aten::conv2d"), ("wide.0", "aten::conv2d"), ("wide.0", "aten::relu")]
@@ -426,7 +420,7 @@ def test_dynamic_report_says_why_an_lstm_stays_float(tracing):
     quantized = qgraph.quantize_dynamic_jit(capture(ProjectedLSTM(), example, tracing), qconfig_dict)
     # The reason travels as a node tag until convert records it; none is left in the graph.
     assert "qgraph_float" not in str(quantized.graph)
-    for model in (quantized, _round_trip(quantized)):
+    for model in (quantized, round_trip(quantized)):
         report = float_op_report(model, qconfig_dict, QuantType.DYNAMIC)
         (projected,) = [e for e in report if e.reason == UNSUPPORTED_OP]
         assert (projected.module_path, projected.kind) == ("rnn", "aten::lstm")
