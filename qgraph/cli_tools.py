@@ -204,7 +204,7 @@ def _engine(name: str | None) -> Iterator[None]:
         torch.backends.quantized.engine = saved
 
 
-def _convert_keywords(lowering: str) -> dict[str, str]:
+def _convert_keywords(lowering: str) -> dict[str, Any]:
     import qgraph
 
     if "lowering" in inspect.signature(qgraph.convert_jit).parameters:

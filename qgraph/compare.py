@@ -9,11 +9,13 @@ absolute error, and the error's norm relative to the float value's::
     report = qgraph.compare(float_model, quantized, batches)
     print(report.format())
 
-    6 quantized ops; model output SQNR 24.71 dB
-     SQNR dB  max abs err  rel err  op                        module  source
-    --------  -----------  -------  ------------------------  ------  ----------
-       21.43     1.07e-01  8.5e-02  quantized::linear         fc      linear.py:134
-       ...
+    4 quantized ops; model output SQNR 41.82 dB
+    SQNR dB  max abs err  rel err  op                         module   source
+    -------  -----------  -------  -------------------------  -------  -------------
+      34.82     8.05e-03  1.8e-02  aten::mean                 <model>  model.py:7
+      35.83     3.87e-02  1.6e-02  quantized::conv2d_relu     conv     conv.py:560
+      36.66     2.60e-02  1.5e-02  aten::quantize_per_tensor  <model>  input 0
+      41.82     6.71e-03  8.1e-03  quantized::linear          fc       linear.py:134
 
 The ops are: the quantized kernels (``quantized::conv2d_relu``,
 ``quantized::linear_dynamic``, ``aten::quantized_lstm``, ...), ops that
@@ -291,12 +293,16 @@ def _family(kind: str) -> str:
     return _FAMILIES.get(name, name)
 
 
+# The first line of a traced node's source range: "model.py(12): forward".
+_TRACED_FRAME = re.compile(r"^[^\n]+\(\d+\): ")
+
+
 def _source_key(node: Node) -> str:
-    text = strip_serialized(node.sourceRange() or "")
+    text = strip_serialized(str(node.sourceRange() or ""))
     first = text.split("\n", 1)[0]
     # A traced node's source range is the Python stack when it was traced:
     # its innermost frame says where the op is, the rest where tracing was called.
-    if re.match(r"^.+\(\d+\): ", first):
+    if _TRACED_FRAME.match(first):
         return first
     return text
 
@@ -362,7 +368,7 @@ class _Matcher:
         if site.origin is None:
             inputs = list(self.float_graph.inputs())
             return [(inputs[site.input_index + 1], None)] if site.input_index + 1 < len(inputs) else []
-        found = []
+        found: list[tuple[Value, Node | None]] = []
         for node in self.float_nodes(site.origin):
             if not outputs_of(node):
                 continue
@@ -525,7 +531,7 @@ def output_errors(expected: Any, actual: Any, errors: _Errors | None = None) -> 
 
 def _script_like(float_model: torch.nn.Module, quantized_graph: Graph, example: tuple) -> torch.jit.ScriptModule:
     """Capture an eager float model as the quantized one was (traced ranges name Python stack frames)."""
-    traced = any(re.match(r"^.+\(\d+\): ", (n.sourceRange() or "").split("\n", 1)[0]) for n in walk(quantized_graph))
+    traced = any(_TRACED_FRAME.match(str(n.sourceRange() or "")) for n in walk(quantized_graph))
     model = float_model.eval()
     return torch.jit.trace(model, example) if traced else torch.jit.script(model)
 

@@ -214,8 +214,8 @@ def to_dot(model: Any, method: str = "forward") -> str:
 
 
 def _build(model: Any, method: str) -> _Drawing:
-    module = as_cpp(model)
-    if not module._has_method(method):
+    module: Any = as_cpp(model)
+    if method not in module._method_names():
         raise ValueError(f"the model has no method {method!r} to draw")
     graph = method_graph(module, method)
     dot = graphviz.Digraph(

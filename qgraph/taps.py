@@ -19,7 +19,7 @@ what the value was when it was computed, whatever in-place op comes later.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -66,15 +66,13 @@ class Taps:
         key = len(self._keys)
         self._keys[value] = key
         producer = value.node()
-        if producer.kind() == "prim::Param":
-            block_start = _first_node(producer)
-            anchor: dict[str, Node] = {"before": block_start}
-            if producer.owningBlock().owningNode() is None:
-                # Graph inputs are recorded after the dictionary is fetched and cleared.
-                anchor = {"after": self._cleared}
+        if producer.kind() != "prim::Param":
+            copy = insert_op(self.graph, "aten::clone", [value, None], after=producer)
+        elif producer.owningBlock().owningNode() is None:
+            # Graph inputs are recorded after the dictionary is fetched and cleared.
+            copy = insert_op(self.graph, "aten::clone", [value, None], after=self._cleared)
         else:
-            anchor = {"after": producer}
-        copy = insert_op(self.graph, "aten::clone", [value, None], **anchor)
+            copy = insert_op(self.graph, "aten::clone", [value, None], before=_first_node(producer))
         insert_op(self.graph, "aten::_set_item", [self._dict, key, copy.output()], after=copy, n_outputs=0)
         return key
 
@@ -86,7 +84,7 @@ class Taps:
         # A debugging run: graph optimization would cost more than it saves.
         with torch.no_grad(), torch.jit.optimized_execution(False):
             output = self._python(*inputs)
-        return output, dict(self.module.getattr(_ATTRIBUTE))
+        return output, dict(cast(Any, self.module).getattr(_ATTRIBUTE))
 
 
 def _first_node(param: Node) -> Node:

@@ -20,6 +20,9 @@ SIGNATURES = {
     "script_qconfig": ["qconfig"],
     "script_qconfig_dict": ["qconfig_dict"],
     "capture": ["model", "example_inputs", "method"],
+    "compare": ["float_model", "quantized_model", "inputs"],
+    "sensitivity": ["model", "qconfig_dict", "calibration", "inputs", "k", "dynamic"],
+    "draw": ["model", "path", "method"],
 }
 
 
