@@ -14,11 +14,11 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.fold_conv_bn import fold_conv_bn
-from passes.insert_quant_dequant import first_non_finite_site, non_finite_calibration_message
+from passes.quant_dequant import first_non_finite_site, non_finite_calibration_message
 from qgraph import ir
 from qgraph.convert import convert
 from qgraph.prepare import check_eval_mode, check_script_module, prepare
-from qgraph.qconfig import script_qconfig, script_qconfig_dict
+from qgraph.quant.qconfig import script_qconfig, script_qconfig_dict
 
 __all__ = [
     "fuse_conv_bn_jit",

@@ -3,9 +3,14 @@
     qgraph show MODEL.pt                  the root module's forward graph
     qgraph show MODEL.pt --method NAME    another method of the root module
     qgraph show MODEL.pt --all            every method of every module, headed by module path
-    qgraph passes MODEL.pt [--dump-dir DIR]
-                                          run the standalone graph passes through the
-                                          pipeline runner, printing forward after each
+    qgraph passes MODEL.pt [--dump-dir DIR] [--dynamic] [--qconfig [PATH=]NAME ...]
+                                          run what prepare_jit runs (its pipeline, stage by
+                                          stage), printing forward after each; observers go
+                                          where the --qconfig entries say (none without them)
+    qgraph opt --pass NAME FILE [--dynamic] [--qconfig [PATH=]NAME ...]
+                                          one pass on a graph in IR text (FILE.ir) or on a model
+                                          in Python source (FILE.py), the result printed; see
+                                          qgraph.opt
     qgraph report MODEL.pt [--dynamic | --static] [--qconfig [PATH=]NAME ...]
                                           the ops a quantized model still runs in float, and why
                                           (static or dynamic as the model shows, unless told;
@@ -25,24 +30,26 @@ one-line error on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import torch
 
+from qgraph.cli_inputs import QCONFIG_NAMES, UsageError, load_model, parse_qconfig_entries
+from qgraph.cli_tools import add_commands
 from qgraph.ir import CppModule, method_graph
-from qgraph.pipeline import Pipeline, Stage, format_module_graphs, graph_stage, inspect
+from qgraph.opt import OptError, run_opt
+from qgraph.pipeline import Pipeline, Stage, format_module_graphs, inspect
+from qgraph.prepare import prepare_pipeline
+from qgraph.quant.qconfig import script_qconfig_dict
+from qgraph.quant.quant_type import QuantType
+from qgraph.report import detected_quant_type, float_op_report
+
+__all__ = ["USAGE_ERROR", "UsageError", "main", "parse_qconfig_entries"]
 
 USAGE_ERROR = 2
-# Names ``report --qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs.
-QCONFIG_NAMES = ("none", "x86", "fbgemm", "qnnpack", "onednn", "default", "dynamic", "fp16")
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit code 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,33 +74,47 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(command=_show)
 
     run_passes = commands.add_parser(
-        "passes", help="run the standalone graph passes on a saved model, printing forward after each"
+        "passes", help="run prepare's pipeline on a saved model, printing forward after each stage"
     )
     run_passes.add_argument("model", metavar="MODEL.pt", help="a file written by torch.jit.save")
-    run_passes.add_argument("--dump-dir", metavar="DIR", help="also write every method graph after each pass to DIR")
+    run_passes.add_argument("--dump-dir", metavar="DIR", help="also write every method graph after each stage to DIR")
+    run_passes.add_argument(
+        "--dynamic", action="store_true", help="prepare for dynamic quantization (prepare_dynamic_jit)"
+    )
+    _add_qconfig_option(run_passes, "an entry of the qconfig_dict to prepare with")
     run_passes.set_defaults(command=_passes)
 
+    opt = commands.add_parser("opt", help="run one pass on a graph (FILE.ir) or a model's source (FILE.py), print it")
+    opt.add_argument("--pass", dest="pass_name", required=True, metavar="NAME", help="the pass (a stage name)")
+    opt.add_argument("file", metavar="FILE", help="IR text (.ir) or Python source defining Model (.py)")
+    opt.add_argument("--dynamic", action="store_true", help="dynamic quantization (prepare_dynamic_jit)")
+    _add_qconfig_option(opt, "an entry of the qconfig_dict to prepare with")
+    opt.set_defaults(command=_opt)
+
     report = commands.add_parser("report", help="list the ops a quantized model still runs in float, and why")
-    report.add_argument("model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save")
+    report.add_argument(
+        "model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save"
+    )
     kind = report.add_mutually_exclusive_group()
     kind.add_argument(
         "--dynamic", action="store_true", help="the model was quantized dynamically (activations stay float by design)"
     )
     kind.add_argument("--static", action="store_true", help="the model was quantized statically")
-    report.add_argument(
+    _add_qconfig_option(report, "an entry of the qconfig_dict used for prepare")
+    report.set_defaults(command=_report)
+    add_commands(commands)
+    return parser
+
+
+def _add_qconfig_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
         "--qconfig",
         action="append",
         default=[],
         metavar="[PATH=]NAME",
-        help="an entry of the qconfig_dict used for prepare (repeatable; PATH defaults to the whole model): "
-        f"NAME is one of {', '.join(QCONFIG_NAMES)}, or MODULE:ATTRIBUTE naming a QConfig or QConfigMapping",
+        help=f"{what} (repeatable; PATH defaults to the whole model): NAME is one of {', '.join(QCONFIG_NAMES)}, "
+        "or MODULE:ATTRIBUTE naming a QConfig or QConfigMapping",
     )
-    report.set_defaults(command=_report)
-
-    from qgraph.cli_tools import add_commands
-
-    add_commands(commands)
-    return parser
 
 
 def _version() -> str:
@@ -114,19 +135,29 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
+    qconfig_dict = script_qconfig_dict(parse_qconfig_entries(args.qconfig))
     module = load_model(args.model)
+    quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
+    prepare = prepare_pipeline(qconfig_dict, quant_type)
     print(f"=== input ===\n{method_graph(module)}", end="")
-    pipeline = Pipeline("passes", [_printing(stage) for stage in standalone_stages()])
     with inspect(dump_dir=args.dump_dir):
-        pipeline.run(module)
+        Pipeline(prepare.name, [_printing(stage) for stage in prepare.stages]).run(module)
+    return 0
+
+
+def _opt(args: argparse.Namespace) -> int:
+    qconfig_dict = parse_qconfig_entries(args.qconfig)
+    quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
+    if not Path(args.file).is_file():
+        raise UsageError(f"{args.file}: no such file")
+    try:
+        print(run_opt(args.pass_name, args.file, qconfig_dict, quant_type), end="")
+    except OptError as err:
+        raise UsageError(str(err)) from None
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from torch.ao.quantization.quant_type import QuantType
-
-    from qgraph.report import detected_quant_type, float_op_report
-
     qconfig_dict = parse_qconfig_entries(args.qconfig) if args.qconfig else None
     model = load_model(args.model)
     if args.dynamic or args.static:
@@ -135,90 +166,6 @@ def _report(args: argparse.Namespace) -> int:
         quant_type = detected_quant_type(model)
     print(float_op_report(model, qconfig_dict, quant_type=quant_type).format())
     return 0
-
-
-def _named_qconfig(name: str):
-    from torch.ao.quantization import (
-        default_dynamic_qconfig,
-        default_qconfig,
-        float16_dynamic_qconfig,
-        get_default_qconfig,
-    )
-
-    if name in ("x86", "fbgemm", "qnnpack", "onednn"):
-        return get_default_qconfig(name)
-    named = {
-        "none": None,
-        "default": default_qconfig,
-        "dynamic": default_dynamic_qconfig,
-        "fp16": float16_dynamic_qconfig,
-    }
-    return named[name]
-
-
-def parse_qconfig_entries(entries: Sequence[str]) -> Any:
-    """``["x86", "head=none"]`` -> ``{"": <x86 qconfig>, "head": None}``; UsageError for an unknown name.
-
-    ``MODULE:ATTRIBUTE`` imports a QConfig (an entry like the others), or a
-    QConfigMapping or qconfig_dict (then the only entry, without PATH).
-    """
-    from torch.ao.quantization import QConfig
-
-    qconfig_dict = {}
-    for entry in entries:
-        path, _, name = entry.rpartition("=")
-        qconfig = resolve_qconfig_name(name, entry)
-        if not (qconfig is None or isinstance(qconfig, QConfig)):
-            if path or len(entries) > 1:
-                raise UsageError(f"--qconfig {entry}: a QConfigMapping or qconfig_dict must be the only --qconfig")
-            return qconfig
-        qconfig_dict[path] = qconfig
-    return qconfig_dict
-
-
-def resolve_qconfig_name(name: str, entry: str | None = None) -> Any:
-    """A ``--qconfig`` NAME: one of ``QCONFIG_NAMES``, or ``MODULE:ATTRIBUTE`` imported (a callable is called)."""
-    from torch.ao.quantization import QConfig, QConfigMapping
-
-    if name.lower() in QCONFIG_NAMES:
-        return _named_qconfig(name.lower())
-    where = f"--qconfig {entry or name}"
-    module_name, colon, attribute = name.partition(":")
-    if not colon or not module_name or not attribute:
-        raise UsageError(f"{where}: unknown qconfig {name!r} (one of {', '.join(QCONFIG_NAMES)}, or MODULE:ATTRIBUTE)")
-    try:
-        value: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            value = getattr(value, part)
-    except ImportError as err:
-        raise UsageError(f"{where}: cannot import {module_name} ({err})") from None
-    except AttributeError:
-        raise UsageError(f"{where}: {module_name} has no attribute {attribute}") from None
-    if callable(value) and not isinstance(value, (QConfig, QConfigMapping, dict)):
-        value = value()
-    if value is not None and not isinstance(value, (QConfig, QConfigMapping, dict)):
-        raise UsageError(f"{where}: {name} is a {type(value).__name__}, not a QConfig, QConfigMapping or qconfig_dict")
-    return value
-
-
-def standalone_stages() -> list[Stage]:
-    """The graph passes that need no qconfig, in the order ``prepare`` runs them."""
-    return [
-        graph_stage("inline-fork-wait", torch._C._jit_pass_inline_fork_wait),
-        Stage("fold-conv-bn", lambda module: _pass("fold_conv_bn")(module)),
-        graph_stage("swap-functional-linear", lambda graph: _pass("swap_functional_linear")(graph)),
-        graph_stage("fuse-linear", lambda graph: _pass("fuse_linear")(graph)),
-        graph_stage("canonicalize-conv", lambda graph: _pass("canonicalize_conv")(graph)),
-    ]
-
-
-def _pass(name: str):
-    """The pass function ``passes.<name>.<name>``, imported when its stage first runs.
-
-    Read from its own module: once ``passes.<name>`` has been imported, the
-    package attribute of that name is the submodule, not the function.
-    """
-    return getattr(importlib.import_module(f"passes.{name}"), name)
 
 
 def _printing(stage: Stage) -> Stage:
@@ -230,32 +177,11 @@ def _printing(stage: Stage) -> Stage:
     return Stage(stage.name, run)
 
 
-def load_model(path: str) -> CppModule:
-    try:
-        return torch.jit.load(path, map_location="cpu")._c
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (ValueError, RuntimeError, OSError) as err:
-        # torch.jit.load says "does not exist" / "is a directory" as ValueError
-        # and reports a non-TorchScript file as a RuntimeError from the zip reader.
-        reason = _first_sentence(str(err)) or type(err).__name__
-        if "does not exist" in reason:
-            raise UsageError(f"{path}: no such file") from None
-        if "is a directory" in reason:
-            raise UsageError(f"{path}: is a directory") from None
-        raise UsageError(f"{path}: not a TorchScript archive ({reason})") from None
-
-
 def _method_graph(module: CppModule, name: str) -> torch._C.Graph:
     methods = module._method_names()
     if name not in methods:
         raise UsageError(f"the model has no method {name!r} (methods: {', '.join(sorted(methods))})")
     return method_graph(module, name)
-
-
-def _first_sentence(message: str, limit: int = 120) -> str:
-    sentence = message.strip().split("\n")[0].split(". ")[0].rstrip(".")
-    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

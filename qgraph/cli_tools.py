@@ -6,8 +6,8 @@
     qgraph sensitivity MODEL.pt --calibration DATA.pt [--qconfig ...] [--dynamic] [-k K]
     qgraph draw MODEL.pt -o GRAPH.svg [--stage STAGE [--qconfig ...] [--calibration DATA.pt] [--dynamic]]
 
-DATA.pt is a list written by ``torch.save``: one element per call of the
-model, a tuple of its arguments or a single tensor.
+What they read (DATA.pt files, the ``--qconfig`` options) is read by
+``qgraph.cli_inputs``; ``--lowering`` offers ``qgraph.convert.LOWERINGS``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ from typing import Any
 
 import torch
 
-from qgraph.cli import UsageError, _first_sentence, load_model, resolve_qconfig_name
+from qgraph.cli_inputs import (
+    UsageError,
+    add_quantization_options,
+    load_batches,
+    load_model,
+    qconfig_from_options,
+    quantized_engine,
+)
+from qgraph.convert import LOWERINGS
 
-__all__ = ["LOWERINGS", "add_commands", "load_batches"]
-
-# convert_jit's lowerings this command line offers; "onednn" joins once convert_jit takes a lowering keyword.
-LOWERINGS = ("reference",)
-_ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+__all__ = ["add_commands"]
 
 
 @contextmanager
@@ -46,7 +50,7 @@ def add_commands(commands: Any) -> None:
     quantize = commands.add_parser("quantize", help="quantize a saved model with calibration data, print a summary")
     quantize.add_argument("model", metavar="MODEL.pt", help="a float model written by torch.jit.save")
     _add_data(quantize, "--calibration", required=False, what="calibration data (required unless --dynamic)")
-    _add_qconfig_options(quantize)
+    add_quantization_options(quantize)
     quantize.add_argument(
         "--lowering", choices=LOWERINGS, default="reference", help="how convert lowers to kernels (default: reference)"
     )
@@ -67,7 +71,7 @@ def add_commands(commands: Any) -> None:
     sensitivity.add_argument("model", metavar="MODEL.pt", help="a float model written by torch.jit.save")
     _add_data(sensitivity, "--calibration", required=False, what="calibration data (required unless --dynamic)")
     _add_data(sensitivity, "--inputs", required=False, what="inputs to measure on (default: the calibration data)")
-    _add_qconfig_options(sensitivity)
+    add_quantization_options(sensitivity)
     sensitivity.add_argument("-k", type=int, default=1, metavar="K", help="how many layers to exclude (default 1)")
     sensitivity.set_defaults(command=_sensitivity)
 
@@ -80,128 +84,12 @@ def add_commands(commands: Any) -> None:
         help="quantize the model and draw it after this pipeline stage ([PIPELINE:]STAGE, e.g. insert-observers)",
     )
     _add_data(draw, "--calibration", required=False, what="calibration data for --stage (optional)")
-    _add_qconfig_options(draw)
+    add_quantization_options(draw)
     draw.set_defaults(command=_draw)
 
 
 def _add_data(parser: argparse.ArgumentParser, flag: str, required: bool, what: str) -> None:
     parser.add_argument(flag, required=required, metavar="DATA.pt", help=f"{what}: a torch.save'd list of inputs")
-
-
-def _add_qconfig_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--qconfig",
-        action="append",
-        default=[],
-        metavar="[PATH=]NAME",
-        help="the qconfig (repeatable; PATH defaults to the whole model): an engine (x86, fbgemm, qnnpack, onednn; "
-        "default x86), none, default, dynamic, fp16, or MODULE:ATTRIBUTE naming a QConfig, QConfigMapping or "
-        "qconfig_dict",
-    )
-    parser.add_argument("--per-tensor", action="store_true", help="per-tensor weights (default: per-channel)")
-    parser.add_argument("--dynamic", action="store_true", help="dynamic quantization (weights ahead, activations live)")
-    parser.add_argument(
-        "--dtype", choices=("qint8", "float16"), default="qint8", help="weight dtype for --dynamic (default qint8)"
-    )
-
-
-# --- inputs -----------------------------------------------------------------------------------------
-
-
-def load_batches(path: str) -> list[tuple]:
-    """The calls in a DATA.pt file; UsageError for anything but a non-empty list of tuples or tensors."""
-    from qgraph.compare import as_batches
-
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.load's notice that a TorchScript archive is not data
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load reports a bad file through many exception types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "TorchScript" in reason:
-            raise UsageError(f"{path}: a TorchScript model, not a torch.save'd list of inputs") from None
-        raise UsageError(f"{path}: not a torch.save'd list of inputs ({_first_sentence(reason)})") from None
-    if isinstance(data, (torch.Tensor, tuple)):
-        data = [data]
-    if not isinstance(data, list) or not data:
-        raise UsageError(f"{path}: expected a non-empty list of input tuples (or tensors), got {_describe(data)}")
-    for index, batch in enumerate(data):
-        if not isinstance(batch, (torch.Tensor, tuple, list)):
-            raise UsageError(f"{path}: element {index} is {_describe(batch)}, not a tuple of inputs or a tensor")
-    return as_batches(data)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, list):
-        return "an empty list" if not value else "a list"
-    return f"a {type(value).__name__}"
-
-
-# --- qconfigs ---------------------------------------------------------------------------------------
-
-
-def _qconfig_dict(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The qconfig_dict (or QConfigMapping) the options name, and the engine to run with (None: leave it).
-
-    An engine name gives that engine's default qconfig: static (per-channel
-    weights unless ``--per-tensor``) or, with ``--dynamic``, dynamic of
-    ``--dtype``. Other names are those of ``qgraph report --qconfig``.
-    """
-    from torch.ao.quantization import QConfig
-
-    entries = args.qconfig or ["x86"]
-    engine = None
-    qconfig_dict: dict[str, Any] = {}
-    for entry in entries:
-        path, _, name = entry.rpartition("=")
-        if name.lower() in _ENGINES:
-            engine = engine or name.lower()
-            qconfig_dict[path] = _engine_qconfig(name.lower(), args)
-            continue
-        qconfig = resolve_qconfig_name(name, entry)
-        if qconfig is None or isinstance(qconfig, QConfig):
-            qconfig_dict[path] = qconfig
-        elif path or len(entries) > 1:
-            raise UsageError(f"--qconfig {entry}: a QConfigMapping or qconfig_dict must be the only --qconfig")
-        else:
-            return qconfig, engine
-    return qconfig_dict, engine
-
-
-def _engine_qconfig(engine: str, args: argparse.Namespace) -> Any:
-    from torch.ao.quantization import (
-        QConfig,
-        default_dynamic_qconfig,
-        default_weight_observer,
-        float16_dynamic_qconfig,
-        get_default_qconfig,
-        per_channel_dynamic_qconfig,
-    )
-
-    if args.dynamic:
-        if args.dtype == "float16":
-            return float16_dynamic_qconfig
-        return default_dynamic_qconfig if args.per_tensor else per_channel_dynamic_qconfig
-    qconfig = get_default_qconfig(engine)
-    return QConfig(activation=qconfig.activation, weight=default_weight_observer) if args.per_tensor else qconfig
-
-
-@contextmanager
-def _engine(name: str | None) -> Iterator[None]:
-    """PyTorch's quantized engine set to ``name`` (prepacking happens at convert, so it must match)."""
-    if name is None or name not in torch.backends.quantized.supported_engines:
-        yield
-        return
-    saved = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = saved
 
 
 def _convert_keywords(lowering: str) -> dict[str, Any]:
@@ -256,9 +144,9 @@ def _quantize(args: argparse.Namespace) -> int:
 
     model = _float_model(args.model)
     calibration = load_batches(args.calibration) if args.calibration else None
-    qconfig_dict, engine = _qconfig_dict(args)
+    qconfig_dict, engine = qconfig_from_options(args)
     kind = "dynamic" if args.dynamic else "static"
-    with _engine(engine), _quiet():
+    with quantized_engine(engine), _quiet():
         try:
             quantized = _quantized(model, qconfig_dict, calibration, args.dynamic, args.lowering, not args.no_progress)
         except (ValueError, TypeError, RuntimeError) as err:
@@ -335,8 +223,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
         raise UsageError("--dynamic needs --inputs DATA.pt (or --calibration) to measure on")
     if args.k < 0:
         raise UsageError("-k needs a number >= 0")
-    qconfig_dict, engine = _qconfig_dict(args)
-    with _engine(engine), _quiet():
+    qconfig_dict, engine = qconfig_from_options(args)
+    with quantized_engine(engine), _quiet():
         try:
             report = sensitivity(model, qconfig_dict, calibration or inputs, inputs, k=args.k, dynamic=args.dynamic)
         except (ValueError, TypeError, RuntimeError) as err:
@@ -382,7 +270,7 @@ def _module_after_stage(args: argparse.Namespace, wanted: Callable[[str, str], b
 
     model = _float_model(args.model)
     calibration = load_batches(args.calibration) if args.calibration else None
-    qconfig_dict, engine = _qconfig_dict(args)
+    qconfig_dict, engine = qconfig_from_options(args)
     seen: list[str] = []
 
     def stop_after(pipeline: str, stage: str, module: Any) -> None:
@@ -390,7 +278,7 @@ def _module_after_stage(args: argparse.Namespace, wanted: Callable[[str, str], b
         if wanted(pipeline, stage):
             raise _StageReached(clone_module(module))
 
-    with _engine(engine), warnings.catch_warnings(), inspect_pipelines(on_stage=stop_after):
+    with quantized_engine(engine), warnings.catch_warnings(), inspect_pipelines(on_stage=stop_after):
         # The picture is of the graph: uncalibrated observers only make qparams that nobody reads.
         warnings.simplefilter("ignore")
         try:

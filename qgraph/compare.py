@@ -71,8 +71,8 @@ from typing import Any
 
 import torch
 
-from passes.legalize_quantized import quantized_values
-from qgraph.ir.graph import Graph, Node, Value, module_path_of, outputs_of, source_location, strip_serialized, walk
+from qgraph.ir import Graph, Node, Value, module_path_of, outputs_of, source_location, strip_serialized, walk
+from qgraph.quant.quantized_values import quantized_values
 from qgraph.taps import Taps, as_argument_tuple
 
 __all__ = [

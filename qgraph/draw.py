@@ -33,10 +33,23 @@ from typing import Any
 
 import graphviz
 
-from passes.legalize_quantized import quantized_values
-from qgraph.ir import CppModule, as_cpp, getattr_path, method_graph, module_path_of, resolve_path
-from qgraph.ir.graph import Block, Graph, Node, Value, inputs_of, nested_blocks, outputs_of
+from qgraph.ir import (
+    Block,
+    CppModule,
+    Graph,
+    Node,
+    Value,
+    as_cpp,
+    getattr_path,
+    inputs_of,
+    method_graph,
+    module_path_of,
+    nested_blocks,
+    outputs_of,
+    resolve_path,
+)
 from qgraph.pipeline import DUMP_PICTURES
+from qgraph.quant.quantized_values import quantized_values
 
 __all__ = ["CATEGORIES", "GraphvizNotFound", "Picture", "draw", "picture", "to_dot", "write_svg"]
 

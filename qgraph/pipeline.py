@@ -22,10 +22,11 @@ submodules (``dumps/03-prepare-fuse-linear.txt``), count nodes by kind, time
 the stage, and lint the IR, failing with ``PipelineError`` naming the stage
 that broke it. With ``svg=True`` each dump gets a picture beside it
 (``dumps/03-prepare-fuse-linear.svg``, drawn by ``qgraph.draw``), and
-``on_stage(pipeline, stage, module)`` is called after every stage. Setting the environment variable ``QGRAPH_DUMP_DIR`` dumps
-every pipeline run to that directory without any code change (and is the
-default ``dump_dir`` of ``inspect``). With inspection off a pipeline only
-calls its stages: no graph is walked and nothing is timed.
+``on_stage(pipeline, stage, module)`` is called after every stage. Setting
+the environment variable ``QGRAPH_DUMP_DIR`` dumps every pipeline run to
+that directory without any code change (and is the default ``dump_dir`` of
+``inspect``). With inspection off a pipeline only calls its stages: no
+graph is walked and nothing is timed.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from time import perf_counter
 
 import torch
 
-from qgraph.ir import CppModule, as_cpp, like, method_graph, named_modules, walk
+from qgraph.ir import CppModule, as_cpp, call_graph, like, method_graph, named_modules, walk
 
 __all__ = [
     "DUMP_DIR_VARIABLE",
@@ -53,6 +54,8 @@ __all__ = [
     "StageRecord",
     "format_module_graphs",
     "graph_stage",
+    "method_stage",
+    "call_tree_stage",
     "inspect",
     "method_graphs",
     "node_counts",
@@ -91,6 +94,29 @@ def graph_stage(name: str, graph_pass: Callable[[torch._C.Graph], object]) -> St
     def run(module: CppModule) -> None:
         for _, _, graph in method_graphs(module, distinct=True):
             graph_pass(graph)
+
+    return Stage(name, run)
+
+
+def method_stage(name: str, graph_pass: Callable[[torch._C.Graph], object], method_name: str = "forward") -> Stage:
+    """A stage applying an in-place graph pass to one method graph of the root module."""
+
+    def run(module: CppModule) -> None:
+        graph_pass(method_graph(module, method_name))
+
+    return Stage(name, run)
+
+
+def call_tree_stage(name: str, graph_pass: Callable[[torch._C.Graph], object], method_name: str = "forward") -> Stage:
+    """A stage applying an in-place graph pass to every method graph reachable from the root's ``method_name``.
+
+    Each (class type, method) graph once, however many instances share it.
+    """
+
+    def run(module: CppModule) -> None:
+        calls = call_graph(module, method_name)
+        for key in calls.nodes:
+            graph_pass(calls.nodes[key]["graph"])
 
     return Stage(name, run)
 
@@ -234,6 +260,7 @@ class _Inspection:
         self.report.stages.append(StageRecord(pipeline, stage, seconds, counts, dump_path))
 
     def _dump(self, pipeline: str, stage: str, module: CppModule) -> str:
+        assert self.dump_dir is not None, "dumps are written only with a dump directory"
         os.makedirs(self.dump_dir, exist_ok=True)
         name = f"{self.dumps_written:02d}-{_file_part(pipeline)}-{_file_part(stage)}.txt"
         self.dumps_written += 1
@@ -242,8 +269,6 @@ class _Inspection:
             out.write(f"# pipeline {pipeline!r}, after stage {stage!r}\n")
             out.write(format_module_graphs(module))
         if self.svg:
-            if ".svg" not in DUMP_PICTURES:
-                raise RuntimeError("inspect(svg=True) draws with qgraph.draw: import qgraph first")
             DUMP_PICTURES[".svg"](module, path[: -len(".txt")] + ".svg")
         return path
 
@@ -286,6 +311,8 @@ def inspect(
     """
     if svg and dump_dir is None and not os.environ.get(DUMP_DIR_VARIABLE):
         raise ValueError("inspect(svg=True) writes its pictures beside the dumps: give dump_dir")
+    if svg and ".svg" not in DUMP_PICTURES:
+        raise RuntimeError("inspect(svg=True) draws with qgraph.draw, which registers itself: import qgraph.draw first")
     if dump_dir is None:
         dump_dir = os.environ.get(DUMP_DIR_VARIABLE) or None
     report = Report()
@@ -349,8 +376,7 @@ def _lint(module: CppModule, pipeline: str, stage: str) -> None:
             # Lint reports through PyTorch's internal asserts; the cause is the stage, not PyTorch.
             reason = _INTERNAL_ASSERT.sub("", str(err)).strip()
             raise PipelineError(
-                f"pipeline {pipeline!r}, stage {stage!r} left invalid IR in "
-                f"{path or '<root>'} : {method}: {reason}",
+                f"pipeline {pipeline!r}, stage {stage!r} left invalid IR in {path or '<root>'} : {method}: {reason}",
                 pipeline,
                 stage,
             ) from err

@@ -23,8 +23,18 @@ from typing import Any, cast
 
 import torch
 
-from qgraph.ir import CppModule, as_cpp, as_python, clone_module, insert_op, method_graph, register_attribute
-from qgraph.ir.graph import Graph, Node, Value
+from qgraph.ir import (
+    CppModule,
+    Graph,
+    Node,
+    Value,
+    as_cpp,
+    as_python,
+    clone_module,
+    insert_op,
+    method_graph,
+    register_attribute,
+)
 
 __all__ = ["Taps", "as_argument_tuple"]
 

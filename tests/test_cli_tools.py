@@ -1,4 +1,4 @@
-"""``qgraph quantize``, ``compare``, ``sensitivity``, ``draw`` and ``--version``, through the lit files in tests/lit/tools/.
+"""``qgraph quantize``, ``compare``, ``sensitivity``, ``draw`` and ``--version``, through tests/lit/tools/.
 
 Each lit file's ``# ARGS:`` names the files below as ``{model}``, ``{data}``, ...;
 ``# REQUIRES: dot`` marks the ones that draw (skipped without Graphviz).
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.lit import directives, filecheck, run_cli
 from torch import nn
 from torch.ao.quantization import get_default_qconfig
 
 import qgraph
+from helpers.lit import directives, filecheck, run_cli
 from qgraph import cli_tools
 
 LIT_DIR = Path(__file__).parent / "lit" / "tools"
@@ -59,7 +59,7 @@ def files(tmp_path_factory):
 
 @pytest.mark.parametrize("check_file", sorted(LIT_DIR.glob("*.txt")), ids=lambda path: path.stem)
 def test_lit(check_file, capsys, files, tmp_path):
-    found = directives(check_file)
+    found = directives(check_file, ("MODEL", "ARGS", "EXIT"))
     if "# REQUIRES: dot" in check_file.read_text() and shutil.which("dot") is None:
         pytest.skip("Graphviz's dot is not installed (apt-get install graphviz)")
     args = found["ARGS"].format(tmp=tmp_path, **files).split()

@@ -1,18 +1,18 @@
-"""qgraph.compare: every quantized op against the float model's same value; the matching rule checked against a float twin."""
+"""qgraph.compare: every quantized op against the float model's value; the matching checked against a float twin."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.float_twin import assert_close_to_twin, float_twin
-from helpers.quantized_reference import capture as capture_model
-from helpers.saving import round_trip
-from helpers.torchvision_models import architectures, reestimate_batchnorm, torchvision_installed
 from torch import nn
 from torch.ao.quantization import MinMaxObserver, QConfig, default_dynamic_qconfig, get_default_qconfig
 
 import qgraph
+from helpers.float_twin import assert_close_to_twin, float_twin
+from helpers.models import reloaded
+from helpers.quantized_reference import capture as capture_model
+from helpers.torchvision_models import architectures, reestimate_batchnorm, torchvision_installed
 from qgraph.compare import COMPARED, NOT_RUN, _Matcher, _sites
 from qgraph.ir import walk
 from qgraph.taps import Taps
@@ -158,7 +158,7 @@ def test_torchvision_resnet_matches_op_by_op(capture):
 def test_models_loaded_from_files_match_without_call_stacks(block_models, batches):
     float_model, quantized, _ = block_models
     in_memory = qgraph.compare(float_model, quantized, batches)
-    loaded = qgraph.compare(round_trip(float_model), round_trip(quantized), batches)
+    loaded = qgraph.compare(reloaded(float_model), reloaded(quantized), batches)
     assert [(op.kind, op.module_path, op.source, op.sqnr) for op in loaded] == [
         (op.kind, op.module_path, op.source, op.sqnr) for op in in_memory
     ]

@@ -5,7 +5,6 @@ import operator
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.quantized_reference import capture as capture_model
 from torch import nn
 from torch.ao.quantization import (
     MinMaxObserver,
@@ -20,8 +19,10 @@ from torch.ao.quantization.fx.tracer import QuantizationTracer
 from torch.ao.quantization.qconfig import qconfig_equals
 
 import qgraph
+from helpers.quantized_reference import capture as capture_model
 from qgraph.ir import method_graph, resolve_path, walk
-from qgraph.qconfig_mapping import MappingResolver, op_kinds
+from qgraph.quant.mapping_resolver import MappingResolver
+from qgraph.quant.qconfig_mapping import op_kinds
 from qgraph.report import NO_QCONFIG, float_op_report
 
 X86 = get_default_qconfig("x86")

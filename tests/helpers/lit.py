@@ -1,19 +1,27 @@
-"""Lit-style checks of what the command line prints: a FileCheck file whose header says how to run it.
+"""Lit-style tests: a file says how to run the command line and, in CHECK lines, what it must print.
 
-    # ARGS: show {model} --all  required; {name} placeholders are filled in by the test module
-    # EXIT: 2                   optional; the expected exit code (default 0)
-    CHECK: === <root> : forward ===
+A RUN line names the command (``%s`` is the file itself), as in LLVM's lit::
 
-The text checked is what the command printed: stdout, then stderr.
+    # RUN: qgraph opt --pass fuse-linear %s
+    graph(%x : Tensor, ...):
+      ...
+    # CHECK: aten::linear
+
+The command runs in-process (``qgraph.cli.main``); what it prints (stdout,
+then stderr) goes through the ``filecheck`` package with the file as the
+check file.
 """
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 from qgraph.cli import main
+
+__all__ = ["run_cli", "filecheck", "run_lit_file", "directives"]
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -26,25 +34,31 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def directives(check_file: Path) -> dict[str, str]:
+def filecheck(check_file: Path, text: str) -> None:
+    """Fail with filecheck's own report unless ``text`` satisfies the CHECK lines of ``check_file``."""
+    checked = subprocess.run(
+        [sys.executable, "-m", "filecheck", str(check_file)], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def directives(check_file: Path, keys: tuple[str, ...]) -> dict[str, str]:
     """The ``# KEY: value`` header lines of a lit file."""
     found = {}
     for line in check_file.read_text().splitlines():
-        for key in ("MODEL", "ARGS", "EXIT"):
+        for key in keys:
             prefix = f"# {key}:"
             if line.startswith(prefix):
                 found[key] = line[len(prefix) :].strip()
     return found
 
 
-def filecheck(check_file: Path, text: str) -> None:
-    """Run the ``filecheck`` package on ``text`` with ``check_file``'s CHECK lines; AssertionError on a mismatch."""
-    checked = subprocess.run(
-        [sys.executable, "-m", "filecheck", str(check_file)],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+def run_lit_file(check_file: Path, capsys) -> None:
+    """Run the RUN line of ``check_file`` and check what it prints against the file's CHECK lines."""
+    run = directives(check_file, ("RUN",)).get("RUN")
+    assert run, f"{check_file.name} has no '# RUN:' line"
+    program, *args = shlex.split(run.replace("%s", str(check_file)))
+    assert program == "qgraph", f"{check_file.name}: RUN lines run the qgraph command line"
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    filecheck(check_file, out + err)
