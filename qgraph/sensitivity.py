@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from qgraph.api import convert_jit, prepare_jit, quantize_dynamic_jit
-from qgraph.compare import as_batches, format_table, output_errors
+from qgraph.compare import as_batches
 from qgraph.ir import as_cpp, children_of, module_path_of, named_modules, walk
+from qgraph.numerics_report import format_table, output_errors
 from qgraph.quant.qconfig_mapping import is_qconfig_mapping
 
 __all__ = ["LayerSensitivity", "SensitivityReport", "output_sqnr", "quantize_with", "sensitivity"]

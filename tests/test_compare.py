@@ -13,8 +13,9 @@ from helpers.float_twin import assert_close_to_twin, float_twin
 from helpers.models import reloaded
 from helpers.quantized_reference import capture as capture_model
 from helpers.torchvision_models import architectures, reestimate_batchnorm, torchvision_installed
-from qgraph.compare import COMPARED, NOT_RUN, _Matcher, _sites
 from qgraph.ir import walk
+from qgraph.numerics_report import COMPARED, NOT_RUN
+from qgraph.op_matching import Matcher, compared_sites
 from qgraph.taps import Taps
 
 pytestmark = pytest.mark.filterwarnings(
@@ -114,8 +115,8 @@ def test_the_debug_model_gives_the_same_numbers(block_models, batches):
 def check_against_float_twin(float_model, debug, batch) -> int:
     """Every value compare picks for a debug model's op is the float twin's; returns how many were checked."""
     float_taps, debug_taps = Taps(float_model), Taps(debug)
-    matcher = _Matcher(float_taps.graph, debug_taps.graph)
-    sites = _sites(debug_taps.graph)
+    matcher = Matcher(float_taps.graph, debug_taps.graph)
+    sites = compared_sites(debug_taps.graph)
     position = {node: index for index, node in enumerate(walk(debug_taps.graph))}
     found = [matcher.float_values(site) for site in sites]
     twin, twin_inputs = float_twin(debug)
