@@ -13,7 +13,10 @@ runs too (``qgraph.pipeline.inspect`` can dump the graphs after each stage):
    (``passes.composite.observer_preprocessing_stages``):
    ``swap-functional-linear``, ``inline-fork-wait``, ``fuse-linear``,
    ``canonicalize-conv``, ``remove-list-mutation``;
-5. ``insert-observers``.
+5. a ``QConfigMapping`` whose entries name ops only,
+   ``unshare-op-qconfig-types``: the same unsharing again, for the ops as
+   the clean-up left them (``aten::linear`` from a matmul and an add);
+6. ``insert-observers``.
 
 ``dedup_module_uses`` is not a stage, as in PyTorch's prepare_jit: an
 instance called twice is observed at each call site, in the caller's graph,
@@ -31,6 +34,7 @@ from torch.ao.quantization.quant_type import QuantType
 from passes.composite import (
     insert_observers_stage,
     observer_preprocessing_stages,
+    unshare_op_qconfig_types_stage,
     unshare_qconfig_types_stage,
 )
 from passes.fold_conv_bn import BN_TRAINING, fold_conv_bn_in_place
@@ -49,7 +53,7 @@ from qgraph.ir import (
 )
 from qgraph.pipeline import Pipeline, Stage
 from qgraph.quant.qconfig import check_qconfig_dict, script_qconfig_dict
-from qgraph.quant.qconfig_mapping import is_qconfig_mapping, mapping_entries
+from qgraph.quant.qconfig_mapping import is_qconfig_mapping, mapping_entries, reads_graphs
 from qgraph.quant.quant_type import parse_quant_type
 
 # A bool attribute on the root of every prepared model; convert removes it.
@@ -142,6 +146,10 @@ def _fold_conv_bn(module: CppModule) -> CppModule:
     return as_cpp(fold_conv_bn_in_place(module))
 
 
+def _names_ops(qconfig_dict: Any) -> bool:
+    return is_qconfig_mapping(qconfig_dict) and reads_graphs(qconfig_dict)
+
+
 def prepare_pipeline(qconfig_dict: Any, quant_type: QuantType) -> Pipeline:
     """The stages of ``prepare`` for an already scripted ``qconfig_dict``.
 
@@ -162,6 +170,7 @@ def prepare_pipeline(qconfig_dict: Any, quant_type: QuantType) -> Pipeline:
             unshare_qconfig_types_stage(qconfig_dict),
             *([Stage("quantize-rnn", rnn)] if quant_type == QuantType.DYNAMIC else []),
             *observer_preprocessing_stages("forward"),
+            *([unshare_op_qconfig_types_stage("forward", qconfig_dict)] if _names_ops(qconfig_dict) else []),
             insert_observers_stage("forward", qconfig_dict, quant_type),
         ],
     )

@@ -21,6 +21,7 @@ from torch.ao.quantization.qconfig import qconfig_equals
 import qgraph
 from helpers.quantized_reference import capture as capture_model
 from qgraph.ir import method_graph, resolve_path, walk
+from qgraph.pipeline import inspect
 from qgraph.quant.mapping_resolver import MappingResolver
 from qgraph.quant.qconfig_mapping import op_kinds
 from qgraph.report import NO_QCONFIG, float_op_report
@@ -274,6 +275,42 @@ def test_an_order_entry_picks_one_call_of_a_functional(batches):
     data = [torch.randn(3, 6) for _ in range(2)]
     kinds = quantized_kinds(qgraph.quantize_jit(model, mapping, calibrate, [data]))
     assert kinds.index("quantized::linear") < kinds.index("aten::linear")
+
+
+class MatmulLinear(nn.Module):
+    """A linear layer spelled as a matmul: ``aten::linear`` only once prepare's clean-up has fused it."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 6))
+
+    def forward(self, x):
+        return torch.matmul(x, self.weight.t())
+
+
+class TwoMatmulLinears(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = MatmulLinear()
+        self.second = MatmulLinear()
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+def test_an_op_entry_for_an_op_the_clean_up_makes_applies_to_that_instance_only():
+    # Both instances share one class type, and their graphs name no aten::linear
+    # until fuse-linear runs: the op entry is seen after the clean-up.
+    model = torch.jit.script(TwoMatmulLinears().eval())
+    mapping = QConfigMapping().set_global(X86).set_module_name_object_type_order("second", F.linear, 0, None)
+    data = [torch.randn(3, 6) for _ in range(2)]
+    with inspect() as stages:
+        from_mapping = qgraph.quantize_jit(model, mapping, calibrate, [data])
+    from_dict = qgraph.quantize_jit(model, {"": X86, "second": None}, calibrate, [data])
+    kinds = quantized_kinds(from_mapping)
+    assert kinds.count("quantized::linear") == 1 and kinds.count("aten::linear") == 1
+    assert kinds == quantized_kinds(from_dict)
+    assert "unshare-op-qconfig-types" in [record.stage for record in stages.stages]
 
 
 def test_the_default_qconfig_mapping_quantizes(batches):
