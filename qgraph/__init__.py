@@ -5,7 +5,8 @@ Python and can be inspected after every stage (``qgraph.pipeline.inspect``).
 
 The package is layered, each layer importing only those below it::
 
-    qgraph.api, prepare, convert, report, cli, capture   the driver
+    qgraph.api, prepare, convert, report, cli, capture   the driver, with the tools
+    (compare, sensitivity, draw, cli_tools)               built on it
     passes                                                the rewrites, one job each
     qgraph.quant                                          quantization facts and rules
     qgraph.ir, qgraph.pattern, qgraph.pipeline            TorchScript IR, patterns, stages
@@ -36,8 +37,11 @@ if TYPE_CHECKING:
         script_qconfig_dict,
     )
     from qgraph.capture import capture
+    from qgraph.compare import compare
+    from qgraph.draw import draw
     from qgraph.quant.calibrators import EntropyObserver, MSEObserver, PercentileObserver
     from qgraph.quant.merge import all_reduce_observers, merge_observers
+    from qgraph.sensitivity import sensitivity
 
 # Public name -> the module that defines it.
 _PUBLIC = {
@@ -46,8 +50,10 @@ _PUBLIC = {
     "PercentileObserver": "qgraph.quant.calibrators",
     "all_reduce_observers": "qgraph.quant.merge",
     "capture": "qgraph.capture",
+    "compare": "qgraph.compare",
     "convert_dynamic_jit": "qgraph.api",
     "convert_jit": "qgraph.api",
+    "draw": "qgraph.draw",
     "fuse_conv_bn_jit": "qgraph.api",
     "merge_observers": "qgraph.quant.merge",
     "prepare_dynamic_jit": "qgraph.api",
@@ -56,6 +62,7 @@ _PUBLIC = {
     "quantize_jit": "qgraph.api",
     "script_qconfig": "qgraph.api",
     "script_qconfig_dict": "qgraph.api",
+    "sensitivity": "qgraph.sensitivity",
 }
 
 __all__ = [
@@ -64,8 +71,10 @@ __all__ = [
     "PercentileObserver",
     "all_reduce_observers",
     "capture",
+    "compare",
     "convert_dynamic_jit",
     "convert_jit",
+    "draw",
     "fuse_conv_bn_jit",
     "merge_observers",
     "prepare_dynamic_jit",
@@ -74,6 +83,7 @@ __all__ = [
     "quantize_jit",
     "script_qconfig",
     "script_qconfig_dict",
+    "sensitivity",
 ]
 
 
@@ -91,7 +101,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``qgraph.capture`` the function when its module ``qgraph.capture`` is first imported.
+    """Keeps ``qgraph.capture`` (``compare``, ``draw``, ...) the function when its module is first imported.
 
     The import system binds a newly loaded submodule to the attribute of
     its name on the package; a public function of the same name wins, as

@@ -29,7 +29,11 @@ from qgraph.prepare import PREPARED_MARK
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 
-__all__ = ["convert", "convert_pipeline"]
+__all__ = ["LOWERINGS", "convert", "convert_pipeline"]
+
+# The lowerings convert offers, by name (the command line's --lowering choices):
+# "reference" is PyTorch's (quant fusion to fbgemm / qnnpack kernels, finalize_stages).
+LOWERINGS = ("reference",)
 
 
 def _check_model(model: Any) -> None:

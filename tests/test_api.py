@@ -37,6 +37,9 @@ SIGNATURES = {
     ],
     "merge_observers": ["a", "b", "inplace"],
     "all_reduce_observers": ["model", "group"],
+    "compare": ["float_model", "quantized_model", "inputs"],
+    "sensitivity": ["model", "qconfig_dict", "calibration", "inputs", "k", "dynamic"],
+    "draw": ["model", "path", "method"],
 }
 
 
