@@ -37,7 +37,11 @@ from qgraph.quant.observers import is_observer_path
 from qgraph.quant.qat_modules import is_conv_bn_module, is_fake_quant
 from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 
-__all__ = ["convert", "convert_pipeline", "qat_convert_stages"]
+__all__ = ["LOWERINGS", "convert", "convert_pipeline", "qat_convert_stages"]
+
+# The lowerings convert offers, by name (the command line's --lowering choices):
+# "reference" is PyTorch's (quant fusion to fbgemm / qnnpack kernels, finalize_stages).
+LOWERINGS = ("reference",)
 
 
 def _check_model(model: Any) -> None:
