@@ -30,13 +30,19 @@ from typing import Any, cast
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes.composite import insert_observers_stage, observer_preprocessing_stages, unshare_qconfig_types_stage
+from passes.composite import (
+    insert_observers_stage,
+    observer_preprocessing_stages,
+    unshare_op_qconfig_types_stage,
+    unshare_qconfig_types_stage,
+)
 from passes.qat import swap_conv_bn_for_qat
-from qgraph.ir import CppModule, as_cpp, as_python, clone_module, named_modules, register_attribute
+from qgraph.ir import CppModule, as_cpp, as_python, class_name_of, clone_module, named_modules, register_attribute
 from qgraph.pipeline import Pipeline, Stage
 from qgraph.prepare import PREPARED_MARK, check_qconfig_kind, check_script_module
 from qgraph.quant.qat_modules import is_conv_bn_module, is_fake_quant
 from qgraph.quant.qconfig import check_qconfig_dict, qconfigs_by_path, script_qconfig_dict
+from qgraph.quant.qconfig_mapping import is_qconfig_mapping, map_qconfigs, mapping_entries, reads_graphs
 
 __all__ = ["prepare_qat", "prepare_qat_pipeline", "check_qat_qconfigs"]
 
@@ -46,39 +52,64 @@ _QAT_QCONFIG_HINT = (
 )
 
 
-def check_qat_qconfigs(scripted_qconfig_dict: dict) -> None:
-    """ValueError unless every qconfig's activation and weight observers are fake-quant modules."""
-    for key, qconfig in scripted_qconfig_dict.items():
+# Observers that take no qparams from data, which PyTorch's QAT qconfig mappings use
+# for ops that reuse their input's quantization (reshape, ...) or stay float.
+_COMPUTE_NO_QPARAMS = frozenset(
+    f"torch.ao.quantization.observer.{name}" for name in ("NoopObserver", "ReuseInputObserver", "PlaceholderObserver")
+)
+
+
+def check_qat_qconfigs(scripted_qconfig_dict: Any) -> None:
+    """ValueError unless every qconfig's activation and weight observers fake-quantize (or take no qparams)."""
+    if is_qconfig_mapping(scripted_qconfig_dict):
+        # Object-type entries are left to the mapping's author: PyTorch's own QAT mappings give some
+        # op types (PReLU, ...) post-training observers.
+        entries = [
+            (f"QConfigMapping {where}", q)
+            for where, q in mapping_entries(scripted_qconfig_dict)
+            if not where.startswith(("object_type", "module_name_object_type_order"))
+        ]
+    else:
+        entries = [(f"qconfig_dict[{key!r}]", q) for key, q in scripted_qconfig_dict.items()]
+    for where, qconfig in entries:
         if qconfig is None:
             continue
         for role in ("activation", "weight"):
-            if not is_fake_quant(getattr(qconfig, role)):
+            observer = getattr(qconfig, role)
+            if not is_fake_quant(observer) and class_name_of(observer._type()) not in _COMPUTE_NO_QPARAMS:
                 raise ValueError(
-                    f"qconfig_dict[{key!r}] is not a QAT qconfig: its {role} observer does not fake-quantize; "
-                    + _QAT_QCONFIG_HINT
+                    f"{where} is not a QAT qconfig: its {role} observer does not fake-quantize; " + _QAT_QCONFIG_HINT
                 )
 
 
-def prepare_qat_pipeline(qconfig_dict: dict) -> Pipeline:
-    """The stages of ``prepare_qat`` for an already scripted ``qconfig_dict``; see the module docstring.
+def prepare_qat_pipeline(qconfig_dict: Any) -> Pipeline:
+    """The stages of ``prepare_qat`` for an already scripted ``qconfig_dict`` (or ``QConfigMapping``).
 
-    The swap adds the new modules' paths to a copy of ``qconfig_dict`` with
-    qconfig None (their inside is theirs, not observed), which the stages
+    The swap turns off quantization inside the new modules (their inside is
+    theirs, not observed) in a copy of ``qconfig_dict``, which the stages
     after it read.
     """
-    qconfigs = dict(qconfig_dict)
+    mapping = is_qconfig_mapping(qconfig_dict)
+    qconfigs: Any = map_qconfigs(qconfig_dict, lambda qconfig: qconfig) if mapping else dict(qconfig_dict)
 
     def swap(module: CppModule) -> CppModule:
         result = swap_conv_bn_for_qat(module, qconfigs_by_path(module, qconfig_dict))
-        qconfigs.update({path: None for path, sub in named_modules(result) if is_conv_bn_module(sub)})
+        for path, sub in named_modules(result):
+            if is_conv_bn_module(sub):
+                if mapping:
+                    qconfigs.set_module_name(path, None)
+                else:
+                    qconfigs[path] = None
         return result
 
+    names_ops = mapping and reads_graphs(qconfig_dict)
     return Pipeline(
         "prepare-qat",
         [
             Stage("swap-conv-bn-qat", swap),
             unshare_qconfig_types_stage(qconfigs),
             *observer_preprocessing_stages("forward"),
+            *([unshare_op_qconfig_types_stage("forward", qconfigs)] if names_ops else []),
             insert_observers_stage("forward", qconfigs, QuantType.STATIC),
             Stage("trainable-parameters", _trainable_parameters),
             Stage("place-fake-quants", _place_fake_quants),
@@ -109,8 +140,11 @@ def _trainable_parameters(module: CppModule) -> None:
                 submodule.setattr(name, torch.nn.Parameter(parameter.detach(), requires_grad=parameter.requires_grad))
 
 
-def prepare_qat(model: Any, qconfig_dict: dict, inplace: bool = False) -> torch.jit.ScriptModule:
-    """Prepare ``model`` (in training mode) for quantization-aware training; see the module docstring."""
+def prepare_qat(model: Any, qconfig_dict: Any, inplace: bool = False) -> torch.jit.ScriptModule:
+    """Prepare ``model`` (in training mode) for quantization-aware training; see the module docstring.
+
+    ``qconfig_dict`` is a ``qconfig_dict`` or a ``QConfigMapping`` of QAT qconfigs.
+    """
     check_script_module(model)
     if not model._c._has_method("forward"):
         raise ValueError(f"the script module {model.original_name} has no forward method to prepare")

@@ -219,3 +219,30 @@ def test_if_and_loop_models_get_fake_quants_where_prepare_jit_puts_observers():
     x = torch.randn(2, 2, 3, 3)
     (F.mse_loss(qat(x, True), torch.zeros(2, 2)) + F.mse_loss(qat(x, False), torch.zeros(2, 2))).backward()
     assert all(p.grad is not None for p in qat.parameters())
+
+
+def test_a_qconfig_mapping_prepares_as_the_qconfig_dict_it_spells():
+    from torch.ao.quantization import QConfigMapping
+
+    state = float_state()
+    by_dict = graph_qat(state, X86)
+    net = Net()
+    net.load_state_dict(state)
+    mapping = QConfigMapping().set_global(X86).set_module_name("fc", None)
+    by_mapping = qgraph.prepare_qat_jit(torch.jit.script(net.train()), mapping)
+    fc_sites = {("", "call fc"), ("fc", "attribute weight")}
+    assert fc_sites <= set(_sites(by_dict))
+    assert [s for s in _sites(by_dict) if s not in fc_sites] == _sites(by_mapping)
+    assert [p for p, m in named_modules(as_cpp(by_mapping)) if is_conv_bn_module(m)] == ["stem", "b1.dw", "b1.pw"]
+    with pytest.raises(ValueError, match="QConfigMapping global is not a QAT qconfig"):
+        qgraph.prepare_qat_jit(torch.jit.script(net.train()), QConfigMapping().set_global(tq.default_qconfig))
+
+
+def test_the_default_qat_qconfig_mapping_trains_and_converts():
+    qat = qgraph.prepare_qat_jit(torch.jit.script(Net().train()), tq.get_default_qat_qconfig_mapping("x86"))
+    x = torch.randn(8, *INPUT)
+    F.cross_entropy(qat(x), torch.zeros(8, dtype=torch.long)).backward()
+    qat.eval()
+    FileCheck().check("quantized::conv2d_relu").check("quantized::add_relu").check("quantized::linear").run(
+        qgraph.convert_jit(qat).graph
+    )
