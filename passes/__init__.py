@@ -14,6 +14,7 @@ from passes.fold_conv_bn import fold_conv_bn
 from passes.legalize import legalize_quantized
 from passes.linear import fuse_linear, swap_functional_linear
 from passes.lower import fold_prepacking, freeze, insert_prepack_unpack, keep_unsafe_convs_in_float, quant_fusion
+from passes.qat import fold_trained_conv_bn, settle_weight_fake_quants, swap_conv_bn_for_qat
 from passes.remove_list_mutation import remove_list_mutation
 from passes.replicate_dequantize import replicate_dequantize
 from passes.replicate_quantize import replicate_quantize
@@ -26,6 +27,7 @@ __all__ = [
     "finalize",
     "fold_conv_bn",
     "fold_prepacking",
+    "fold_trained_conv_bn",
     "freeze",
     "fuse_linear",
     "insert_observers",
@@ -38,6 +40,8 @@ __all__ = [
     "remove_list_mutation",
     "replicate_dequantize",
     "replicate_quantize",
+    "settle_weight_fake_quants",
+    "swap_conv_bn_for_qat",
     "swap_functional_linear",
     "unshare_qconfig_types",
 ]

@@ -25,12 +25,14 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from qgraph import qat
     from qgraph.api import (
         convert_dynamic_jit,
         convert_jit,
         fuse_conv_bn_jit,
         prepare_dynamic_jit,
         prepare_jit,
+        prepare_qat_jit,
         quantize_dynamic_jit,
         quantize_jit,
         script_qconfig,
@@ -58,12 +60,17 @@ _PUBLIC = {
     "merge_observers": "qgraph.quant.merge",
     "prepare_dynamic_jit": "qgraph.api",
     "prepare_jit": "qgraph.api",
+    "prepare_qat_jit": "qgraph.api",
+    "qat": "qgraph.qat",
     "quantize_dynamic_jit": "qgraph.api",
     "quantize_jit": "qgraph.api",
     "script_qconfig": "qgraph.api",
     "script_qconfig_dict": "qgraph.api",
     "sensitivity": "qgraph.sensitivity",
 }
+
+# Public names that are modules themselves (quantization-aware-training switches).
+_PUBLIC_MODULES = frozenset({"qat"})
 
 __all__ = [
     "EntropyObserver",
@@ -79,6 +86,8 @@ __all__ = [
     "merge_observers",
     "prepare_dynamic_jit",
     "prepare_jit",
+    "prepare_qat_jit",
+    "qat",
     "quantize_dynamic_jit",
     "quantize_jit",
     "script_qconfig",
@@ -91,7 +100,8 @@ def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'qgraph' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    value = imported if name in _PUBLIC_MODULES else getattr(imported, name)
     globals()[name] = value
     return value
 
@@ -109,7 +119,7 @@ class _Package(types.ModuleType):
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _PUBLIC and isinstance(value, types.ModuleType):
+        if name in _PUBLIC and name not in _PUBLIC_MODULES and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

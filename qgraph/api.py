@@ -18,11 +18,13 @@ from passes.quant_dequant import first_non_finite_site, non_finite_calibration_m
 from qgraph import ir
 from qgraph.convert import convert
 from qgraph.prepare import check_eval_mode, check_script_module, prepare
+from qgraph.prepare_qat import prepare_qat
 from qgraph.quant.qconfig import script_qconfig, script_qconfig_dict
 
 __all__ = [
     "fuse_conv_bn_jit",
     "prepare_jit",
+    "prepare_qat_jit",
     "convert_jit",
     "quantize_jit",
     "prepare_dynamic_jit",
@@ -63,6 +65,17 @@ def fuse_conv_bn_jit(model: torch.jit.ScriptModule, inplace: bool = False) -> to
 def prepare_jit(model: torch.jit.ScriptModule, qconfig_dict: dict, inplace: bool = False) -> torch.jit.ScriptModule:
     """Insert observers for static quantization; run calibration data through the result next."""
     return prepare(model, qconfig_dict, inplace, QuantType.STATIC)
+
+
+def prepare_qat_jit(model: torch.jit.ScriptModule, qconfig_dict: dict, inplace: bool = False) -> torch.jit.ScriptModule:
+    """Prepare a model in training mode for quantization-aware training with QAT qconfigs.
+
+    Fake-quants go where ``prepare_jit`` puts observers; Conv-BatchNorm pairs
+    train as PyTorch's QAT ``ConvBn{n}d`` modules do. Train the result with
+    an ordinary loop, switch it with ``qgraph.qat``, then ``model.eval()``
+    and ``convert_jit``.
+    """
+    return prepare_qat(model, qconfig_dict, inplace)
 
 
 def prepare_dynamic_jit(

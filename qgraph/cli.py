@@ -16,8 +16,9 @@
                                           (static or dynamic as the model shows, unless told;
                                           --qconfig gives the qconfig_dict used for prepare, so
                                           ops under a None qconfig say so: NAME is none, x86,
-                                          fbgemm, qnnpack, onednn, default, dynamic, fp16, or
-                                          MODULE:ATTRIBUTE naming a QConfig or QConfigMapping)
+                                          fbgemm, qnnpack, onednn, default, dynamic, fp16, qat,
+                                          qat-default, or MODULE:ATTRIBUTE naming a QConfig or
+                                          QConfigMapping)
     qgraph quantize | compare | sensitivity | draw ...
                                           see ``qgraph.cli_tools``
     qgraph --version

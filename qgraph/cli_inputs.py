@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 _ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
-# Names ``--qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs.
-QCONFIG_NAMES = ("none", "x86", "fbgemm", "qnnpack", "onednn", "default", "dynamic", "fp16")
+# Names ``--qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs
+# (``qat``: x86's for quantization-aware training, ``qat-default``: default_qat_qconfig).
+QCONFIG_NAMES = ("none", "x86", "fbgemm", "qnnpack", "onednn", "default", "dynamic", "fp16", "qat", "qat-default")
 
 
 class UsageError(Exception):
@@ -104,8 +105,10 @@ def named_qconfig(name: str) -> Any:
     """The QConfig (or None) of one of ``QCONFIG_NAMES``."""
     from torch.ao.quantization import (
         default_dynamic_qconfig,
+        default_qat_qconfig,
         default_qconfig,
         float16_dynamic_qconfig,
+        get_default_qat_qconfig,
         get_default_qconfig,
     )
 
@@ -116,6 +119,8 @@ def named_qconfig(name: str) -> Any:
         "default": default_qconfig,
         "dynamic": default_dynamic_qconfig,
         "fp16": float16_dynamic_qconfig,
+        "qat": get_default_qat_qconfig("x86"),
+        "qat-default": default_qat_qconfig,
     }
     return named[name]
 

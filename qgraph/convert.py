@@ -4,6 +4,11 @@
 sequences of ``passes.composite``), so ``qgraph.pipeline.inspect`` shows
 every step:
 
+0. for a model prepared for quantization-aware training
+   (``prepare_qat_jit``), ``qat_convert_stages``: its Conv-BatchNorm
+   modules folded with their trained statistics, its weight fake-quants
+   run on the final weights, which are clamped to their range (no-ops for
+   a post-training model);
 1. ``quant_dequant_stages``: observers become quantize / dequantize pairs,
    ``forward`` is inlined and quantization carried through the ops that need
    no observer. With ``debug=True`` the model stops here (then ``cleanup``
@@ -16,6 +21,7 @@ every step:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -23,13 +29,15 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.composite import cleanup_stage, finalize_stages, legalize_stage, quant_dequant_stages
+from passes.qat import fold_trained_conv_bn, settle_weight_fake_quants
 from qgraph.ir import CppModule, as_python, clone_module, drop_attributes, named_modules, walk
-from qgraph.pipeline import Pipeline, method_graphs
+from qgraph.pipeline import Pipeline, Stage, method_graphs
 from qgraph.prepare import PREPARED_MARK
 from qgraph.quant.observers import is_observer_path
+from qgraph.quant.qat_modules import is_conv_bn_module, is_fake_quant
 from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 
-__all__ = ["LOWERINGS", "convert", "convert_pipeline"]
+__all__ = ["LOWERINGS", "convert", "convert_pipeline", "qat_convert_stages"]
 
 # The lowerings convert offers, by name (the command line's --lowering choices):
 # "reference" is PyTorch's (quant fusion to fbgemm / qnnpack kernels, finalize_stages).
@@ -67,10 +75,38 @@ def _check_prepared(module_c: CppModule, quant_type: QuantType) -> None:
     )
 
 
+def qat_convert_stages() -> list[Stage]:
+    """What eager convert does to a QAT model before quantizing it; nothing for a post-training model."""
+
+    def fold(module: CppModule) -> None:
+        fold_trained_conv_bn(module)
+
+    def settle(module: CppModule) -> None:
+        settle_weight_fake_quants(module)
+
+    return [Stage("fold-trained-conv-bn", fold), Stage("settle-weight-fake-quants", settle)]
+
+
 def convert_pipeline(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> Pipeline:
     """The stages of ``convert``; see the module docstring."""
     lowering = [cleanup_stage(["forward"])] if debug else finalize_stages(quant_type, preserved_attrs)
-    return Pipeline("convert", [*quant_dequant_stages("forward", debug, quant_type), *lowering, legalize_stage()])
+    return Pipeline(
+        "convert",
+        [*qat_convert_stages(), *quant_dequant_stages("forward", debug, quant_type), *lowering, legalize_stage()],
+    )
+
+
+def _warn_if_training(module_c: CppModule) -> None:
+    """A QAT model converted in training mode: say that ``model.eval()`` is the user's step, as in PyTorch."""
+    if not (module_c.hasattr("training") and module_c.getattr("training")):
+        return
+    if any(is_conv_bn_module(sub) or is_fake_quant(sub) for _, sub in named_modules(module_c)):
+        warnings.warn(
+            "convert_jit got a quantization-aware-training model still in training mode; it converts it in eval "
+            "mode (running BatchNorm statistics): call model.eval() before convert_jit",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _set_eval(module_c: CppModule) -> None:
@@ -106,6 +142,7 @@ def convert(
     if preserved_attrs is None:
         preserved_attrs = []
     _check_prepared(model._c, quant_type)
+    _warn_if_training(model._c)
     module_c = model._c if inplace else clone_module(model._c)
     if module_c.hasattr(PREPARED_MARK):
         module_c = drop_attributes(module_c, {module_c._type().qualified_name(): {PREPARED_MARK}})

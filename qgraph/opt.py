@@ -7,7 +7,9 @@ Two kinds of input, told apart by the file's ending:
   and the graph is printed.
 - ``.py``: Python source defining ``Model`` (an ``nn.Module``; its
   ``EXAMPLE`` class attribute, a tuple of tensors, is what tracing and
-  calibration run on, and ``TRACE = True`` traces instead of scripting).
+  calibration run on, ``TRACE = True`` traces instead of scripting, and
+  ``QAT = True`` prepares it in training mode for quantization-aware
+  training, with ``prepare_qat_jit``'s stages, before convert's).
   ``NAME`` is a stage of ``prepare_jit``'s or ``convert_jit``'s pipeline
   (``qgraph passes`` lists prepare's): the model goes through the stages
   before it (calibrated on ``EXAMPLE`` between prepare and convert), then
@@ -49,6 +51,7 @@ from qgraph.convert import convert_pipeline
 from qgraph.ir import CppModule, Graph, as_python, clone_module, method_graph, named_modules
 from qgraph.pipeline import Pipeline
 from qgraph.prepare import prepare_pipeline
+from qgraph.prepare_qat import prepare_qat_pipeline
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.qconfig import script_qconfig_dict
 from qgraph.quant.quant_type import QuantType
@@ -104,7 +107,8 @@ def _capture(path: Path) -> tuple[torch.jit.ScriptModule, tuple]:
     exec(compile(path.read_text(), str(path), "exec"), namespace)
     if "Model" not in namespace:
         raise OptError(f"{path}: defines no Model")
-    model = namespace["Model"]().eval()
+    model = namespace["Model"]()
+    model.train(bool(getattr(model, "QAT", False)))
     example = tuple(getattr(model, "EXAMPLE", ()))
     if getattr(model, "TRACE", False):
         return torch.jit.trace(model, example, check_trace=False), example
@@ -116,7 +120,9 @@ def _run_on_model(pass_name: str, path: Path, qconfig_dict: Any, quant_type: Qua
     module = clone_module(captured._c)
     if pass_name == "dedup-module-uses":
         return dedup_module_uses(module)
-    prepare = prepare_pipeline(script_qconfig_dict(qconfig_dict), quant_type)
+    qat = captured.training
+    scripted = script_qconfig_dict(qconfig_dict)
+    prepare = prepare_qat_pipeline(scripted) if qat else prepare_pipeline(scripted, quant_type)
     if _has_stage(prepare, pass_name):
         return _run_through(prepare, pass_name, module)
     module = prepare.run(module)
@@ -125,6 +131,8 @@ def _run_on_model(pass_name: str, path: Path, qconfig_dict: Any, quant_type: Qua
             raise OptError(f"{path}: Model has no EXAMPLE to calibrate with before {pass_name!r}")
         with torch.no_grad():
             as_python(module)(*example)
+        if qat:
+            as_python(module).eval()
     convert = convert_pipeline(False, quant_type, [])
     if _has_stage(convert, pass_name):
         return _run_through(convert, pass_name, module)

@@ -13,6 +13,7 @@ from helpers.models import calibrate
 SIGNATURES = {
     "fuse_conv_bn_jit": ["model", "inplace"],
     "prepare_jit": ["model", "qconfig_dict", "inplace"],
+    "prepare_qat_jit": ["model", "qconfig_dict", "inplace"],
     "convert_jit": ["model", "inplace", "debug", "preserved_attrs"],
     "quantize_jit": ["model", "qconfig_dict", "run_fn", "run_args", "inplace", "debug"],
     "prepare_dynamic_jit": ["model", "qconfig_dict", "inplace"],
@@ -41,6 +42,17 @@ SIGNATURES = {
     "sensitivity": ["model", "qconfig_dict", "calibration", "inputs", "k", "dynamic"],
     "draw": ["model", "path", "method"],
 }
+# Public modules, with the functions each exports.
+MODULES = {
+    "qat": [
+        "enable_observer",
+        "disable_observer",
+        "enable_fake_quant",
+        "disable_fake_quant",
+        "freeze_bn_stats",
+        "update_bn_stats",
+    ],
+}
 
 
 class ConvBN(nn.Module):
@@ -64,9 +76,14 @@ def model():
 
 
 def test_public_names_and_signatures_are_the_contract():
-    assert sorted(qgraph.__all__) == sorted(SIGNATURES)
+    assert sorted(qgraph.__all__) == sorted([*SIGNATURES, *MODULES])
     for name, parameters in SIGNATURES.items():
         assert list(inspect.signature(getattr(qgraph, name)).parameters) == parameters, name
+    for name, functions in MODULES.items():
+        module = getattr(qgraph, name)
+        assert sorted(module.__all__) == sorted(functions), name
+        for function in functions:
+            assert list(inspect.signature(getattr(module, function)).parameters) == ["model"], function
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ def test_pass(lit_file, capsys):
 def test_every_pass_has_a_lit_file():
     from qgraph.convert import convert_pipeline
     from qgraph.prepare import prepare_pipeline
+    from qgraph.prepare_qat import prepare_qat_pipeline
     from qgraph.quant.quant_type import QuantType
 
     covered = set()
@@ -29,6 +30,7 @@ def test_every_pass_has_a_lit_file():
         run = next(line for line in path.read_text().splitlines() if line.startswith("# RUN:"))
         covered.add(run.split("--pass", 1)[1].split()[0])
     stages = {s.name for s in prepare_pipeline({}, QuantType.DYNAMIC).stages}
+    stages |= {s.name for s in prepare_qat_pipeline({}).stages}
     stages |= {s.name for s in convert_pipeline(False, QuantType.STATIC, []).stages}
     stages -= {"inline", "constant-propagation", "inline-fork-wait", "cleanup"}  # PyTorch's own passes
     assert stages | {"dedup-module-uses"} <= covered, sorted(stages - covered)

@@ -61,10 +61,9 @@ old graphs there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import networkx as nx
 import torch
 
 from passes.fold_conv_bn.batch_norm import batch_norm_parameters, folded_weight_and_bias, tensor_attr
@@ -74,63 +73,24 @@ from passes.fold_conv_bn.edits import (
     remove_batch_norm_call,
     remove_dead_pair,
 )
-from qgraph.ir import (
-    CppModule,
-    Graph,
-    NodeIndex,
-    as_cpp,
-    call_graph,
-    callees_first,
-    clone_module,
-    getattr_path,
-    is_instance_of,
-    like,
-    method_graph,
-    resolve_path,
-    walk,
-)
+from qgraph.ir import CppModule, Graph, NodeIndex, as_cpp, clone_module, like, method_graph, walk
 from qgraph.pattern import Match, compile_pattern, find_matches
+from qgraph.quant.conv_bn import (
+    CONV_BN_CALLS,
+    is_conv_bn_pair,
+    methods_of,
+    module_use_counts,
+    pair_submodules,
+    receivers_are_submodules,
+)
 
 __all__ = ["fold_conv_bn", "fold_conv_bn_in_place"]
 
-# The conv call's output must feed only the BatchNorm call: the matcher
-# rejects a match whose inner value (%conv_out) is used outside it. Matches
-# are found with the pattern but applied here rather than by
-# qgraph.pattern.rewrite: the conv call node must survive as it is (a
-# replacement would be a new node), and whether a match may fold depends on
-# every instance of the graph's class type and on uses in other graphs.
-CONV_BN_CALLS = """graph(%conv, %batchnorm, %input):
-    %conv_out = prim::CallMethod[name="forward"](%conv, %input)
-    %bn_out = prim::CallMethod[name="forward"](%batchnorm, %conv_out)
-    return (%bn_out)"""
-
-FOLDABLE_PAIRS = (
-    (torch.nn.Conv1d, torch.nn.BatchNorm1d),
-    (torch.nn.Conv2d, torch.nn.BatchNorm2d),
-    (torch.nn.Conv3d, torch.nn.BatchNorm3d),
-)
-
-
-# --- what folds ---------------------------------------------------------------
-
-
-def is_conv_bn_pair(conv: Any, bn: Any) -> bool:
-    """Exactly torch.nn's Conv{n}d followed by BatchNorm{n}d, same n."""
-    return any(is_instance_of(conv, c) and is_instance_of(bn, b) for c, b in FOLDABLE_PAIRS)
-
-
-def receivers_are_submodules(match: Match) -> bool:
-    """Both calls go to submodules reached from ``%self`` (not to values passed in)."""
-    return getattr_path(match["conv"]) is not None and getattr_path(match["batchnorm"]) is not None
-
-
-# --- the pass ---------------------------------------------------------------
-
-
-@dataclass
-class _Method:
-    graph: Graph
-    instances: dict[str, CppModule] = field(default_factory=dict)
+# Matches of CONV_BN_CALLS are found with the pattern but applied here
+# rather than by qgraph.pattern.rewrite: the conv call node must survive as
+# it is (a replacement would be a new node), and whether a match may fold
+# depends on every instance of the graph's class type and on uses in other
+# graphs.
 
 
 @dataclass
@@ -167,8 +127,8 @@ def fold_conv_bn_in_place(module: Any) -> Any:
     """
     _check_module(module)
     root = as_cpp(module)
-    methods, order = _methods_of(root)
-    module_uses = _module_use_counts(methods)
+    methods, order = methods_of(root)
+    module_uses = module_use_counts(methods)
     pattern = compile_pattern(CONV_BN_CALLS)
 
     folds: list[_Fold] = []
@@ -179,7 +139,7 @@ def fold_conv_bn_in_place(module: Any) -> Any:
         for match in find_matches(method.graph, pattern, NodeIndex(method.graph)):
             if not receivers_are_submodules(match):
                 continue
-            pairs = [_submodules(match, instance) for instance in method.instances.values()]
+            pairs = [pair_submodules(match, instance) for instance in method.instances.values()]
             if not all(is_conv_bn_pair(conv, bn) for conv, bn in pairs):
                 continue
             if _is_dead_pair(match, pairs):
@@ -203,47 +163,6 @@ def fold_conv_bn_in_place(module: Any) -> Any:
     for match in to_drop:
         remove_dead_pair(match)
     return module
-
-
-def _methods_of(root: CppModule) -> tuple[dict[tuple[str, str], _Method], list[tuple[str, str]]]:
-    """Each (class type, method) reachable from the root's methods, with its instances; callees first."""
-    methods: dict[tuple[str, str], _Method] = {}
-    calls = nx.DiGraph()
-    for name in root._method_names():
-        graph = call_graph(root, name)
-        calls.add_edges_from(graph.edges)
-        calls.add_nodes_from(graph.nodes)
-        for key, data in graph.nodes(data=True):
-            method = methods.setdefault(key, _Method(data["graph"]))
-            for path in data["instances"]:
-                method.instances.setdefault(path, resolve_path(root, path))
-    return methods, callees_first(calls)
-
-
-def _module_use_counts(methods: dict[tuple[str, str], _Method]) -> dict[CppModule, int]:
-    """How many times each submodule instance is read (called, or an attribute taken) in all graphs."""
-    counts: dict[CppModule, int] = {}
-    for method in methods.values():
-        reads = []
-        for node in NodeIndex(method.graph).of_kind("prim::GetAttr"):
-            value = node.output()
-            if value.type().kind() != "ClassType":
-                continue
-            path = getattr_path(value)
-            if path is not None:
-                reads.append((path, len(value.uses())))
-        for instance in method.instances.values():
-            for path, uses in reads:
-                target = resolve_path(instance, path)
-                if isinstance(target, CppModule):
-                    counts[target] = counts.get(target, 0) + uses
-    return counts
-
-
-def _submodules(match: Match, instance: CppModule) -> tuple[Any, Any]:
-    conv, bn = getattr_path(match["conv"]), getattr_path(match["batchnorm"])
-    assert conv is not None and bn is not None, "receivers_are_submodules admitted the match"
-    return resolve_path(instance, conv), resolve_path(instance, bn)
 
 
 def _plan_fold(conv: CppModule, bn: CppModule, module_uses: dict[CppModule, int]) -> _Fold | None:

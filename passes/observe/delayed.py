@@ -1,5 +1,7 @@
 """Observation delayed past a relu: ``{linear, conv, batch_norm, add, mul} -> relu`` observe the relu's output.
 
+(A QAT Conv-BatchNorm counts as a conv.)
+
 The fused quantized op (``quantized::conv2d_relu``, ...) gets the relu's
 output range, so the value between the op and its relu is not observed::
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from qgraph.ir import Graph, NodeIndex, Value, class_name_of, ivalue
 from qgraph.pattern import Match, Pattern, compile_pattern, find_matches
 from qgraph.quant.observed_values import is_tensor_or_tensor_list
+from qgraph.quant.qat_modules import is_conv_bn_type
 
 __all__ = ["DELAYED_OBSERVATION", "delayed_observations"]
 
@@ -28,6 +31,13 @@ def _module_type_is(name: str, *class_names: str) -> Filter:
     def check(match: Match) -> bool:
         ty = match[name].type()
         return ty.kind() == "ClassType" and class_name_of(ty) in class_names
+
+    return check
+
+
+def _is_qat_conv_bn(name: str) -> Filter:
+    def check(match: Match) -> bool:
+        return is_conv_bn_type(match[name].type())
 
     return check
 
@@ -69,6 +79,8 @@ _FIRST_OPS: dict[str, tuple[str, list[str], tuple[Filter, ...]]] = {
         ["%input", "%first"],
         (_module_type_is("first", *(f"torch.nn.modules.conv.Conv{d}d" for d in (1, 2, 3))),),
     ),
+    # A QAT Conv-BatchNorm trains what convert folds into a conv: observed as one.
+    "qat_conv_bn": (_CALL_FIRST, ["%input", "%first"], (_is_qat_conv_bn("first"),)),
     "add": ("%first_output = aten::add(%a, %b, %alpha)", ["%a", "%b", "%alpha"], (_constant_is("alpha", 1),)),
     "add_": ("%first_output = aten::add_(%a, %b, %alpha)", ["%a", "%b", "%alpha"], (_constant_is("alpha", 1),)),
     "nn_batch_norm": (

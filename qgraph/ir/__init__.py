@@ -5,7 +5,7 @@ editing nodes by hand.
 """
 
 from qgraph.ir.callgraph import call_graph, callees_first, method_key
-from qgraph.ir.clone import clone_module, drop_attributes, unshare_types
+from qgraph.ir.clone import clone_module, drop_attributes, replace_children, unshare_types
 from qgraph.ir.edit import (
     NodeBuilder,
     clone_node,
@@ -75,6 +75,7 @@ __all__ = [
     "method_key",
     "clone_module",
     "drop_attributes",
+    "replace_children",
     "unshare_types",
     "NodeBuilder",
     "erase_dead",

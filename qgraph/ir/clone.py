@@ -18,7 +18,7 @@ import torch
 from qgraph.ir.graph import nested_blocks, outputs_of, walk
 from qgraph.ir.module import CppModule, children_of, getattr_path, method_graph, named_modules, resolve_path
 
-__all__ = ["clone_module", "drop_attributes", "unshare_types"]
+__all__ = ["clone_module", "drop_attributes", "replace_children", "unshare_types"]
 
 # Private bindings that torch._C's stubs leave out or type narrower than they are.
 _BINDINGS: Any = torch._C
@@ -102,9 +102,13 @@ def _rebuild(module: CppModule, changes: dict, whole: bool) -> CppModule:
         return clone_module(module)
     children = children_of(module)
     declared = _declared_child_types(module)
+    replaced = changes.get(_REPLACED, {})
     fresh = _clone(module, [name for name, _ in children], readded=True)
     for name, child in children:
-        if name in changes:
+        if name in replaced:
+            if replaced[name] is not None:
+                fresh._register_attribute(name, replaced[name]._type(), replaced[name])
+        elif name in changes:
             sub = changes[name]
             new_child = _rebuild(child, sub, whole=not sub)
             type_ = declared.get(name)
@@ -114,8 +118,34 @@ def _rebuild(module: CppModule, changes: dict, whole: bool) -> CppModule:
         else:
             type_ = declared.get(name) or child._type()
             fresh._register_attribute(name, type_, child)
-    _retype_child_reads(fresh, {name: resolve_path(fresh, name) for name in changes})
+    rebuilt = [name for name in changes if name != _REPLACED] + [n for n, c in replaced.items() if c is not None]
+    _retype_child_reads(fresh, {name: resolve_path(fresh, name) for name in rebuilt})
     return fresh
+
+
+def replace_children(root: CppModule, replacements: dict[str, CppModule | None]) -> CppModule:
+    """A copy of ``root`` in which the submodule at each dotted path is replaced (None: removed).
+
+    A replacement takes the place of the child it replaces, so the order of
+    children (and of ``named_parameters()``) stays as it was. The parent of
+    each replaced child, and each module on the way up to it, gets a class
+    type of its own (as ``unshare_types`` gives); reads of a replaced child in
+    the parent's graphs take the new child's type. No method may read a
+    removed child any more. Other attribute values are copies. Returns the
+    new root; the old one must not be used after.
+    """
+    tree: dict = {}
+    for path, new_child in replacements.items():
+        *parents, name = path.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(_REPLACED, {})[name] = new_child
+    return _rebuild(root, tree, whole=False) if tree else root
+
+
+# Key of a ``_rebuild`` change tree holding the children replaced at that level.
+_REPLACED = "\0replaced"
 
 
 def _declared_child_types(module: CppModule) -> dict:

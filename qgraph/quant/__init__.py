@@ -8,6 +8,8 @@
 - ``quantized_values``: which values of a converted graph hold quantized tensors;
 - ``observers``: observer submodules in graphs, what they are and what they saw;
 - ``qconfig``: ``qconfig_dict`` resolution to module paths, scripted observers;
+- ``conv_bn``: Conv -> BatchNorm call pairs, which folding and the QAT swap find;
+- ``qat_modules``: the trainable QAT Conv-BatchNorm module, and fake-quants told apart;
 - ``float_ops``: records of the ops convert leaves in float on purpose;
 - ``packed_params``: packed weights kept as module attributes;
 - ``kernels``: PyTorch kernel bugs that decide what must not run quantized;

@@ -35,6 +35,7 @@ from qgraph.quant.ops import (
     WEIGHT_ONLY_ATEN,
     WEIGHT_ONLY_CALLS,
 )
+from qgraph.quant.qat_modules import is_conv_bn_type
 
 _TENSOR = torch._C.TensorType.get()
 _TENSOR_LIST = torch._C.ListType.ofTensors()
@@ -136,7 +137,14 @@ def is_quantizable(node: Node, quant_type: QuantType) -> bool:
     dynamic = quant_type == QuantType.DYNAMIC
     aten_ops = DYNAMIC_QUANTIZABLE_ATEN if dynamic else STATIC_QUANTIZABLE_ATEN
     call_ops = DYNAMIC_QUANTIZABLE_CALLS if dynamic else STATIC_QUANTIZABLE_CALLS
-    return aten_name(node) in aten_ops or call_name(node) in call_ops
+    return aten_name(node) in aten_ops or call_name(node) in call_ops or (not dynamic and is_qat_conv_bn_call(node))
+
+
+def is_qat_conv_bn_call(node: Node) -> bool:
+    """A call of a QAT ``ConvBn{n}d``: a conv to observe at the call site (it fake-quantizes its own weight)."""
+    return (
+        node.kind() == "prim::CallMethod" and node.s("name") == "forward" and is_conv_bn_type(node.inputsAt(0).type())
+    )
 
 
 def is_quantizable_use(user: Node, offset: int, quant_type: QuantType) -> bool:
