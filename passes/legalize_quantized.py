@@ -154,6 +154,7 @@ __all__ = [
     "SAFETY_RULE",
     "NO_QCONFIG",
     "UNSUPPORTED_OP",
+    "UNOBSERVED_INPUT",
     "groupwise_conv_is_unsafe",
 ]
 
@@ -166,6 +167,8 @@ _REASON_TAG = "qgraph_float_reason"
 SAFETY_RULE = "kept in float by a safety rule"
 NO_QCONFIG = "no qconfig"
 UNSUPPORTED_OP = "unsupported op"
+# A float op whose input no observer saw (a model input, a float op's result).
+UNOBSERVED_INPUT = "unobserved input"
 
 _TENSOR = torch._C.TensorType.get()
 _OPTIONAL_TENSOR = torch._C.OptionalType(_TENSOR)
@@ -790,9 +793,9 @@ def tag_float_op(node: Node, category: str, reason: str) -> None:
 
     For passes that run before convert: module attributes do not survive
     freezing, node attributes do. ``category`` is ``UNSUPPORTED_OP``,
-    ``NO_QCONFIG`` or ``SAFETY_RULE``; ``reason`` says why in a sentence.
+    ``NO_QCONFIG``, ``SAFETY_RULE`` or ``UNOBSERVED_INPUT``; ``reason`` says why in a sentence.
     """
-    if category not in (SAFETY_RULE, NO_QCONFIG, UNSUPPORTED_OP):
+    if category not in (SAFETY_RULE, NO_QCONFIG, UNSUPPORTED_OP, UNOBSERVED_INPUT):
         raise ValueError(f"unknown float-op category {category!r}")
     node.s_(_CATEGORY_TAG, category)
     node.s_(_REASON_TAG, reason)

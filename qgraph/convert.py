@@ -2,9 +2,12 @@
 
 ``convert`` runs ``insert-quant-dequant`` (observers become quantize /
 dequantize pairs; with ``debug=True`` the model stops here and computes the
-quantized numerics with float ops) and, unless ``debug``, ``finalize``
-(quantized ops, prepacked weights, frozen module). Constant propagation and
-DCE on ``forward`` close both paths, as in the reference.
+quantized numerics with float ops) and, unless ``debug``, a lowering:
+``finalize`` (``lowering="reference"``: PyTorch's quantized ops, prepacked
+weights, frozen module) or the stages of ``passes.lower_onednn``
+(``lowering="onednn"``: oneDNN int8 ops on plain integer tensors).
+Constant propagation and DCE on ``forward`` close every path, as in the
+reference.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from qgraph.ir import CppModule, as_python, clone_module, drop_attributes, named
 from qgraph.pipeline import Pipeline, Stage, method_graphs
 from qgraph.prepare import PREPARED_MARK
 
-__all__ = ["convert"]
+__all__ = ["convert", "LOWERINGS"]
+
+LOWERINGS = ("reference", "onednn")
 
 
 def _check_model(model) -> None:
@@ -52,7 +57,7 @@ def _check_prepared(module_c: CppModule, quant_type: QuantType) -> None:
     )
 
 
-def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> list[Stage]:
+def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str], lowering: str) -> list[Stage]:
     def quant_dequant(module: CppModule) -> CppModule:
         # convert cloned the caller's model already (or was given it with inplace=True).
         return insert_quant_dequant_in_place(module, "forward", debug, quant_type)
@@ -74,10 +79,22 @@ def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> l
         legalize_quantized(module)
 
     stages = [Stage("insert-quant-dequant", quant_dequant)]
-    if not debug:
+    if not debug and lowering == "onednn":
+        from passes.lower_onednn import finish_module, lower_onednn_pipeline
+        from passes.swap_functional_linear import swap_functional_linear
+
+        def swap_linear(module: CppModule) -> None:
+            swap_functional_linear(module)
+
+        stages.append(Stage("swap-functional-linear", swap_linear))
+        stages += lower_onednn_pipeline(preserved_attrs).stages
+    elif not debug:
         stages.append(Stage("finalize", finalize))
     stages.append(Stage("constant-propagation-dce", clean_forward))
     stages.append(Stage("legalize-quantized", legalize))
+    if not debug and lowering == "onednn":
+        # Last, once the float-op records are on the module: the state methods save them too.
+        stages.append(Stage("onednn-module-state", finish_module))
     return stages
 
 
@@ -95,20 +112,29 @@ def _on_cpu(module_c: CppModule) -> bool:
 
 
 def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=None,
-            quant_type: QuantType = QuantType.STATIC) -> torch.jit.ScriptModule:
+            quant_type: QuantType = QuantType.STATIC, lowering: str = "reference") -> torch.jit.ScriptModule:
     """Quantize a model prepared with observers and calibrated.
 
     ``debug=True`` returns the reference model (float ops between
-    ``aten::quantize_per_tensor`` / ``aten::dequantize``); otherwise the
-    frozen model running quantized kernels. ``preserved_attrs`` names
-    attributes freezing must keep. ``inplace=True`` rewrites ``model`` itself
-    and returns it; otherwise ``model`` is left unchanged.
+    ``aten::quantize_per_tensor`` / ``aten::dequantize``), whatever the
+    lowering; otherwise the frozen model running quantized kernels: PyTorch's
+    quantized ops (``lowering="reference"``) or oneDNN's int8 ops on plain
+    integer tensors (``lowering="onednn"``, static quantization only).
+    ``preserved_attrs`` names attributes freezing must keep. ``inplace=True``
+    rewrites ``model`` itself and returns it; otherwise ``model`` is left
+    unchanged.
     """
     _check_model(model)
+    if lowering not in LOWERINGS:
+        raise ValueError(f"lowering must be one of {', '.join(map(repr, LOWERINGS))}, got {lowering!r}")
     if isinstance(quant_type, str):
         quant_type = {"static": QuantType.STATIC, "dynamic": QuantType.DYNAMIC}.get(quant_type.lower(), quant_type)
     if quant_type not in (QuantType.STATIC, QuantType.DYNAMIC):
         raise ValueError(f"quant_type must be QuantType.STATIC or QuantType.DYNAMIC, got {quant_type!r}")
+    if lowering == "onednn" and quant_type != QuantType.STATIC:
+        raise ValueError(
+            "lowering='onednn' lowers static quantization; dynamic quantization has the reference lowering only"
+        )
     if preserved_attrs is None:
         preserved_attrs = []
     _check_prepared(model._c, quant_type)
@@ -121,7 +147,7 @@ def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=N
     if not debug and not _on_cpu(module_c):
         # Quantized kernels run on CPU.
         as_python(module_c).cpu()
-    pipeline = Pipeline("convert", _stages(debug, quant_type, list(preserved_attrs)))
+    pipeline = Pipeline("convert", _stages(debug, quant_type, list(preserved_attrs), lowering))
     result = pipeline.run(module_c)
     if inplace:
         model._reconstruct(result)

@@ -23,7 +23,11 @@ reasons:
 Convert records the ops it leaves in float on purpose (the safety rules, and
 RNNs that dynamic quantization cannot handle) in the model, with their
 reason and module (``passes.legalize_quantized.float_op_records``); those ops
-are reported from their records, every other op from the graph.
+are reported from their records, every other op from the graph. A model
+made with ``lowering="onednn"`` holds no quantized dtype to tell integer
+code from float code by, so that lowering records every op it leaves in
+float, and the report lists exactly those records (with ``no qconfig`` where
+the ``qconfig_dict`` switched the op's module off).
 
 The report is computed on demand from the model, so convert keeps returning
 just the model (as the reference does) and a model loaded back with
@@ -68,8 +72,10 @@ from passes.legalize_quantized import (
     UNSUPPORTED_OP,
     FloatOpRecord,
     float_op_record_nodes,
+    float_op_records,
     quantized_values,
 )
+from passes.lower_onednn.module_state import lowering_of
 from qgraph.ir.graph import Node, Value, module_path_of, source_location, walk
 from qgraph.ir.module import as_cpp, method_graph, named_modules
 from qgraph.pipeline import method_graphs
@@ -274,6 +280,8 @@ def float_op_report(
     state = quantization_state(module_c)
     if state != QUANTIZED:
         return FloatOpReport(state=state)
+    if lowering_of(module_c) != "reference":
+        return _recorded_report(module_c, qconfig_dict)
     report = FloatOpReport()
     for method in module_c._method_names():
         graph = method_graph(module_c, method)
@@ -306,6 +314,28 @@ def float_op_report(
     return report
 
 
+def _recorded_report(module_c, qconfig_dict: dict | None) -> FloatOpReport:
+    """The float ops a lowering recorded, as they are, but for ops whose qconfig is None."""
+    report = FloatOpReport()
+    for record in float_op_records(module_c):
+        kind = record.float_op or record.op
+        category, detail = record.category, record.reason
+        if qconfig_dict is not None:
+            key = qconfig_key_for_path(qconfig_dict, record.module)
+            if key is None or qconfig_dict[key] is None:
+                category, detail = _classify_no_qconfig(record.module, qconfig_dict, key)
+        report.entries.append(FloatOp(record.module, kind, record.source or None, category, detail, record.method))
+    return report
+
+
+def _classify_no_qconfig(path: str, qconfig_dict: dict, key: str | None) -> tuple[str, str]:
+    where = f"module {path!r}" if path else "the model"
+    if key is None:
+        return NO_QCONFIG, f"no qconfig_dict entry covers {where}"
+    inherited = f" (from the entry {key!r})" if key != path else ""
+    return NO_QCONFIG, f"the qconfig of {where} is None{inherited}"
+
+
 def _recorded(node: Node, record: FloatOpRecord, method: str) -> FloatOp:
     # The record knows the module also where the graph forgot it (a loaded model).
     path = record.module or module_path_of(node)
@@ -316,12 +346,8 @@ def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -
     kind = node.kind()
     if qconfig_dict is not None:
         key = qconfig_key_for_path(qconfig_dict, path)
-        where = f"module {path!r}" if path else "the model"
-        if key is None:
-            return NO_QCONFIG, f"no qconfig_dict entry covers {where}"
-        if qconfig_dict[key] is None:
-            inherited = f" (from the entry {key!r})" if key != path else ""
-            return NO_QCONFIG, f"the qconfig of {where} is None{inherited}"
+        if key is None or qconfig_dict[key] is None:
+            return _classify_no_qconfig(path, qconfig_dict, key)
     if dynamic and kind in _DYNAMIC_UNSUPPORTED:
         return UNSUPPORTED_OP, f"no dynamic quantized kernel for {kind}"
     if dynamic and kind in _STATIC_ONLY_WEIGHTED:
@@ -341,6 +367,8 @@ def quantization_state(model: Any) -> str:
     module_c = as_cpp(model)
     if any(path.rpartition(".")[2].startswith("_observer_") for path, _ in named_modules(module_c)):
         return PREPARED
+    if lowering_of(module_c) != "reference":
+        return QUANTIZED
     kinds = _node_kinds(module_c)
     quantized_kinds = _QUANTIZE_KINDS | _DYNAMIC_MARKERS
     if any(kind.startswith(("quantized::", "aten::quantized_")) or kind in quantized_kinds for kind in kinds):

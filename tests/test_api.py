@@ -12,8 +12,8 @@ import qgraph
 SIGNATURES = {
     "fuse_conv_bn_jit": ["model", "inplace"],
     "prepare_jit": ["model", "qconfig_dict", "inplace"],
-    "convert_jit": ["model", "inplace", "debug", "preserved_attrs"],
-    "quantize_jit": ["model", "qconfig_dict", "run_fn", "run_args", "inplace", "debug"],
+    "convert_jit": ["model", "inplace", "debug", "preserved_attrs", "lowering"],
+    "quantize_jit": ["model", "qconfig_dict", "run_fn", "run_args", "inplace", "debug", "lowering"],
     "prepare_dynamic_jit": ["model", "qconfig_dict", "inplace"],
     "convert_dynamic_jit": ["model", "inplace", "debug", "preserved_attrs"],
     "quantize_dynamic_jit": ["model", "qconfig_dict", "inplace", "debug"],
@@ -48,10 +48,22 @@ def model():
     return torch.jit.script(eager)
 
 
+# Additions after the reference's parameters, keyword-only so that positional calls keep their meaning.
+KEYWORD_ONLY = {"convert_jit": {"lowering"}, "quantize_jit": {"lowering"}}
+
+
 def test_public_names_and_signatures_are_the_contract():
     assert sorted(qgraph.__all__) == sorted(SIGNATURES)
     for name, parameters in SIGNATURES.items():
-        assert list(inspect.signature(getattr(qgraph, name)).parameters) == parameters, name
+        signature = inspect.signature(getattr(qgraph, name))
+        assert list(signature.parameters) == parameters, name
+        keyword_only = {p.name for p in signature.parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY}
+        assert keyword_only == KEYWORD_ONLY.get(name, set()), name
+
+
+@pytest.mark.parametrize("call", [qgraph.convert_jit, qgraph.quantize_jit])
+def test_the_default_lowering_is_the_reference(call):
+    assert inspect.signature(call).parameters["lowering"].default == "reference"
 
 
 @pytest.mark.parametrize(
