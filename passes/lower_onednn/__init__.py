@@ -64,7 +64,7 @@ from passes.lower_onednn.integer_islands import integer_island_rewrites
 from passes.lower_onednn.integer_ops import integer_op_rewrites
 from passes.lower_onednn.linear import linear_rewrites
 from passes.lower_onednn.module_state import LOWERING_ATTRIBUTE, finish_module, lowering_of
-from passes.lower_onednn.normalize import normalize
+from passes.lower_onednn.normalize import metadata_reads_integers, normalize, one_dequantize_per_use
 from passes.lower_onednn.qparams import analyse
 from passes.lower_onednn.support import OnednnUnavailableError, check_onednn
 from qgraph.ir import CppModule, NodeIndex, as_cpp, like, method_graph, walk
@@ -100,6 +100,9 @@ def lower_onednn_pipeline(preserved_attrs: Sequence[str] = ()) -> Pipeline:
         graph = method_graph(module)
         absorb_epilogues(graph)
         torch._C._jit_pass_dce(graph)
+        # A moved activation's uses now share the dequantize after it.
+        one_dequantize_per_use(graph, NodeIndex(graph))
+        metadata_reads_integers(NodeIndex(graph))
         # The moved quantize ops are new values; their parameters are constants like the others'.
         state["lowering"].values = analyse(graph)
 

@@ -4,14 +4,15 @@ Takes the graph after the island stages, where what is left of PyTorch's
 quantized dtypes is at the borders of float code, and leaves a graph with
 none:
 
-1. a oneDNN op whose integer result is only dequantized (a classifier's
-   logits, a conv feeding float ops) computes a float result instead
+1. every op still computing on float tensors is recorded for the float-op
+   report, with the reason it is float;
+2. a oneDNN op whose integer result is only dequantized, directly or after
+   shape ops (a classifier's logits, a transformer's queries and keys
+   reshaped into heads for a float matmul) computes a float result instead
    (``output_dtype=float32``), with the activation the output range applied
    as an explicit post-op;
-2. float code reads an unquantized value directly: ``dequantize(quantize(x))``
+3. float code reads an unquantized value directly: ``dequantize(quantize(x))``
    becomes ``x`` (quantizing only to dequantize loses precision for nothing);
-3. every op still computing on float tensors is recorded for the float-op
-   report, with the reason it is float;
 4. ``aten::quantize_per_tensor`` becomes the exact integer conversion of
    ``emit.Emitter.quantize`` (channels-last where a conv reads it), and
    ``aten::dequantize`` the float conversion; a quantized constant left for
@@ -28,6 +29,7 @@ from passes.lower_onednn.conv import conv_is_lowerable
 from passes.lower_onednn.emit import Emitter
 from passes.lower_onednn.linear import linear_is_lowerable
 from passes.lower_onednn.postops import PostOp
+from passes.lower_onednn.qparams import SHAPE_OPS
 from qgraph.ir import NodeIndex, walk
 from qgraph.ir.graph import Node, Value
 from qgraph.pattern import Match, compile_pattern, match_at
@@ -51,21 +53,42 @@ _REASONS = {
 }
 
 
+def _dequantized_through_shape_ops(value: Value) -> tuple[list[Node], list[Value]] | None:
+    """The dequantize ops ``value`` reaches through shape ops, and the values on the way; None if it reaches others."""
+    dequantizes, passed = [], []
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        for use in current.uses():
+            user = use.user
+            if user.kind() == "aten::dequantize":
+                dequantizes.append(user)
+            elif user.kind() in SHAPE_OPS and use.offset == 0:
+                outputs = [o for o in user.outputs() if "Tensor" in str(o.type())]
+                passed += outputs
+                pending += outputs
+            else:
+                return None
+    return dequantizes, passed
+
+
 def _float_output(lowering: Lowering, node: Node) -> bool:
-    """Make the oneDNN op ``node`` compute floats when every use of its result dequantizes it."""
+    """Make the oneDNN op ``node`` compute floats when every use of its result (through shape ops) dequantizes it."""
     first = _OUTPUT_ARGUMENTS.get(node.kind())
     post_op: PostOp | None = lowering.range_folded.get(node)
-    uses = node.output().uses()
-    if first is None or post_op is None or not uses or any(u.user.kind() != "aten::dequantize" for u in uses):
+    reached = _dequantized_through_shape_ops(node.output())
+    if first is None or post_op is None or reached is None or not reached[0]:
         return False
+    dequantizes, passed = reached
     e = lowering.emitter(node)
     for offset, value in enumerate(
         (1.0, 0, _FLOAT32, post_op.attr, e.scalar_list(post_op.scalars), post_op.algorithm or _algorithm(node))
     ):
         node.replaceInput(first + offset, value if isinstance(value, Value) else e.constant(value))
-    for use in list(uses):
-        use.user.output().replaceAllUsesWith(node.output())
-    lowering.values.forget(node.output())
+    for dequantize in dequantizes:
+        dequantize.output().replaceAllUsesWith(dequantize.inputsAt(0))
+    for value in [node.output(), *passed]:
+        lowering.values.forget(value)
     return True
 
 
@@ -119,6 +142,10 @@ def _is_float_op(node: Node, lowering: Lowering) -> bool:
 def lower_boundaries(lowering: Lowering) -> None:
     """Steps 1-4 of the module docstring on ``lowering``'s graph, in place."""
     graph = lowering.graph
+    # Recorded first, while the dequantize ops still show which float ops read quantized values.
+    for node in walk(graph):
+        if _is_float_op(node, lowering):
+            tag_float_op(node, *float_reason(node, lowering))
     index = NodeIndex(graph)
     for kind in _OUTPUT_ARGUMENTS:
         for node in index.of_kind(kind):
@@ -128,9 +155,6 @@ def lower_boundaries(lowering: Lowering) -> None:
         if source.kind() == "aten::quantize_per_tensor":
             node.output().replaceAllUsesWith(source.inputsAt(0))
     torch._C._jit_pass_dce(graph)
-    for node in walk(graph):
-        if _is_float_op(node, lowering):
-            tag_float_op(node, *float_reason(node, lowering))
     index = NodeIndex(graph)
     for node in index.of_kind("aten::quantize_per_tensor"):
         _lower_quantize(lowering, node)

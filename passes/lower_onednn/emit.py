@@ -42,7 +42,7 @@ TENSOR = torch._C.TensorType.get()
 OPTIONAL_TENSOR = torch._C.OptionalType(TENSOR)
 _SCALAR_LIST = torch._C.ListType(torch._C.OptionalType(torch._C.NumberType.get()))
 _INT_LIST = torch._C.ListType.ofInts()
-_FLOAT32 = 6  # ScalarType numbers
+_FLOAT32, _INT32 = 6, 3  # ScalarType numbers
 CHANNELS_LAST = 2  # MemoryFormat number
 _PLAIN_SCALAR_TYPE = {torch.uint8: 0, torch.int8: 1, torch.int32: 3}
 
@@ -89,17 +89,23 @@ class Emitter:
 
     def quantize(self, real: Value, params: QParams, channels_last: bool = False) -> Value:
         """``real`` as the plain integer tensor ``aten::quantize_per_tensor(real, params)`` holds."""
+        if channels_last:
+            # The element-wise ops keep the layout; changing it on floats costs less than on bytes.
+            real = self.op("aten::contiguous", real, CHANNELS_LAST)
         inverse = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(params.scale, dtype=torch.float32))
         zero_point = self.constant(torch.tensor(float(params.zero_point)))
         shifted = self.op("aten::add", zero_point, real, inverse)
         rounded = self.op("aten::round_", shifted)
         low, high = params.bounds
         clamped = self.op("aten::clamp_", rounded, low, high)
-        return self.to_integer(clamped, params, channels_last)
+        return self.to_integer(clamped, params)
 
     def to_integer(self, value: Value, params: QParams, channels_last: bool = False) -> Value:
+        """Whole floats in ``params``' range as its plain integer dtype (channels-last if asked)."""
         memory_format = CHANNELS_LAST if channels_last else None
-        return self.op("aten::to", value, _PLAIN_SCALAR_TYPE[params.plain_dtype], False, False, memory_format)
+        # float -> int32 -> uint8 is exact here and converts faster than float -> uint8.
+        wide = self.op("aten::to", value, _INT32, False, False, memory_format)
+        return self.op("aten::to", wide, _PLAIN_SCALAR_TYPE[params.plain_dtype], False, False, None)
 
     def dequantize(self, integer: Value, params: QParams) -> Value:
         """The float tensor ``aten::dequantize`` gives for ``integer`` quantized with ``params``."""

@@ -85,10 +85,39 @@ def _clamp(lowering: Lowering, activation, graph: Graph, match: Match, before: N
     return [out]
 
 
+def _global_average_keeps_dims(kind: str, match: Match) -> bool | None:
+    """For an average over all of H and W of an NCHW map: whether it keeps them as 1x1; else None."""
+    if kind == "aten::adaptive_avg_pool2d":
+        return True if match.constant("size", None) in (1, [1], [1, 1]) else None
+    if kind == "aten::mean" and match.constant("dtype_arg", 0) is None:
+        dims, keepdim = match.constant("dims", None), match.constant("keepdim", None)
+        if isinstance(dims, list) and sorted(d % 4 for d in dims) == [2, 3] and -4 <= min(dims):
+            return keepdim if isinstance(keepdim, bool) else None
+    return None
+
+
+def _global_average(e: Emitter, x: Value, keepdim: bool) -> Value:
+    """The mean over H and W of ``x`` as floats, read as ``[N, H * W, C]`` rows.
+
+    On a channels-last map that view is contiguous and the mean runs along
+    it; the NCHW reduction of a channels-last tensor takes a slow path.
+    """
+    rows = e.op("aten::flatten", e.op("aten::permute", x, [0, 2, 3, 1]), 1, 2)
+    mean = e.op("aten::mean", e.to_float(rows), [1], False, None)
+    if not keepdim:
+        return mean
+    return e.op("aten::unsqueeze", e.op("aten::unsqueeze", mean, -1), -1)
+
+
 def _average(lowering: Lowering, kind: str, arguments: list[str], graph: Graph, match: Match, before: Node):
     source, target = lowering.params(match["x_q"]), _output(match)
     e = lowering.emitter(before, source=match.node("y"))
     values = [match[name.strip().lstrip("%")] for name in arguments]
+    keepdim = _global_average_keeps_dims(kind, match)
+    if keepdim is not None:
+        out = e.quantize_units(_global_average(e, match["x_q"], keepdim), source, target)
+        lowering.values.set(out, target)
+        return [out]
     if kind == "aten::avg_pool2d" and any(match.constant("padding", [1])) and match.constant("count_include_pad", True):
         # Zero padding is a real 0, which in integers is the zero point: pool the real values.
         out = e.quantize(e.op(kind, e.dequantize(match["x_q"], source), *values), target)
@@ -163,26 +192,54 @@ def _is_gate(match: Match) -> bool:
     )
 
 
+def _gate_channels(gate: Value, limit: int = 32) -> int | None:
+    """The channel count of a gate made by a conv (its weight's output channels), when the graph shows it."""
+    for _ in range(limit):
+        node = gate.node()
+        if node.kind() == "aten::conv2d":
+            weight = node.inputsAt(1)
+            if weight.node().kind() == "aten::dequantize":
+                weight = weight.node().inputsAt(0)
+            constant = weight.node()
+            if constant.kind() == "prim::Constant" and constant.kindOf("value") == "t":
+                return int(constant.t("value").shape[0])
+            return None
+        if node.kind() not in _GATE_PATH or node.inputsSize() == 0:
+            return None
+        gate = node.inputsAt(0)
+    return None
+
+
 def _scale_channels(lowering: Lowering, graph: Graph, match: Match, before: Node) -> list[Value]:
     x, gate = match["x_q"], match["gate"]
     source, target = lowering.params(x), _output(match)
     e = lowering.emitter(before, source=match.node("m"))
-    channels = e.op("aten::size", x, 1, type_=_INT)
-    per_channel = e.op("prim::ListConstruct", 1, channels, 1, 1, type_=_INT_LIST)
+    per_channel = e.op("prim::ListConstruct", 1, e.op("aten::size", x, 1, type_=_INT), 1, 1, type_=_INT_LIST)
     same = e.op("aten::eq", e.op("aten::size", gate, type_=_INT_LIST), per_channel, type_=_BOOL)
     branch = e.node("prim::If", same)
     fused, general = branch.addBlock(), branch.addBlock()
     inner = Emitter(graph, fused.returnNode(), e.source, e.created)
+    known = _gate_channels(gate)
+    # With the channel count known, the weight, its scales and zero points are constants of the graph.
+    channels = known if known is not None else inner.op("aten::size", x, 1, type_=_INT)
+
+    def sizes(pe: Emitter, *dims) -> Value:
+        return pe.op("prim::ListConstruct", *dims, type_=_INT_LIST)
 
     def weights(pe: Emitter) -> list:
-        shape = pe.op("prim::ListConstruct", channels, 1, 1, 1, type_=_INT_LIST)
-        ones = pe.op("aten::full", shape, _GATE_SCALE, 1, None, None, None)
-        scales = pe.op("aten::full", pe.op("prim::ListConstruct", channels, type_=_INT_LIST), 1.0, 6, None, None, None)
+        if known is not None:
+            ones, scales = torch.full((known, 1, 1, 1), _GATE_SCALE, dtype=torch.int8), torch.ones(known)
+        else:
+            ones = pe.op("aten::full", sizes(pe, channels, 1, 1, 1), _GATE_SCALE, 1, None, None, None)
+            scales = pe.op("aten::full", sizes(pe, channels), 1.0, 6, None, None, None)
         return [ones, scales, source.scale, source.zero_point, [1, 1], [0, 0], [1, 1], channels]
 
     packed = inner.packed_weight(lowering.new_packed_attribute(), "onednn::qconv_prepack", weights, x)
     w_scales = inner.op("aten::mul", inner.op("aten::reshape", gate, [-1]), 1.0 / _GATE_SCALE)
-    zeros = inner.op("aten::zeros", inner.op("prim::ListConstruct", channels, type_=_INT_LIST), 4, None, None, None)
+    if known is not None:
+        zeros = inner.constant(torch.zeros(known, dtype=torch.long))
+    else:
+        zeros = inner.op("aten::zeros", sizes(inner, channels), 4, None, None, None)
     fused.registerOutput(inner.op(
         "onednn::qconv2d_pointwise", x, source.scale, source.zero_point, packed, w_scales, zeros, None,
         [1, 1], [0, 0], [1, 1], channels, target.scale, target.zero_point, None, "none", inner.scalar_list(()), "",
@@ -196,7 +253,20 @@ def _scale_channels(lowering: Lowering, graph: Graph, match: Match, before: Node
 def integer_island_rewrites(lowering: Lowering) -> tuple[Rewrite, ...]:
     bound = functools.partial
     quantize = "%y_q = aten::quantize_per_tensor(%y, %scale, %zero_point, %dtype)\n    return (%y_q)"
+    # Gates first: they are recognized by the pooling they come from, before the pooling is lowered.
     rewrites = []
+    for kind in ("aten::mul", "aten::mul_"):
+        for operands in ("%x, %gate", "%gate, %x"):
+            rewrites.append(Rewrite(
+                name=f"scale_channels_{kind.split('::')[1]}",
+                pattern=f"""graph(%x_q, %gate, %scale, %zero_point, %dtype):
+    %x = aten::dequantize(%x_q)
+    %m = {kind}({operands})
+    %m_q = aten::quantize_per_tensor(%m, %scale, %zero_point, %dtype)
+    return (%m_q)""",
+                replacement=bound(_scale_channels, lowering),
+                filters=(_accepts(lowering, _is_gate),),
+            ))
     for activation in _CLAMPS:
         arguments = "".join(f", %{n}" for n in activation.arguments)
         for kind in activation.kinds:
@@ -228,16 +298,4 @@ def integer_island_rewrites(lowering: Lowering) -> tuple[Rewrite, ...]:
         replacement=bound(_cat, lowering),
         filters=(lambda m: _output(m) is not None and _cat_elements(lowering, m["list"]) is not None,),
     ))
-    for kind in ("aten::mul", "aten::mul_"):
-        for operands in ("%x, %gate", "%gate, %x"):
-            rewrites.append(Rewrite(
-                name=f"scale_channels_{kind.split('::')[1]}",
-                pattern=f"""graph(%x_q, %gate, %scale, %zero_point, %dtype):
-    %x = aten::dequantize(%x_q)
-    %m = {kind}({operands})
-    %m_q = aten::quantize_per_tensor(%m, %scale, %zero_point, %dtype)
-    return (%m_q)""",
-                replacement=bound(_scale_channels, lowering),
-                filters=(_accepts(lowering, _is_gate),),
-            ))
     return tuple(rewrites)

@@ -3,13 +3,19 @@
 Takes ``forward`` of the frozen ``debug=True`` model and leaves the same
 computation where:
 
+- inference-mode dropouts (``train=False``) are gone: an in-place one the
+  reference runs on a dequantized value would keep a linear after it float;
 - every quantized value has static parameters (``qparams.analyse``) and
   run-time reads of them are constants;
 - constants quantized and dequantized again (the bounds of a requantized
   relu6, ``aten::item(aten::dequantize(aten::quantize_per_tensor(6.0, ...)))``)
   are folded to the float they stand for;
 - every use of a dequantized value has its own ``aten::dequantize``, so a
-  pattern can own the one it matches;
+  pattern can own the one it matches, and a dequantize read only for its
+  shape (``aten::size`` in an assert) is dropped: the integers have the same;
+- shape ops read quantized values: ``select(dequantize(%q))`` becomes
+  ``dequantize(select(%q))``, so they move bytes, not floats, and the
+  dequantize meets the float op it is for;
 - a list that changes after it is built (``append``, as DenseNet builds
   the inputs of its ``cat``) holds float tensors: its quantized elements
   are dequantized as they go in, and the dequantize of the whole list goes;
@@ -39,7 +45,7 @@ from passes.lower_onednn.qparams import (
 from qgraph.ir import NodeIndex, erase_nodes, insert_constant, insert_op, outputs_of, uses_of, walk
 from qgraph.ir.graph import Graph, Node
 
-__all__ = ["normalize", "INTEGER_KINDS"]
+__all__ = ["normalize", "one_dequantize_per_use", "metadata_reads_integers", "INTEGER_KINDS"]
 
 # Ops the integer stage lowers when they read a quantized tensor directly.
 INTEGER_KINDS = frozenset({"aten::max_pool2d", "aten::relu", "aten::relu_"})
@@ -51,6 +57,17 @@ _METADATA_OR_FLOW = frozenset(
         "prim::If", "prim::Loop", "prim::Return", "aten::dequantize", "aten::append", "prim::RaiseException",
     }
 )
+
+
+_DROPOUTS = frozenset({"aten::dropout", "aten::dropout_", "aten::feature_dropout", "aten::alpha_dropout"})
+
+
+def _drop_inference_dropouts(index: NodeIndex) -> None:
+    """A dropout with ``train=False`` is its input; gone, it no longer splits a quantized island."""
+    for node in index.of_kind(*_DROPOUTS):
+        train = node.inputsAt(2)
+        if train.node().kind() == "prim::Constant" and train.toIValue() is False:
+            node.output().replaceAllUsesWith(node.inputsAt(0))
 
 
 def _fold_constant_quantization(graph: Graph, index: NodeIndex) -> None:
@@ -71,7 +88,41 @@ def _fold_constant_quantization(graph: Graph, index: NodeIndex) -> None:
         node.output().replaceAllUsesWith(insert_constant(graph, quantized.dequantize(), before=node))
 
 
-def _replicate_dequantize(graph: Graph, index: NodeIndex) -> None:
+_METADATA = frozenset({"aten::size", "aten::dim", "aten::len", "aten::numel"})
+
+
+def metadata_reads_integers(index: NodeIndex) -> None:
+    """A dequantize read only for its shape (``aten::size`` in an assert) leaves the integers to be read."""
+    for node in index.of_kind("aten::dequantize"):
+        uses = node.output().uses()
+        if uses and all(use.user.kind() in _METADATA for use in uses):
+            node.output().replaceAllUsesWith(node.inputsAt(0))
+
+
+def _sink_dequantize(graph: Graph, index: NodeIndex, table: QuantizedValues) -> None:
+    """A shape op reading a dequantized value reads the quantized one, and the dequantize follows it."""
+    pending = list(index.of_kind("aten::dequantize"))
+    while pending:
+        dequantize = pending.pop()
+        uses = dequantize.output().uses()
+        params = table.get(dequantize.inputsAt(0))
+        if params is None or len(uses) != 1:
+            continue
+        user, offset = uses[0].user, uses[0].offset
+        if user.kind() not in SHAPE_OPS or offset != 0 or user.outputsSize() != 1:
+            continue
+        if user.output().type().kind() != "TensorType":
+            continue
+        user.replaceInput(0, dequantize.inputsAt(0))
+        dequantize.moveAfter(user)
+        user.output().replaceAllUsesWith(dequantize.output())
+        dequantize.replaceInput(0, user.output())
+        table.set(user.output(), params)
+        pending.append(dequantize)
+
+
+def one_dequantize_per_use(graph: Graph, index: NodeIndex) -> None:
+    """Give each use of a shared ``aten::dequantize`` its own copy, placed before the user."""
     shared = [node for node in index.of_kind("aten::dequantize") if len(node.output().uses()) > 1]
     for dequantize in shared:
         for user, offset in uses_of(dequantize.output()):
@@ -133,6 +184,7 @@ def normalize(graph: Graph) -> QuantizedValues:
     """Rewrite ``graph`` in place as the module docstring says; the parameters of its quantized values."""
     table = analyse(graph)
     index = NodeIndex(graph)
+    _drop_inference_dropouts(index)
     _fold_constant_quantization(graph, index)
     _float_changing_lists(graph, index, table)
     torch._C._jit_pass_constant_propagation(graph)
@@ -141,5 +193,7 @@ def normalize(graph: Graph) -> QuantizedValues:
         offsets = _reads_quantized_directly(node, table)
         if offsets:
             _dequantize_inputs(graph, node, offsets, table)
-    _replicate_dequantize(graph, NodeIndex(graph))
+    one_dequantize_per_use(graph, NodeIndex(graph))
+    metadata_reads_integers(NodeIndex(graph))
+    _sink_dequantize(graph, NodeIndex(graph), table)
     return table

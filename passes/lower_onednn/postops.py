@@ -64,6 +64,11 @@ class Activation:
                 return False
         return True
 
+    @property
+    def bounds_known(self) -> bool:
+        """Whether this is a clamp, whose ``bounds`` say what it lets through."""
+        return self.name in ("relu", "relu6", "hardtanh", "clamp")
+
     def bounds(self, match: Match) -> tuple[float, float] | None:
         """The clamp an activation applies, for the clamp-like ones; None for the others."""
         if self.name == "relu":
