@@ -51,6 +51,12 @@ def assert_no_quantized_dtype(model) -> None:
         FileCheck().check_not(quantized).run(graph_text(model))
 
 
+def input_zero_points(model) -> list[int]:
+    """The input zero point each oneDNN conv of ``model`` is called with."""
+    convs = [n for n in model.graph.nodes() if n.kind() == "onednn::qconv2d_pointwise"]
+    return [conv.inputsAt(2).toIValue() for conv in convs]
+
+
 class ConvActivation(nn.Module):
     def __init__(self, activation: nn.Module):
         super().__init__()
@@ -182,19 +188,36 @@ class PaddedConv(nn.Module):
         return self.conv(x)
 
 
-def test_a_dense_conv_runs_with_zero_point_0_on_an_input_padded_with_it():
+class UnpaddedConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_an_unpadded_dense_conv_runs_with_zero_point_0_and_a_bias_that_absorbs_it():
+    data = batches(8, 10, 10)
+    lowered, reference = lowered_pair(UnpaddedConv(), data)
+    # The input is signed, so its zero point is not 0; the conv is called with 0.
+    assert input_zero_points(lowered) == [0]
+    assert_close_to_reference(lowered, reference, data[0], 1.0)
+
+
+def test_a_padded_dense_conv_keeps_its_input_zero_point():
     data = batches(8, 10, 10)
     lowered, reference = lowered_pair(PaddedConv(1), data)
-    FileCheck().check("torch.constant_pad_nd(").check(CONV).check_same(", 0, _").check_same("[0, 0], [1, 1], 1,").run(
-        lowered.code
-    )
+    FileCheck().check_not("constant_pad_nd").check(CONV).check_same("[1, 1], [1, 1], [1, 1], 1,").run(lowered.code)
+    assert input_zero_points(lowered)[0] > 0
     assert_close_to_reference(lowered, reference, data[0], 1.0)
 
 
 def test_a_depthwise_conv_keeps_its_input_zero_point():
     data = batches(8, 10, 10)
     lowered, reference = lowered_pair(PaddedConv(8), data)
-    FileCheck().check_not("constant_pad_nd").check(CONV).check_same("[1, 1], [1, 1], [1, 1], 8,").run(lowered.code)
+    FileCheck().check(CONV).check_same("[1, 1], [1, 1], [1, 1], 8,").run(lowered.code)
+    assert input_zero_points(lowered)[0] > 0
     assert_close_to_reference(lowered, reference, data[0], 1.0)
 
 

@@ -40,8 +40,16 @@ __all__ = ["lower_boundaries", "float_reason"]
 _OUTPUT_ARGUMENTS = {"onednn::qconv2d_pointwise": 11, "onednn::qlinear_pointwise": 7}
 _FLOAT32 = 6
 _QUANTIZED_KINDS = frozenset(
-    {"aten::quantize_per_tensor", "aten::quantize_per_channel", "aten::dequantize", "aten::q_scale",
-     "aten::q_zero_point", "aten::q_per_channel_scales", "aten::q_per_channel_zero_points", "aten::int_repr"}
+    {
+        "aten::quantize_per_tensor",
+        "aten::quantize_per_channel",
+        "aten::dequantize",
+        "aten::q_scale",
+        "aten::q_zero_point",
+        "aten::q_per_channel_scales",
+        "aten::q_per_channel_zero_points",
+        "aten::int_repr",
+    }
 )
 _REASONS = {
     "aten::sigmoid": "oneDNN has no sigmoid post-op and PyTorch's plain-integer oneDNN ops no sigmoid kernel",

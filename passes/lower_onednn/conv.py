@@ -21,10 +21,12 @@ so an accumulator something else still reads, or that another tensor
 aliases, is cloned first. The accumulator must have the output's shape: an
 add that broadcasts is computed unfused, chosen at run time.
 
-Dense convs run with input zero point 0: the zero point's contribution goes
-into the bias (``weights.folded_bias``), and a padded input is padded with
-the zero point explicitly. Depthwise convs keep the zero point (its
-compensation is cheap there).
+Unpadded dense convs run with input zero point 0: the zero point's
+contribution goes into the bias (``weights.folded_bias``), which saves
+oneDNN its run-time compensation. Padded convs keep the zero point (with
+it folded, the padding would have to be the zero point, an extra copy of
+the input that costs as much as the compensation), and so do depthwise
+convs (their compensation is cheap).
 """
 
 from __future__ import annotations
@@ -82,11 +84,8 @@ def _lower(lowering: Lowering, island: Island, graph: Graph, match: Match, befor
     x_zero_point = x_params.zero_point
     # oneDNN convs copy any other layout to channels-last on every call.
     lowering.channels_last.add(x)
-    if x_zero_point and not _is_depthwise(weight, groups):
+    if x_zero_point and not _is_depthwise(weight, groups) and not any(padding):
         bias = folded_bias(bias, weight, x_params.scale, x_zero_point)
-        if any(padding):
-            x = e.op("aten::constant_pad_nd", x, [padding[1], padding[1], padding[0], padding[0]], x_zero_point)
-            padding = [0, 0]
         x_zero_point = 0
     geometry = [stride, padding, dilation, groups]
     w_scales = e.constant(weight.scales)

@@ -159,7 +159,7 @@ class Emitter:
         new = packing.op(prepack, *built, shape)
         packing.node("prim::SetAttr", self_value, new, types=[], outputs=0).s_("name", name)
         first.registerOutput(new)
-        later.registerOutput(Emitter(self.graph, later.returnNode(), self.source, self.created).op(
-            "prim::unchecked_cast", read.output()
-        ))
+        later.registerOutput(
+            Emitter(self.graph, later.returnNode(), self.source, self.created).op("prim::unchecked_cast", read.output())
+        )
         return branch.output()

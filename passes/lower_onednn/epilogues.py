@@ -119,6 +119,7 @@ COLLAPSE_REQUANTIZATION = Rewrite(
         return (%q2)""",
 )
 
+
 def _tightened(match: Match, activation: Activation) -> QParams | None:
     """Output parameters covering only what the clamp lets through, when narrower than the observed range."""
     scale, zero_point, dtype = (match.constant(n, None) for n in ("scale", "zero_point", "dtype"))

@@ -53,8 +53,16 @@ _BOOL = torch._C.BoolType.get()
 _GATE_SCALE = 127  # the SE trick's weight: the largest int8 with a symmetric range
 # Ops a gate passes through on its way from a pooled map (element-wise, or 1x1 convs).
 _GATE_PATH = frozenset(
-    {"aten::quantize_per_tensor", "aten::dequantize", "aten::sigmoid", "aten::sigmoid_", "aten::hardsigmoid",
-     "aten::hardsigmoid_", "aten::conv2d"} | {kind for a in ACTIVATIONS for kind in a.kinds}
+    {
+        "aten::quantize_per_tensor",
+        "aten::dequantize",
+        "aten::sigmoid",
+        "aten::sigmoid_",
+        "aten::hardsigmoid",
+        "aten::hardsigmoid_",
+        "aten::conv2d",
+    }
+    | {kind for a in ACTIVATIONS for kind in a.kinds}
 )
 _FEATURE_PATH = frozenset({"aten::quantize_per_tensor", "aten::dequantize"} | {k for a in ACTIVATIONS for k in a.kinds})
 
@@ -240,10 +248,28 @@ def _scale_channels(lowering: Lowering, graph: Graph, match: Match, before: Node
         zeros = inner.constant(torch.zeros(known, dtype=torch.long))
     else:
         zeros = inner.op("aten::zeros", sizes(inner, channels), 4, None, None, None)
-    fused.registerOutput(inner.op(
-        "onednn::qconv2d_pointwise", x, source.scale, source.zero_point, packed, w_scales, zeros, None,
-        [1, 1], [0, 0], [1, 1], channels, target.scale, target.zero_point, None, "none", inner.scalar_list(()), "",
-    ))
+    fused.registerOutput(
+        inner.op(
+            "onednn::qconv2d_pointwise",
+            x,
+            source.scale,
+            source.zero_point,
+            packed,
+            w_scales,
+            zeros,
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            channels,
+            target.scale,
+            target.zero_point,
+            None,
+            "none",
+            inner.scalar_list(()),
+            "",
+        )
+    )
     other = Emitter(graph, general.returnNode(), e.source, e.created)
     general.registerOutput(other.quantize(other.op("aten::mul", other.dequantize(x, source), gate), target, True))
     lowering.values.set(branch.output(), target)
@@ -257,45 +283,53 @@ def integer_island_rewrites(lowering: Lowering) -> tuple[Rewrite, ...]:
     rewrites = []
     for kind in ("aten::mul", "aten::mul_"):
         for operands in ("%x, %gate", "%gate, %x"):
-            rewrites.append(Rewrite(
-                name=f"scale_channels_{kind.split('::')[1]}",
-                pattern=f"""graph(%x_q, %gate, %scale, %zero_point, %dtype):
+            rewrites.append(
+                Rewrite(
+                    name=f"scale_channels_{kind.split('::')[1]}",
+                    pattern=f"""graph(%x_q, %gate, %scale, %zero_point, %dtype):
     %x = aten::dequantize(%x_q)
     %m = {kind}({operands})
     %m_q = aten::quantize_per_tensor(%m, %scale, %zero_point, %dtype)
     return (%m_q)""",
-                replacement=bound(_scale_channels, lowering),
-                filters=(_accepts(lowering, _is_gate),),
-            ))
+                    replacement=bound(_scale_channels, lowering),
+                    filters=(_accepts(lowering, _is_gate),),
+                )
+            )
     for activation in _CLAMPS:
         arguments = "".join(f", %{n}" for n in activation.arguments)
         for kind in activation.kinds:
-            rewrites.append(Rewrite(
-                name=f"integer_{kind.split('::')[1]}",
-                pattern=f"""graph(%x_q, %scale, %zero_point, %dtype{arguments}):
+            rewrites.append(
+                Rewrite(
+                    name=f"integer_{kind.split('::')[1]}",
+                    pattern=f"""graph(%x_q, %scale, %zero_point, %dtype{arguments}):
     %x = aten::dequantize(%x_q)
     %y = {kind}(%x{arguments})
     {quantize}""",
-                replacement=bound(_clamp, lowering, activation),
-                filters=(_accepts(lowering, activation.is_static),),
-            ))
+                    replacement=bound(_clamp, lowering, activation),
+                    filters=(_accepts(lowering, activation.is_static),),
+                )
+            )
     for kind, arguments in _AVERAGES.items():
-        rewrites.append(Rewrite(
-            name=f"integer_{kind.split('::')[1]}",
-            pattern=f"""graph(%x_q, %scale, %zero_point, %dtype, {arguments}):
+        rewrites.append(
+            Rewrite(
+                name=f"integer_{kind.split('::')[1]}",
+                pattern=f"""graph(%x_q, %scale, %zero_point, %dtype, {arguments}):
     %x = aten::dequantize(%x_q)
     %y = {kind}(%x, {arguments})
     {quantize}""",
-            replacement=bound(_average, lowering, kind, arguments.split(",")),
-            filters=(_accepts(lowering),),
-        ))
-    rewrites.append(Rewrite(
-        name="integer_cat",
-        pattern="""graph(%list, %dim, %scale, %zero_point, %dtype):
+                replacement=bound(_average, lowering, kind, arguments.split(",")),
+                filters=(_accepts(lowering),),
+            )
+        )
+    rewrites.append(
+        Rewrite(
+            name="integer_cat",
+            pattern="""graph(%list, %dim, %scale, %zero_point, %dtype):
     %c = aten::cat(%list, %dim)
     %c_q = aten::quantize_per_tensor(%c, %scale, %zero_point, %dtype)
     return (%c_q)""",
-        replacement=bound(_cat, lowering),
-        filters=(lambda m: _output(m) is not None and _cat_elements(lowering, m["list"]) is not None,),
-    ))
+            replacement=bound(_cat, lowering),
+            filters=(lambda m: _output(m) is not None and _cat_elements(lowering, m["list"]) is not None,),
+        )
+    )
     return tuple(rewrites)

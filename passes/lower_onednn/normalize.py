@@ -52,9 +52,23 @@ INTEGER_KINDS = frozenset({"aten::max_pool2d", "aten::relu", "aten::relu_"})
 # Ops that only look at a tensor's metadata, or hand it on unchanged.
 _METADATA_OR_FLOW = frozenset(
     {
-        "aten::size", "aten::dim", "aten::len", "aten::numel", "aten::__is__", "aten::__isnot__",
-        "prim::device", "prim::layout", "prim::is_cuda", "prim::ListConstruct", "prim::TupleConstruct",
-        "prim::If", "prim::Loop", "prim::Return", "aten::dequantize", "aten::append", "prim::RaiseException",
+        "aten::size",
+        "aten::dim",
+        "aten::len",
+        "aten::numel",
+        "aten::__is__",
+        "aten::__isnot__",
+        "prim::device",
+        "prim::layout",
+        "prim::is_cuda",
+        "prim::ListConstruct",
+        "prim::TupleConstruct",
+        "prim::If",
+        "prim::Loop",
+        "prim::Return",
+        "aten::dequantize",
+        "aten::append",
+        "prim::RaiseException",
     }
 )
 
