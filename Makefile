@@ -28,9 +28,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
-# Two workers (the machine's two cores), each test module whole in one of them
-# so that module-scoped fixtures are computed once.
+# Lint and format check, types, then the tests: two workers (the machine's
+# two cores), each test module whole in one of them so that module-scoped
+# fixtures are computed once.
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # ONNX Runtime is the yardstick of bench_onednn.py: the bench extra. Without it

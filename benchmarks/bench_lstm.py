@@ -21,10 +21,9 @@ import warnings
 
 import torch
 import torch.nn as nn
+from common import interleaved, latency, median, ms, table  # noqa: E402  (benchmarks/ is the script's folder)
 from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 from torch.ao.quantization import quantize_dynamic_jit as ref_quantize_dynamic_jit
-
-from common import interleaved, latency, median, ms, table  # noqa: E402  (benchmarks/ is the script's folder)
 
 from examples.models import LSTMLanguageModel
 from qgraph import quantize_dynamic_jit

@@ -26,10 +26,9 @@ import time
 import warnings
 
 import torch
+from common import table  # noqa: E402
 from torch.ao.quantization import default_qconfig
 from torch.ao.quantization import quantize_jit as ref_quantize_jit
-
-from common import table  # noqa: E402
 
 import qgraph
 from examples.models import DeepConvStack, calibrate, calibration_batches

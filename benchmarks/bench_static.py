@@ -17,12 +17,11 @@ import argparse
 import warnings
 
 import torch
+from common import interleaved, median, ms, table  # noqa: E402  (benchmarks/ is the script's folder)
 from torch.ao.quantization import get_default_qconfig
 from torch.ao.quantization import quantize_jit as ref_quantize_jit
 from torch.ao.quantization.quantize_jit import convert_jit as ref_convert_jit
 from torch.ao.quantization.quantize_jit import prepare_jit as ref_prepare_jit
-
-from common import interleaved, median, ms, table  # noqa: E402  (benchmarks/ is the script's folder)
 
 import qgraph
 from examples.models import MobileNetV2Like, ResNetLike, calibrate, calibration_batches, randomize_batchnorm

@@ -1,6 +1,6 @@
 """Run every benchmark script in this folder, one after another, printing each one's table.
 
-    python benchmarks/run_all.py [--only NAME ...]
+python benchmarks/run_all.py [--only NAME ...]
 """
 
 from __future__ import annotations

@@ -21,9 +21,8 @@ import warnings
 
 import torch
 import torch.nn as nn
-from torch.ao.quantization import default_dynamic_qconfig, float16_dynamic_qconfig, quantize_dynamic
-
 from models import LSTMLanguageModel
+from torch.ao.quantization import default_dynamic_qconfig, float16_dynamic_qconfig, quantize_dynamic
 
 import qgraph
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import torch
 
-from qgraph.ir.graph import Graph
+from qgraph.ir import Graph
 from qgraph.pattern import Match, Rewrite, rewrite
 
 __all__ = ["CANONICALIZE_CONV", "canonicalize_conv"]

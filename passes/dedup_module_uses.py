@@ -31,20 +31,22 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 from qgraph.ir import (
     CppModule,
+    Graph,
+    Node,
     as_cpp,
     call_graph,
-    insert_op,
+    getattr_path,
+    insert_getattr,
     method_graph,
     named_modules,
     register_submodule,
     resolve_path,
+    stack_order,
 )
-from qgraph.ir.graph import Block, Graph, Node, nested_blocks
 
 __all__ = ["dedup_module_uses"]
 
@@ -107,45 +109,21 @@ def _repeated_calls(owner: CppModule, methods: list[str]) -> list[tuple[Graph, N
     repeated = []
     for method in methods:
         graph = method_graph(owner, method)
-        for block in _blocks_outer_first(graph):
-            for node in block.nodes():
-                if node.kind() != "prim::CallMethod":
-                    continue
-                path = _receiver_path(node, graph)
-                if not path or not isinstance(resolve_path(owner, path), CppModule):
-                    continue  # a call on self, or on a value that is not a submodule
-                if path in seen:
-                    repeated.append((graph, node))
-                else:
-                    seen.add(path)
+        for node in stack_order(graph, kinds=("prim::CallMethod",)):
+            path = getattr_path(node.inputsAt(0))
+            if not path or not isinstance(resolve_path(owner, path), CppModule):
+                continue  # a call on self, or on a value that is not a submodule
+            if tuple(path) in seen:
+                repeated.append((graph, node))
+            else:
+                seen.add(tuple(path))
     return repeated
-
-
-def _blocks_outer_first(graph: Graph) -> Iterator[Block]:
-    pending = [graph.block()]
-    while pending:
-        block = pending.pop()
-        yield block
-        for node in block.nodes():
-            pending.extend(nested_blocks(node))
-
-
-def _receiver_path(call: Node, graph: Graph) -> tuple[str, ...] | None:
-    """Attribute names from the method's ``%self`` to the called instance, or None."""
-    self_value = next(iter(graph.inputs()))
-    names = []
-    value = call.inputsAt(0)
-    while value.node().kind() == "prim::GetAttr":
-        names.append(value.node().s("name"))
-        value = value.node().input()
-    if value != self_value:
-        return None
-    return tuple(reversed(names))
 
 
 def _redirect_to_copy(graph: Graph, call: Node, owners: list[CppModule], instances: _InstancesByType) -> None:
     """Register a copy of the called instance in every owner and make ``call`` read it."""
-    path = _receiver_path(call, graph)
+    path = getattr_path(call.inputsAt(0))
+    assert path, "only calls of submodules are repeated calls"
     parents = [resolve_path(owner, path[:-1]) for owner in owners]
     name = _free_name(parents, path[-1])
     for parent in parents:
@@ -159,15 +137,7 @@ def _redirect_to_copy(graph: Graph, call: Node, owners: list[CppModule], instanc
         return
     # Traced graphs read a submodule once and call it several times; renaming
     # that read would move every call to the copy.
-    fresh = insert_op(
-        graph,
-        "prim::GetAttr",
-        [getattr_node.input()],
-        before=call,
-        output_types=[receiver.type()],
-        source=getattr_node,
-    )
-    fresh.s_("name", name)
+    fresh = insert_getattr(graph, getattr_node.input(), name, receiver.type(), before=call, source=getattr_node)
     call.replaceInput(0, fresh.output())
 
 

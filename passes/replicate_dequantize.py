@@ -27,8 +27,7 @@ depend on the value's uses, not on a local shape.
 
 from __future__ import annotations
 
-from qgraph.ir import NodeIndex, erase_nodes, insert_op, uses_of
-from qgraph.ir.graph import Graph
+from qgraph.ir import Graph, NodeIndex, erase_nodes, insert_op, uses_of
 
 __all__ = ["replicate_dequantize"]
 

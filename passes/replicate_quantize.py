@@ -36,8 +36,7 @@ pattern language (single-block matches) does not express.
 
 from __future__ import annotations
 
-from qgraph.ir import NodeIndex, erase_nodes, hoist_before, inputs_of, insert_op
-from qgraph.ir.graph import Graph, Node
+from qgraph.ir import Graph, Node, NodeIndex, erase_nodes, hoist_before, inputs_of, insert_op
 
 __all__ = ["replicate_quantize"]
 
@@ -65,9 +64,7 @@ def _quantizes_if_result(quantize: Node) -> bool:
     result = quantize.inputsAt(0)
     producer = result.node()
     return (
-        producer.kind() == "prim::If"
-        and producer.owningBlock() == quantize.owningBlock()
-        and len(result.uses()) == 1
+        producer.kind() == "prim::If" and producer.owningBlock() == quantize.owningBlock() and len(result.uses()) == 1
     )
 
 

@@ -14,11 +14,12 @@ import torch
 from torch.ao.quantization.quant_type import QuantType
 
 from passes.fold_conv_bn import fold_conv_bn
-from passes.insert_quant_dequant import first_non_finite_site, non_finite_calibration_message
+from passes.quant_dequant import first_non_finite_site, non_finite_calibration_message
 from qgraph import ir
-from qgraph.convert import LOWERINGS, convert
+from qgraph.convert import convert
 from qgraph.prepare import check_eval_mode, check_script_module, prepare
-from qgraph.qconfig import script_qconfig, script_qconfig_dict
+from qgraph.quant.lowering import check_lowering
+from qgraph.quant.qconfig import script_qconfig, script_qconfig_dict
 
 __all__ = [
     "fuse_conv_bn_jit",
@@ -116,8 +117,7 @@ def quantize_jit(
         raise ValueError("quantize_jit needs a calibration function run_fn(model, *run_args)")
     if not run_args:
         raise ValueError("quantize_jit needs calibration data: run_args is empty")
-    if lowering not in LOWERINGS:
-        raise ValueError(f"lowering must be one of {', '.join(map(repr, LOWERINGS))}, got {lowering!r}")
+    check_lowering(lowering)
     prepared = prepare_jit(model, qconfig_dict, inplace)
     try:
         run_fn(prepared, *run_args)

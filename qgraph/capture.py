@@ -21,6 +21,7 @@ batch-norm behave as in training when ``model.training`` is True), so call
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -85,8 +86,7 @@ def capture(model: torch.nn.Module, example_inputs: Any = None, method: str = "s
 def _as_trace_args(example_inputs: Any) -> tuple:
     if example_inputs is None:
         raise ValueError(
-            "method='trace' needs example_inputs (a tensor or a tuple of positional arguments) "
-            "to run the model on"
+            "method='trace' needs example_inputs (a tensor or a tuple of positional arguments) to run the model on"
         )
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
@@ -97,7 +97,7 @@ def _as_trace_args(example_inputs: Any) -> tuple:
     )
 
 
-def _run(method: str, capture_fn, *args, hint: str | None = None):
+def _run(method: str, capture_fn: Callable[..., Any], *args: Any, hint: str | None = None) -> Any:
     try:
         return capture_fn(*args)
     except Exception as err:  # PyTorch raises many kinds; all mean "could not capture"

@@ -3,15 +3,22 @@
     qgraph show MODEL.pt                  the root module's forward graph
     qgraph show MODEL.pt --method NAME    another method of the root module
     qgraph show MODEL.pt --all            every method of every module, headed by module path
-    qgraph passes MODEL.pt [--dump-dir DIR]
-                                          run the standalone graph passes through the
-                                          pipeline runner, printing forward after each
-    qgraph report MODEL.pt [--dynamic | --static] [--qconfig [PATH=]NAME ...]
+    qgraph passes MODEL.pt [--dump-dir DIR] [--dynamic] [--qconfig [PATH=]NAME ...]
+                                          run what prepare_jit runs (its pipeline, stage by
+                                          stage), printing forward after each; observers go
+                                          where the --qconfig entries say (none without them)
+    qgraph opt --pass NAME FILE [--dynamic] [--lowering L] [--qconfig [PATH=]NAME ...]
+                                          one pass on a graph in IR text (FILE.ir) or on a model
+                                          in Python source (FILE.py), the result printed; convert
+                                          lowers with L (reference or onednn); see qgraph.opt
+    qgraph report MODEL.pt [--dynamic | --static] [--lowering L] [--qconfig [PATH=]NAME ...]
                                           the ops a quantized model still runs in float, and why
                                           (static or dynamic as the model shows, unless told;
-                                          --qconfig gives the qconfig_dict used for prepare, so
-                                          ops under a None qconfig say so: NAME is none, x86,
-                                          fbgemm, qnnpack, onednn, default, dynamic or fp16)
+                                          --lowering says which lowering made the model, and a
+                                          model made by another is an error; --qconfig gives the
+                                          qconfig_dict used for prepare, so ops under a None
+                                          qconfig say so: NAME is none, x86, fbgemm, qnnpack,
+                                          onednn, default, dynamic or fp16)
 
 MODEL.pt is a TorchScript archive written by ``torch.jit.save``. Bad input
 (a missing file, a file that is not TorchScript, an unknown method) gives a
@@ -21,14 +28,21 @@ one-line error on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from qgraph.ir import CppModule, method_graph
-from qgraph.pipeline import Pipeline, Stage, format_module_graphs, graph_stage, inspect
+from qgraph.opt import OptError, run_opt
+from qgraph.pipeline import Pipeline, Stage, format_module_graphs, inspect
+from qgraph.prepare import prepare_pipeline
+from qgraph.quant.lowering import LOWERINGS, lowering_of
+from qgraph.quant.qconfig import script_qconfig_dict
+from qgraph.quant.quant_type import QuantType
+from qgraph.report import detected_quant_type, float_op_report
 
 USAGE_ERROR = 2
 # Names ``report --qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs.
@@ -60,29 +74,52 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(command=_show)
 
     run_passes = commands.add_parser(
-        "passes", help="run the standalone graph passes on a saved model, printing forward after each"
+        "passes", help="run prepare's pipeline on a saved model, printing forward after each stage"
     )
     run_passes.add_argument("model", metavar="MODEL.pt", help="a file written by torch.jit.save")
-    run_passes.add_argument("--dump-dir", metavar="DIR", help="also write every method graph after each pass to DIR")
+    run_passes.add_argument("--dump-dir", metavar="DIR", help="also write every method graph after each stage to DIR")
+    run_passes.add_argument(
+        "--dynamic", action="store_true", help="prepare for dynamic quantization (prepare_dynamic_jit)"
+    )
+    _add_qconfig_option(run_passes, "an entry of the qconfig_dict to prepare with")
     run_passes.set_defaults(command=_passes)
 
+    opt = commands.add_parser("opt", help="run one pass on a graph (FILE.ir) or a model's source (FILE.py), print it")
+    opt.add_argument("--pass", dest="pass_name", required=True, metavar="NAME", help="the pass (a stage name)")
+    opt.add_argument("file", metavar="FILE", help="IR text (.ir) or Python source defining Model (.py)")
+    opt.add_argument("--dynamic", action="store_true", help="dynamic quantization (prepare_dynamic_jit)")
+    _add_lowering_option(opt, "the lowering convert's stages are those of")
+    _add_qconfig_option(opt, "an entry of the qconfig_dict to prepare with")
+    opt.set_defaults(command=_opt)
+
     report = commands.add_parser("report", help="list the ops a quantized model still runs in float, and why")
-    report.add_argument("model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save")
+    report.add_argument(
+        "model", metavar="MODEL.pt", help="a model quantized by qgraph (or PyTorch), saved by torch.jit.save"
+    )
     kind = report.add_mutually_exclusive_group()
     kind.add_argument(
         "--dynamic", action="store_true", help="the model was quantized dynamically (activations stay float by design)"
     )
     kind.add_argument("--static", action="store_true", help="the model was quantized statically")
-    report.add_argument(
+    _add_lowering_option(report, "the lowering the model was converted with (checked against the model)", None)
+    _add_qconfig_option(report, "an entry of the qconfig_dict used for prepare")
+    report.set_defaults(command=_report)
+    return parser
+
+
+def _add_qconfig_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
         "--qconfig",
         action="append",
         default=[],
         metavar="[PATH=]NAME",
-        help="an entry of the qconfig_dict used for prepare (repeatable; PATH defaults to the whole model): "
-        f"NAME is one of {', '.join(QCONFIG_NAMES)}",
+        help=f"{what} (repeatable; PATH defaults to the whole model): NAME is one of {', '.join(QCONFIG_NAMES)}",
     )
-    report.set_defaults(command=_report)
-    return parser
+
+
+def _add_lowering_option(command: argparse.ArgumentParser, what: str, default: str | None = "reference") -> None:
+    shown = f"default: {default}" if default else "default: as the model says"
+    command.add_argument("--lowering", choices=LOWERINGS, default=default, help=f"{what} ({shown})")
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -95,21 +132,33 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
+    qconfig_dict = script_qconfig_dict(parse_qconfig_entries(args.qconfig))
     module = _load(args.model)
+    quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
+    prepare = prepare_pipeline(qconfig_dict, quant_type)
     print(f"=== input ===\n{method_graph(module)}", end="")
-    pipeline = Pipeline("passes", [_printing(stage) for stage in standalone_stages()])
     with inspect(dump_dir=args.dump_dir):
-        pipeline.run(module)
+        Pipeline(prepare.name, [_printing(stage) for stage in prepare.stages]).run(module)
+    return 0
+
+
+def _opt(args: argparse.Namespace) -> int:
+    qconfig_dict = parse_qconfig_entries(args.qconfig)
+    quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
+    if not Path(args.file).is_file():
+        raise UsageError(f"{args.file}: no such file")
+    try:
+        print(run_opt(args.pass_name, args.file, qconfig_dict, quant_type, args.lowering), end="")
+    except OptError as err:
+        raise UsageError(str(err)) from None
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from torch.ao.quantization.quant_type import QuantType
-
-    from qgraph.report import detected_quant_type, float_op_report
-
     qconfig_dict = parse_qconfig_entries(args.qconfig) if args.qconfig else None
     model = _load(args.model)
+    if args.lowering is not None and lowering_of(model) != args.lowering:
+        raise UsageError(f"{args.model} was converted with lowering {lowering_of(model)!r}, not {args.lowering!r}")
     if args.dynamic or args.static:
         quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
     else:
@@ -118,7 +167,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _named_qconfig(name: str):
+def _named_qconfig(name: str) -> Any:
     from torch.ao.quantization import (
         default_dynamic_qconfig,
         default_qconfig,
@@ -146,26 +195,6 @@ def parse_qconfig_entries(entries: Sequence[str]) -> dict:
             raise UsageError(f"--qconfig {entry}: unknown qconfig {name!r} (one of {', '.join(QCONFIG_NAMES)})")
         qconfig_dict[path] = _named_qconfig(name.lower())
     return qconfig_dict
-
-
-def standalone_stages() -> list[Stage]:
-    """The graph passes that need no qconfig, in the order ``prepare`` runs them."""
-    return [
-        graph_stage("inline-fork-wait", torch._C._jit_pass_inline_fork_wait),
-        Stage("fold-conv-bn", lambda module: _pass("fold_conv_bn")(module)),
-        graph_stage("swap-functional-linear", lambda graph: _pass("swap_functional_linear")(graph)),
-        graph_stage("fuse-linear", lambda graph: _pass("fuse_linear")(graph)),
-        graph_stage("canonicalize-conv", lambda graph: _pass("canonicalize_conv")(graph)),
-    ]
-
-
-def _pass(name: str):
-    """The pass function ``passes.<name>.<name>``, imported when its stage first runs.
-
-    Read from its own module: once ``passes.<name>`` has been imported, the
-    package attribute of that name is the submodule, not the function.
-    """
-    return getattr(importlib.import_module(f"passes.{name}"), name)
 
 
 def _printing(stage: Stage) -> Stage:

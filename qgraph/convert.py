@@ -1,32 +1,52 @@
 """convert: a calibrated, observed model to its quantized form, as pipeline stages.
 
-``convert`` runs ``insert-quant-dequant`` (observers become quantize /
-dequantize pairs; with ``debug=True`` the model stops here and computes the
-quantized numerics with float ops) and, unless ``debug``, a lowering:
-``finalize`` (``lowering="reference"``: PyTorch's quantized ops, prepacked
-weights, frozen module) or the stages of ``passes.lower_onednn``
-(``lowering="onednn"``: oneDNN int8 ops on plain integer tensors).
-Constant propagation and DCE on ``forward`` close every path, as in the
-reference.
+``convert_pipeline`` lists the stages, each a pass of its own (the
+sequences of ``passes.composite``), so ``qgraph.pipeline.inspect`` shows
+every step:
+
+1. ``quant_dequant_stages``: observers become quantize / dequantize pairs,
+   ``forward`` is inlined and quantization carried through the ops that need
+   no observer. With ``debug=True`` the model stops here (then ``cleanup``
+   of ``forward``) and computes the quantized numerics with float ops;
+2. otherwise a lowering. ``lowering="reference"``: ``finalize_stages``,
+   prepack / unpack, unsafe convs kept float, quant fusion, freeze,
+   prepacking folded, clean-up of every method (PyTorch's quantized ops,
+   bit for bit the reference's model). ``lowering="onednn"``:
+   ``onednn_lowering_stages``, oneDNN's int8 ops on plain integer tensors
+   with fused epilogues (``passes.lower_onednn``), static quantization only;
+3. ``legalize-quantized``: graphs PyTorch's kernels or loader would reject
+   are made to run, and the ops left float on purpose are recorded; after
+   the oneDNN lowering, ``onednn-module-state`` then gives the module the
+   state methods that save it (the records included).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, cast
+
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes.insert_quant_dequant import OBSERVER_MARK, insert_quant_dequant_in_place
-from passes.legalize_quantized import legalize_quantized
+from passes.composite import (
+    cleanup_stage,
+    finalize_stages,
+    legalize_stage,
+    onednn_lowering_stages,
+    onednn_module_state_stage,
+    quant_dequant_stages,
+)
 from qgraph.ir import CppModule, as_python, clone_module, drop_attributes, named_modules, walk
-from qgraph.pipeline import Pipeline, Stage, method_graphs
+from qgraph.pipeline import Pipeline, method_graphs
 from qgraph.prepare import PREPARED_MARK
+from qgraph.quant.lowering import check_lowering
+from qgraph.quant.observers import is_observer_path
+from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 
-__all__ = ["convert", "LOWERINGS"]
-
-LOWERINGS = ("reference", "onednn")
+__all__ = ["convert", "convert_pipeline"]
 
 
-def _check_model(model) -> None:
+def _check_model(model: Any) -> None:
     if not isinstance(model, torch.jit.ScriptModule):
         raise ValueError(f"input must be a script module, got: {type(model)}")
     if not model._c._has_method("forward"):
@@ -40,7 +60,7 @@ def _check_prepared(module_c: CppModule, quant_type: QuantType) -> None:
     """
     if module_c.hasattr(PREPARED_MARK):
         return
-    if any(path.rpartition(".")[2].startswith(OBSERVER_MARK) for path, _ in named_modules(module_c)):
+    if any(is_observer_path(path) for path, _ in named_modules(module_c)):
         return
     # Dynamic prepare quantizes RNNs itself and may leave no observer behind.
     if any(
@@ -57,45 +77,29 @@ def _check_prepared(module_c: CppModule, quant_type: QuantType) -> None:
     )
 
 
-def _stages(debug: bool, quant_type: QuantType, preserved_attrs: list[str], lowering: str) -> list[Stage]:
-    def quant_dequant(module: CppModule) -> CppModule:
-        # convert cloned the caller's model already (or was given it with inplace=True).
-        return insert_quant_dequant_in_place(module, "forward", debug, quant_type)
-
-    def finalize(module: CppModule) -> CppModule:
-        from passes.finalize import finalize as finalize_pass
-
-        return finalize_pass(module, quant_type, preserved_attrs)
-
-    def clean_forward(module: CppModule) -> None:
-        graph = module._get_method("forward").graph
-        torch._C._jit_pass_constant_propagation(graph)
-        torch._C._jit_pass_dce(graph)
-
-    def legalize(module: CppModule) -> None:
-        # Quantized graphs that PyTorch's kernels or loader would reject (or
-        # that hit kernel bugs) are made to run; no bits change where the
-        # reference's model runs.
-        legalize_quantized(module)
-
-    stages = [Stage("insert-quant-dequant", quant_dequant)]
-    if not debug and lowering == "onednn":
-        from passes.lower_onednn import finish_module, lower_onednn_pipeline
-        from passes.swap_functional_linear import swap_functional_linear
-
-        def swap_linear(module: CppModule) -> None:
-            swap_functional_linear(module)
-
-        stages.append(Stage("swap-functional-linear", swap_linear))
-        stages += lower_onednn_pipeline(preserved_attrs).stages
-    elif not debug:
-        stages.append(Stage("finalize", finalize))
-    stages.append(Stage("constant-propagation-dce", clean_forward))
-    stages.append(Stage("legalize-quantized", legalize))
-    if not debug and lowering == "onednn":
+def convert_pipeline(
+    debug: bool, quant_type: QuantType, preserved_attrs: list[str], lowering: str = "reference"
+) -> Pipeline:
+    """The stages of ``convert``; see the module docstring."""
+    _check_lowering_for(check_lowering(lowering), quant_type)
+    after: list = []
+    if debug:
+        lowered = [cleanup_stage(["forward"])]
+    elif lowering == "onednn":
+        lowered = onednn_lowering_stages(preserved_attrs)
         # Last, once the float-op records are on the module: the state methods save them too.
-        stages.append(Stage("onednn-module-state", finish_module))
-    return stages
+        after = [onednn_module_state_stage()]
+    else:
+        lowered = finalize_stages(quant_type, preserved_attrs)
+    stages = [*quant_dequant_stages("forward", debug, quant_type), *lowered, legalize_stage(), *after]
+    return Pipeline("convert", stages)
+
+
+def _check_lowering_for(lowering: str, quant_type: QuantType) -> None:
+    if lowering == "onednn" and quant_type != QuantType.STATIC:
+        raise ValueError(
+            "lowering='onednn' lowers static quantization; dynamic quantization has the reference lowering only"
+        )
 
 
 def _set_eval(module_c: CppModule) -> None:
@@ -107,12 +111,18 @@ def _set_eval(module_c: CppModule) -> None:
 
 def _on_cpu(module_c: CppModule) -> bool:
     """Whether every parameter and buffer of the module tree is on the CPU already."""
-    tensors = torch._C._jit_debug_module_iterators(module_c)
+    tensors = cast(Any, torch._C)._jit_debug_module_iterators(module_c)
     return all(t.device.type == "cpu" for _, t in [*tensors["named_parameters_r"], *tensors["named_buffers_r"]])
 
 
-def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=None,
-            quant_type: QuantType = QuantType.STATIC, lowering: str = "reference") -> torch.jit.ScriptModule:
+def convert(
+    model: Any,
+    inplace: bool = False,
+    debug: bool = False,
+    preserved_attrs: Sequence[str] | None = None,
+    quant_type: Any = QuantType.STATIC,
+    lowering: str = "reference",
+) -> torch.jit.ScriptModule:
     """Quantize a model prepared with observers and calibrated.
 
     ``debug=True`` returns the reference model (float ops between
@@ -125,16 +135,8 @@ def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=N
     unchanged.
     """
     _check_model(model)
-    if lowering not in LOWERINGS:
-        raise ValueError(f"lowering must be one of {', '.join(map(repr, LOWERINGS))}, got {lowering!r}")
-    if isinstance(quant_type, str):
-        quant_type = {"static": QuantType.STATIC, "dynamic": QuantType.DYNAMIC}.get(quant_type.lower(), quant_type)
-    if quant_type not in (QuantType.STATIC, QuantType.DYNAMIC):
-        raise ValueError(f"quant_type must be QuantType.STATIC or QuantType.DYNAMIC, got {quant_type!r}")
-    if lowering == "onednn" and quant_type != QuantType.STATIC:
-        raise ValueError(
-            "lowering='onednn' lowers static quantization; dynamic quantization has the reference lowering only"
-        )
+    quant_type = check_quant_type(parse_quant_type(quant_type))
+    _check_lowering_for(check_lowering(lowering), quant_type)
     if preserved_attrs is None:
         preserved_attrs = []
     _check_prepared(model._c, quant_type)
@@ -147,10 +149,8 @@ def convert(model, inplace: bool = False, debug: bool = False, preserved_attrs=N
     if not debug and not _on_cpu(module_c):
         # Quantized kernels run on CPU.
         as_python(module_c).cpu()
-    pipeline = Pipeline("convert", _stages(debug, quant_type, list(preserved_attrs), lowering))
-    result = pipeline.run(module_c)
+    result = convert_pipeline(debug, quant_type, list(preserved_attrs), lowering).run(module_c)
     if inplace:
         model._reconstruct(result)
         return model
     return as_python(result)
-

@@ -51,7 +51,8 @@ from typing import Any
 
 import torch
 
-from qgraph.ir.graph import Graph, Node, NodeIndex, Value, erase_nodes, inputs_of, is_alive, nodes_before, outputs_of
+from qgraph.ir.edit import erase_nodes
+from qgraph.ir.graph import Graph, Node, NodeIndex, Value, inputs_of, is_alive, nodes_before, outputs_of
 
 __all__ = [
     "Rewrite",
@@ -61,6 +62,7 @@ __all__ = [
     "find_matches",
     "match_at",
     "rewrite",
+    "rewrite_present",
     "value_is",
     "value_is_none",
 ]
@@ -163,12 +165,12 @@ def _node_output_names(text: str) -> list[list[str]]:
     return names
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_pattern(text: str) -> Pattern:
     return Pattern(text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _replacement_graph(text: str) -> Graph:
     return torch._C.parse_ir(text)
 
@@ -229,7 +231,7 @@ def _attributes_equal(p: _PatternNode, g: Node) -> bool:
 def _constants_equal(p: Node, g: Node) -> bool:
     if g.kind() != "prim::Constant":
         return False
-    pv, gv = p.output(), g.output()
+    gv = g.output()
     p_has, g_has = p.hasAttribute("value"), g.hasAttribute("value")
     if not p_has:
         return not g_has  # None matches None
@@ -395,6 +397,28 @@ def rewrite(graph: Graph, rewrites: Sequence[Rewrite], index: NodeIndex | None =
                 index.add(node)
             made += 1
     return made
+
+
+def rewrite_present(graph: Graph, rewrites: Sequence[Rewrite]) -> int:
+    """``rewrite`` in table order, skipping rewrites whose op kinds are absent from ``graph``.
+
+    A pattern can only match where every op kind it contains occurs, so a
+    model without convolutions never tries the conv patterns of a large
+    table. Kinds are looked up when each rewrite's turn comes, since earlier
+    rewrites create the ops later ones match (``quantized::add_scalar``
+    before ``add_scalar -> relu``).
+    """
+    index = NodeIndex(graph)
+    made = 0
+    for entry in rewrites:
+        if all(index.of_kind(kind) for kind in _op_kinds(entry.pattern)):
+            made += rewrite(graph, [entry], index)
+    return made
+
+
+@functools.cache
+def _op_kinds(pattern: str) -> tuple[str, ...]:
+    return tuple({node.kind() for node in compile_pattern(pattern).nodes if node.kind() != "prim::Constant"})
 
 
 def value_is(name: str, expected: Any) -> Filter:

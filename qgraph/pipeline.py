@@ -39,7 +39,7 @@ from time import perf_counter
 
 import torch
 
-from qgraph.ir import CppModule, as_cpp, like, method_graph, named_modules, walk
+from qgraph.ir import CppModule, as_cpp, call_graph, like, method_graph, named_modules, walk
 
 __all__ = [
     "DUMP_DIR_VARIABLE",
@@ -50,6 +50,8 @@ __all__ = [
     "StageRecord",
     "format_module_graphs",
     "graph_stage",
+    "method_stage",
+    "call_tree_stage",
     "inspect",
     "method_graphs",
     "node_counts",
@@ -83,6 +85,29 @@ def graph_stage(name: str, graph_pass: Callable[[torch._C.Graph], object]) -> St
     def run(module: CppModule) -> None:
         for _, _, graph in method_graphs(module, distinct=True):
             graph_pass(graph)
+
+    return Stage(name, run)
+
+
+def method_stage(name: str, graph_pass: Callable[[torch._C.Graph], object], method_name: str = "forward") -> Stage:
+    """A stage applying an in-place graph pass to one method graph of the root module."""
+
+    def run(module: CppModule) -> None:
+        graph_pass(method_graph(module, method_name))
+
+    return Stage(name, run)
+
+
+def call_tree_stage(name: str, graph_pass: Callable[[torch._C.Graph], object], method_name: str = "forward") -> Stage:
+    """A stage applying an in-place graph pass to every method graph reachable from the root's ``method_name``.
+
+    Each (class type, method) graph once, however many instances share it.
+    """
+
+    def run(module: CppModule) -> None:
+        calls = call_graph(module, method_name)
+        for key in calls.nodes:
+            graph_pass(calls.nodes[key]["graph"])
 
     return Stage(name, run)
 
@@ -222,6 +247,7 @@ class _Inspection:
         self.report.stages.append(StageRecord(pipeline, stage, seconds, counts, dump_path))
 
     def _dump(self, pipeline: str, stage: str, module: CppModule) -> str:
+        assert self.dump_dir is not None, "dumps are written only with a dump directory"
         os.makedirs(self.dump_dir, exist_ok=True)
         name = f"{self.dumps_written:02d}-{_file_part(pipeline)}-{_file_part(stage)}.txt"
         self.dumps_written += 1
@@ -266,9 +292,7 @@ def inspect(
     if dump_dir is None:
         dump_dir = os.environ.get(DUMP_DIR_VARIABLE) or None
     report = Report()
-    inspection = _Inspection(
-        report, os.fspath(dump_dir) if dump_dir is not None else None, count_nodes, time, lint
-    )
+    inspection = _Inspection(report, os.fspath(dump_dir) if dump_dir is not None else None, count_nodes, time, lint)
     token = _ACTIVE.set(inspection)
     try:
         yield report
@@ -326,8 +350,7 @@ def _lint(module: CppModule, pipeline: str, stage: str) -> None:
             # Lint reports through PyTorch's internal asserts; the cause is the stage, not PyTorch.
             reason = _INTERNAL_ASSERT.sub("", str(err)).strip()
             raise PipelineError(
-                f"pipeline {pipeline!r}, stage {stage!r} left invalid IR in "
-                f"{path or '<root>'} : {method}: {reason}",
+                f"pipeline {pipeline!r}, stage {stage!r} left invalid IR in {path or '<root>'} : {method}: {reason}",
                 pipeline,
                 stage,
             ) from err

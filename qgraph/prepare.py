@@ -1,17 +1,24 @@
 """prepare: a scripted or traced model in, the same model with observers out.
 
-The stages, run by a ``qgraph.pipeline.Pipeline`` named ``"prepare"`` (so
-``qgraph.pipeline.inspect`` can dump the graphs after each one):
+``prepare`` checks its input, clones the model and runs the pipeline
+``prepare_pipeline`` defines, the one the command line's ``qgraph passes``
+runs too (``qgraph.pipeline.inspect`` can dump the graphs after each stage):
 
-1. ``fold-conv-bn``: Conv2d/Conv3d followed by their BatchNorm become one conv;
-2. ``unshare-qconfig-types``: instances of one class type whose subtrees got
-   different qconfigs get class types of their own;
-3.-7. the clean-up that observer insertion needs first
-   (``passes._observer_preprocessing``, one stage per step):
+1. ``fold-conv-bn``: Conv-BatchNorm pairs become one conv;
+2. ``unshare-qconfig-types``: instances of one class type whose subtrees
+   got different qconfigs get class types of their own;
+3. dynamic quantization only, ``quantize-rnn``: LSTM / GRU and their cells
+   become their dynamic quantized kernels;
+4. the clean-up observer insertion needs first, one stage per step
+   (``passes.composite.observer_preprocessing_stages``):
    ``swap-functional-linear``, ``inline-fork-wait``, ``fuse-linear``,
    ``canonicalize-conv``, ``remove-list-mutation``;
-8. ``insert-observers``: ``passes.insert_observers_in_place`` (without its own
-   clean-up: the stages above did it).
+5. ``insert-observers``.
+
+``dedup_module_uses`` is not a stage, as in PyTorch's prepare_jit: an
+instance called twice is observed at each call site, in the caller's graph,
+so it needs no copies, and copies would give each call its own weight
+observer, which changes the quantized bits.
 """
 
 from __future__ import annotations
@@ -21,10 +28,9 @@ from typing import Any
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes._observer_preprocessing import PREPROCESSING
+from passes.composite import insert_observers_stage, observer_preprocessing_stages, unshare_qconfig_types_stage
 from passes.fold_conv_bn import BN_TRAINING, fold_conv_bn_in_place
-from passes.insert_observers import insert_observers_in_place, parse_quant_type
-from passes.quantize_rnn import quantize_rnn
+from passes.rnn import quantize_rnn
 from qgraph.ir import (
     CppModule,
     as_cpp,
@@ -35,16 +41,23 @@ from qgraph.ir import (
     method_graph,
     named_modules,
     register_attribute,
-    unshare_types,
     walk,
 )
 from qgraph.pipeline import Pipeline, Stage
-from qgraph.qconfig import _resolve, check_qconfig_dict, qconfig_paths_needing_own_type, script_qconfig_dict
+from qgraph.quant.qconfig import check_qconfig_dict, script_qconfig_dict
+from qgraph.quant.quant_type import parse_quant_type
 
 # A bool attribute on the root of every prepared model; convert removes it.
 PREPARED_MARK = "_qgraph_prepared"
 
-__all__ = ["PREPARED_MARK", "prepare", "check_script_module", "check_eval_mode", "check_qconfig_kind", "prepare_pipeline"]
+__all__ = [
+    "PREPARED_MARK",
+    "prepare",
+    "check_script_module",
+    "check_eval_mode",
+    "check_qconfig_kind",
+    "prepare_pipeline",
+]
 
 
 def check_script_module(model: Any) -> None:
@@ -115,56 +128,32 @@ def check_qconfig_kind(scripted_qconfig_dict: dict, quant_type: QuantType) -> No
             )
 
 
-def _on_forward(step):
-    def run(module: CppModule) -> None:
-        step(module, "forward")
-
-    return run
-
-
 def _fold_conv_bn(module: CppModule) -> CppModule:
     # prepare cloned the caller's model already.
     return as_cpp(fold_conv_bn_in_place(module))
 
 
-def _unshare_qconfig_types(qconfig_dict: dict):
-    def run(module: CppModule) -> CppModule | None:
-        paths = qconfig_paths_needing_own_type(module, _resolve(module, qconfig_dict))
-        return unshare_types(module, paths) if paths else None
-
-    return run
-
-
-def _insert_observers(qconfig_dict: dict, quant_type: QuantType):
-    def run(module: CppModule) -> CppModule:
-        return insert_observers_in_place(module, "forward", qconfig_dict, quant_type)
-
-    return run
-
-
-def _quantize_rnn(qconfig_dict: dict):
-    def run(module: CppModule) -> CppModule:
-        return quantize_rnn(module, qconfig_dict)
-
-    return run
-
-
 def prepare_pipeline(qconfig_dict: dict, quant_type: QuantType) -> Pipeline:
     """The stages of ``prepare`` for an already scripted ``qconfig_dict``.
 
-    Dynamic quantization quantizes LSTM/GRU and their cells here, before
-    observers go in: their weights need no calibration, and prepare then
-    never sees RNN ops (so it puts no observer on their inputs or weights).
+    Dynamic quantization quantizes LSTM/GRU and their cells before
+    observers go in: their weights need no calibration, and observer
+    insertion then never sees RNN ops (so it puts no observer on their
+    inputs or weights).
     """
-    rnn = [Stage("quantize-rnn", _quantize_rnn(qconfig_dict))] if quant_type == QuantType.DYNAMIC else []
+
+    def rnn(module: CppModule) -> CppModule:
+        # The unshare-qconfig-types stage before it unshared what RNN plans would.
+        return quantize_rnn(module, qconfig_dict, unshare=False)
+
     return Pipeline(
         "prepare",
         [
             Stage("fold-conv-bn", _fold_conv_bn),
-            Stage("unshare-qconfig-types", _unshare_qconfig_types(qconfig_dict)),
-            *rnn,
-            *(Stage(name, _on_forward(step)) for name, step in PREPROCESSING),
-            Stage("insert-observers", _insert_observers(qconfig_dict, quant_type)),
+            unshare_qconfig_types_stage(qconfig_dict),
+            *([Stage("quantize-rnn", rnn)] if quant_type == QuantType.DYNAMIC else []),
+            *observer_preprocessing_stages("forward"),
+            insert_observers_stage("forward", qconfig_dict, quant_type),
         ],
     )
 
@@ -177,7 +166,7 @@ def prepare(
 ) -> torch.jit.ScriptModule:
     """Preprocess ``model`` and insert observers; calibrate the result, then convert it.
 
-    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.qconfig``).
+    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.quant.qconfig``).
     With ``inplace=False`` the caller's model is left exactly as it was;
     with ``inplace=True`` the same Python object is returned, now prepared
     (its tensors are copies: the rewrites never touch the class types the

@@ -6,7 +6,7 @@ float tensors, with the module it came from, its source line and one of four
 reasons:
 
 - ``no qconfig``: the op belongs to a module whose effective qconfig is None
-  (the ``qconfig_dict`` rule of ``qgraph.qconfig.qconfig_for_path``: the
+  (the ``qconfig_dict`` rule of ``qgraph.quant.qconfig.qconfig_for_path``: the
   longest matching prefix wins; known only when the ``qconfig_dict`` is
   passed in);
 - ``unsupported op``: no quantized kernel or pattern exists for the op kind
@@ -16,18 +16,18 @@ reasons:
   tensor (a model input nobody observed, the output of a float op, ...);
 - ``kept in float by a safety rule``: a known PyTorch kernel bug makes the
   quantized op unsafe for this op's arguments, so convert's
-  legalize-quantized stage runs it in float (a grouped conv on fbgemm's
+  keep-unsafe-convs-in-float stage leaves it in float (a grouped conv on fbgemm's
   broken groupwise path: 2 or 4 channels per group, a channel count above 8
   that is not a multiple of 8, 3x3 kernel, padding 1, ...).
 
 Convert records the ops it leaves in float on purpose (the safety rules, and
 RNNs that dynamic quantization cannot handle) in the model, with their
-reason and module (``passes.legalize_quantized.float_op_records``); those ops
-are reported from their records, every other op from the graph. A model
-made with ``lowering="onednn"`` holds no quantized dtype to tell integer
-code from float code by, so that lowering records every op it leaves in
-float, and the report lists exactly those records (with ``no qconfig`` where
-the ``qconfig_dict`` switched the op's module off).
+reason and module (``qgraph.quant.float_ops``); those ops are reported from
+their records, every other op from the graph. A model made with
+``lowering="onednn"`` holds no quantized dtype to tell integer code from
+float code by, so that lowering records every op it leaves in float, and the
+report lists exactly those records (with ``no qconfig`` where the
+``qconfig_dict`` switched the op's module off).
 
 The report is computed on demand from the model, so convert keeps returning
 just the model (as the reference does) and a model loaded back with
@@ -43,7 +43,7 @@ known only from its record: loading drops the graph's module call stacks)::
     head     aten::exp       model.py:31      unsupported op     no quantized kernel for aten::exp
     ...
 
-Which values are quantized is ``passes.legalize_quantized.quantized_values``:
+Which values are quantized is ``qgraph.quant.quantized_values``:
 quantize ops' results, quantized kernels' quantized results, and what shape
 and value ops, lists, tuples, ``if`` and loops make of them. Dynamic
 quantization keeps activations in float by design, so for
@@ -66,20 +66,25 @@ from typing import Any
 
 from torch.ao.quantization.quant_type import QuantType
 
-from passes.legalize_quantized import (
+from passes.lower.quant_fusion import STATIC_QUANT_FUSION
+from qgraph.ir import CppModule, Node, Value, as_cpp, method_graph, module_path_of, named_modules, source_location, walk
+from qgraph.pattern import compile_pattern
+from qgraph.pipeline import method_graphs
+from qgraph.quant.float_ops import (
     NO_QCONFIG,
     SAFETY_RULE,
+    UNOBSERVED_INPUT,
     UNSUPPORTED_OP,
     FloatOpRecord,
     float_op_record_nodes,
     float_op_records,
-    quantized_values,
 )
-from passes.lower_onednn.module_state import lowering_of
-from qgraph.ir.graph import Node, Value, module_path_of, source_location, walk
-from qgraph.ir.module import as_cpp, method_graph, named_modules
-from qgraph.pipeline import method_graphs
-from qgraph.qconfig import check_qconfig_dict, qconfig_key_for_path
+from qgraph.quant.lowering import lowering_of
+from qgraph.quant.observers import is_observer_path
+from qgraph.quant.ops import KEEPS_QUANTIZATION_ATEN
+from qgraph.quant.qconfig import check_qconfig_dict, qconfig_key_for_path
+from qgraph.quant.quant_type import check_quant_type
+from qgraph.quant.quantized_values import quantized_values
 
 __all__ = [
     "FloatOp",
@@ -98,14 +103,9 @@ __all__ = [
     "DYNAMIC_QUANTIZABLE",
 ]
 
-UNOBSERVED_INPUT = "unobserved input"
-
 
 def _fused_kinds() -> frozenset[str]:
     """aten ops the static fusion table turns into quantized ops (or runs on quantized tensors)."""
-    from passes.quant_fusion import STATIC_QUANT_FUSION
-    from qgraph.pattern import compile_pattern
-
     plumbing = {
         "aten::dequantize",
         "aten::quantize_per_tensor",
@@ -122,19 +122,8 @@ def _fused_kinds() -> frozenset[str]:
     return frozenset(kinds)
 
 
-# Ops that need no observer and run on a quantized tensor as they are.
-_PASS_THROUGH = frozenset(
-    "aten::" + name
-    for name in (
-        "max_pool1d max_pool2d max_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d "
-        "flatten reshape view transpose permute contiguous chunk squeeze squeeze_ unsqueeze unsqueeze_ "
-        "repeat repeat_interleave __getitem__ dropout dropout_ detach detach_ relu relu_ relu6 relu6_ "
-        "max min sort stack select slice narrow split expand expand_as t numpy_T to clone "
-        "upsample_nearest1d upsample_nearest2d upsample_nearest3d interpolate"
-    ).split()
-)
-
-STATIC_QUANTIZABLE = _fused_kinds() | _PASS_THROUGH
+# What fusion turns into quantized ops, and the ops that run on a quantized tensor as they are.
+STATIC_QUANTIZABLE = _fused_kinds() | frozenset(f"aten::{name}" for name in KEEPS_QUANTIZATION_ATEN)
 DYNAMIC_QUANTIZABLE = frozenset(
     {
         "aten::linear",
@@ -256,9 +245,7 @@ def _carries_tensors(value: Value) -> bool:
 
 def _float_inputs(node: Node, quantized: set[Value]) -> list[Value]:
     return [
-        v
-        for v in node.inputs()
-        if _carries_tensors(v) and v.node().kind() != "prim::Constant" and v not in quantized
+        v for v in node.inputs() if _carries_tensors(v) and v.node().kind() != "prim::Constant" and v not in quantized
     ]
 
 
@@ -271,8 +258,7 @@ def float_op_report(
     ``qconfig_dict`` used for prepare to tell ops switched off by a ``None``
     qconfig (or covered by no entry) apart from the others.
     """
-    if not isinstance(quant_type, QuantType):
-        raise TypeError(f"quant_type must be a torch.ao.quantization.QuantType, got {quant_type!r}")
+    check_quant_type(quant_type)
     if qconfig_dict is not None:
         check_qconfig_dict(qconfig_dict)
     module_c = as_cpp(model)
@@ -358,14 +344,14 @@ def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -
     return UNOBSERVED_INPUT, "its input is a float tensor (not observed, or produced by a float op)"
 
 
-def _node_kinds(module_c) -> set[str]:
+def _node_kinds(module_c: CppModule) -> set[str]:
     return {node.kind() for _, _, graph in method_graphs(module_c, distinct=True) for node in walk(graph)}
 
 
 def quantization_state(model: Any) -> str:
     """``"quantized"``, ``"prepared"`` (observers, not converted) or ``"not quantized"``: what ``model`` is."""
     module_c = as_cpp(model)
-    if any(path.rpartition(".")[2].startswith("_observer_") for path, _ in named_modules(module_c)):
+    if any(is_observer_path(path) for path, _ in named_modules(module_c)):
         return PREPARED
     if lowering_of(module_c) != "reference":
         return QUANTIZED

@@ -8,6 +8,7 @@ import torch.nn as nn
 from torch.ao.quantization import default_dynamic_qconfig, get_default_qconfig
 
 import qgraph
+from helpers.models import calibrate
 
 SIGNATURES = {
     "fuse_conv_bn_jit": ["model", "inplace"],
@@ -32,11 +33,6 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         return self.fc(self.bn(self.conv(x)).mean([2, 3]))
-
-
-def calibrate(model, batches):
-    for batch in batches:
-        model(batch)
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from torch.ao.quantization.observer import (
 from torch.testing import FileCheck
 
 import qgraph
+from helpers.models import calibrate, capture
+from helpers.numerics import sqnr
 
 TRACING = pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
 FBGEMM = get_default_qconfig("fbgemm")  # HistogramObserver activations, per-channel weights
@@ -37,19 +39,6 @@ SQNR_SLACK = 3.0
 # Loops: the unrolled net (which the reference quantizes) has observers per
 # iteration, the loop body one set for all iterations; the same slack applies.
 LOOP_SLACK = 3.0
-
-
-def capture(model: nn.Module, example: tuple, tracing: bool) -> torch.jit.ScriptModule:
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
-
-
-def calibrate(model, data):
-    with torch.no_grad():
-        for args in data:
-            model(*args)
 
 
 def quantize_both(model, qconfig_dict, data):
@@ -63,11 +52,6 @@ def reference_quantize(model, qconfig_dict, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_jit(model, qconfig_dict, calibrate, [data])
-
-
-def sqnr(reference: torch.Tensor, approximation: torch.Tensor) -> float:
-    noise = (reference - approximation).pow(2).mean()
-    return float(10 * torch.log10(reference.pow(2).mean() / noise)) if noise > 0 else float("inf")
 
 
 def mean_sqnr(float_model, quantized, inputs) -> float:
@@ -249,8 +233,8 @@ def test_loop_with_two_carried_values_observes_each_once():
     # (in the body), each with an observer of its own; the body's parameters are not observed again.
     text = str(prepared.graph)
     before, body = text.split("prim::Loop", 1)
-    assert before.count("CallMethod[name=\"forward\"](%_observer_") == 2  # x and the zeros
-    assert body.count("CallMethod[name=\"forward\"](%_observer_") == 2  # conv output and the sum
+    assert before.count('CallMethod[name="forward"](%_observer_') == 2  # x and the zeros
+    assert body.count('CallMethod[name="forward"](%_observer_') == 2  # conv output and the sum
     data, inputs = loop_inputs(), loop_inputs()
     calibrate(prepared, data)
     debug_model, quantized = qgraph.convert_jit(prepared, debug=True), qgraph.convert_jit(prepared)
@@ -374,9 +358,7 @@ def test_if_branches_observed_differently_flag_argument(tail):
         with pytest.raises(RuntimeError, match="observed consistently"):
             prepare_jit(model, {"": default_qconfig})
     debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
-    FileCheck().check("prim::If").check("block0").check("quantized::conv2d").check("block1").run(
-        str(quantized.graph)
-    )
+    FileCheck().check("prim::If").check("block0").check("quantized::conv2d").check("block1").run(str(quantized.graph))
     inputs = [(torch.randn(1, 3, 8, 8),) for _ in range(3)]
     for flag in (True, False):
         flagged = [(x.clone(), flag) for (x,) in inputs]
@@ -599,9 +581,10 @@ class TwoBlocks(nn.Module):
         return self.second(self.first(x)) + x
 
 
-PER_CHANNEL_MINMAX = QConfig(activation=MinMaxObserver.with_args(reduce_range=True),
-                             weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
-                                                                       qscheme=torch.per_channel_symmetric))
+PER_CHANNEL_MINMAX = QConfig(
+    activation=MinMaxObserver.with_args(reduce_range=True),
+    weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric),
+)
 
 
 @TRACING
@@ -697,9 +680,9 @@ def test_embedding_bag_mean_mode_computes_the_mean(op_name, tracing):
     model = capture(float_model, data[0], tracing)
     qconfig_dict = {"": bag_qconfig(op_name)}
     debug_model, quantized = quantize_both(model, qconfig_dict, data)
-    FileCheck().check(f"quantized::{op_name}_rowwise_offsets").check("aten::div").check_not(
-        "aten::embedding_bag"
-    ).run(str(quantized.graph))
+    FileCheck().check(f"quantized::{op_name}_rowwise_offsets").check("aten::div").check_not("aten::embedding_bag").run(
+        str(quantized.graph)
+    )
     assert_sound(debug_model, quantized, data)
 
     indices, offsets = data[0]
@@ -901,7 +884,7 @@ def test_in_place_scalar_add_in_one_branch_stays_in_its_branch():
     torch.manual_seed(0)
     data = [(torch.randn(2, 3, 6, 6), flag) for flag in (True, False, True)]
     eager = InPlaceAddInOneBranch().eval()
-    model = capture(eager, data[0], tracing=False)
+    model = capture(eager, data[0], False)
     with pytest.warns(UserWarning, match="debug=True does not model add/mul with a scalar exactly"):
         debug_model, quantized = quantize_both(model, {"": default_qconfig}, data)
     x = data[0][0]

@@ -1,15 +1,10 @@
-from typing import List
-
 import pytest
 import torch
 from torch.ao.quantization import default_qconfig, prepare_jit
 from torch.testing import FileCheck
 
+from helpers.models import run_graph
 from passes.canonicalize_conv import canonicalize_conv
-
-
-def run_graph(graph, *args):
-    return torch._C._create_function_from_graph("forward", graph)(*args)
 
 
 def conv_call(graph):
@@ -111,10 +106,8 @@ def test_scripted_conv_is_already_canonical():
 
 
 class RuntimeStride(torch.nn.Module):
-    def forward(self, x, weight, stride: List[int]):
-        return torch._convolution(
-            x, weight, None, stride, [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True
-        )
+    def forward(self, x, weight, stride: list[int]):
+        return torch._convolution(x, weight, None, stride, [0, 0], [1, 1], False, [0, 0], 1, False, False, True, True)
 
 
 def test_convolution_with_run_time_arguments_stays():

@@ -5,7 +5,8 @@ command line; the text checked is what the command prints (stdout, then
 stderr)::
 
     # MODEL: convnet            optional; a model saved by this module (default convnet)
-    # ARGS: show {model} --all  required; {model} is that model's path, {tmp} a scratch directory
+    # ARGS: show {model} --all  required; {model} is that model's path, {tmp} a scratch directory,
+    #                          {lit} the folder of the lit files
     # EXIT: 2                   optional; the expected exit code (default 0)
     CHECK: === <root> : forward ===
 """
@@ -19,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.testing import FileCheck
 
-from qgraph.cli import main, standalone_stages
+from helpers.lit import directives, filecheck, run_cli
+from qgraph.prepare import prepare_pipeline
+from qgraph.quant.quant_type import QuantType
 
 LIT_DIR = Path(__file__).parent / "lit"
 
@@ -79,17 +82,21 @@ class ConvThenExp(torch.nn.Module):
 
 
 def _quantized_convnet() -> torch.jit.ScriptModule:
-    import qgraph
     from torch.ao.quantization import get_default_qconfig
+
+    import qgraph
 
     model = torch.jit.script(ConvThenExp().eval())
     batches = [torch.randn(1, 1, 6, 6)]
-    return qgraph.quantize_jit(model, {"": get_default_qconfig("fbgemm")}, lambda m, data: [m(b) for b in data], [batches])
+    return qgraph.quantize_jit(
+        model, {"": get_default_qconfig("fbgemm")}, lambda m, data: [m(b) for b in data], [batches]
+    )
 
 
 def _dynamic_convnet() -> torch.jit.ScriptModule:
-    import qgraph
     from torch.ao.quantization import default_dynamic_qconfig
+
+    import qgraph
 
     return qgraph.quantize_dynamic_jit(torch.jit.script(ConvBnLinear().eval()), {"": default_dynamic_qconfig})
 
@@ -115,16 +122,6 @@ def _save_models(directory: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return _save_models(tmp_path_factory.mktemp("models"))
-
-
-def run_cli(capsys, *args):
-    """(exit code, stdout, stderr) of the command line run in-process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse exits for --help and usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_lists_the_commands(capsys):
@@ -154,9 +151,7 @@ def test_show_all_heads_every_method_with_its_module_path(capsys, models):
     assert code == 0
     FileCheck().check("=== <root> : forward ===").check("=== <root> : features ===").check(
         "=== conv : forward ==="
-    ).check("aten::conv2d").check("=== bn : forward ===").check("=== fc : forward ===").check(
-        "aten::linear"
-    ).run(out)
+    ).check("aten::conv2d").check("=== bn : forward ===").check("=== fc : forward ===").check("aten::linear").run(out)
 
 
 def test_method_and_all_exclude_each_other(capsys, models):
@@ -186,28 +181,28 @@ def test_a_directory_is_not_a_model(capsys, tmp_path):
     assert code == 2 and err.strip().endswith("is a directory")
 
 
-def test_standalone_stages_in_prepare_order():
-    assert [stage.name for stage in standalone_stages()] == [
-        "inline-fork-wait",
-        "fold-conv-bn",
-        "swap-functional-linear",
-        "fuse-linear",
-        "canonicalize-conv",
-    ]
+def _prepare_stage_names() -> list[str]:
+    return [stage.name for stage in prepare_pipeline({}, QuantType.STATIC).stages]
+
+
+def test_passes_runs_the_stages_prepare_jit_runs(capsys, models):
+    code, out, _ = run_cli(capsys, "passes", models["decomposed-traced"])
+    assert code == 0
+    assert [line[len("=== after ") : -len(" ===")] for line in out.splitlines() if line.startswith("=== after ")] == (
+        _prepare_stage_names()
+    )
 
 
 def test_passes_prints_forward_after_each_stage(capsys, models):
     code, out, _ = run_cli(capsys, "passes", models["decomposed-traced"])
     assert code == 0
     FileCheck().check("=== input ===").check('prim::CallMethod[name="forward"](%bn').check(
-        "=== after inline-fork-wait ==="
-    ).check("=== after fold-conv-bn ===").check_not("%bn").check("=== after swap-functional-linear ===").check(
-        "aten::addmm"
-    ).check("=== after fuse-linear ===").check_not("aten::addmm").check("aten::_convolution").check(
-        "aten::linear"
-    ).check("=== after canonicalize-conv ===").check_not("aten::_convolution").check("aten::conv2d").check(
-        "aten::linear"
-    ).run(out)
+        "=== after fold-conv-bn ==="
+    ).check_not("%bn").check("=== after swap-functional-linear ===").check("aten::addmm").check(
+        "=== after fuse-linear ==="
+    ).check_not("aten::addmm").check("aten::_convolution").check("aten::linear").check(
+        "=== after canonicalize-conv ==="
+    ).check_not("aten::_convolution").check("aten::conv2d").check("aten::linear").run(out)
 
 
 def test_passes_swaps_a_called_linear_function(capsys, models):
@@ -222,7 +217,7 @@ def test_passes_dump_dir_gets_one_file_per_stage(capsys, models, tmp_path):
     code, _, _ = run_cli(capsys, "passes", models["decomposed-traced"], "--dump-dir", tmp_path / "dumps")
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "dumps").iterdir())
-    assert names == [f"{i:02d}-passes-{stage.name}.txt" for i, stage in enumerate(standalone_stages())]
+    assert names == [f"{i:02d}-prepare-{name}.txt" for i, name in enumerate(_prepare_stage_names())]
     FileCheck().check("=== <root> : forward ===").check("aten::conv2d").check("=== conv : forward ===").run(
         (tmp_path / "dumps" / names[-1]).read_text()
     )
@@ -249,29 +244,12 @@ def test_runs_as_a_python_module(models):
 # --- lit files --------------------------------------------------------------------------------
 
 
-def _directives(check_file: Path) -> dict[str, str]:
-    found = {}
-    for line in check_file.read_text().splitlines():
-        for key in ("MODEL", "ARGS", "EXIT"):
-            prefix = f"# {key}:"
-            if line.startswith(prefix):
-                found[key] = line[len(prefix) :].strip()
-    return found
-
-
 @pytest.mark.parametrize("check_file", sorted(LIT_DIR.glob("*.txt")), ids=lambda path: path.stem)
 def test_lit(check_file, capsys, models, tmp_path):
-    directives = _directives(check_file)
-    assert "ARGS" in directives, f"{check_file.name} has no '# ARGS:' line"
-    model = models[directives.get("MODEL", "convnet")]
-    args = directives["ARGS"].format(model=model, tmp=tmp_path).split()
+    found = directives(check_file, ("MODEL", "ARGS", "EXIT"))
+    assert "ARGS" in found, f"{check_file.name} has no '# ARGS:' line"
+    model = models[found.get("MODEL", "convnet")]
+    args = found["ARGS"].format(model=model, tmp=tmp_path, lit=LIT_DIR).split()
     code, out, err = run_cli(capsys, *args)
-    assert code == int(directives.get("EXIT", "0")), err
-    checked = subprocess.run(
-        [sys.executable, "-m", "filecheck", str(check_file)],
-        input=out + err,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert code == int(found.get("EXIT", "0")), err
+    filecheck(check_file, out + err)

@@ -20,8 +20,6 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from examples.models import calibrate, randomize_batchnorm
-from helpers.numerics import assert_bitwise_equal
 from torch.ao.quantization import (
     DeQuantStub,
     QuantStub,
@@ -33,6 +31,8 @@ from torch.ao.quantization import (
 )
 
 import qgraph
+from examples.models import calibrate, randomize_batchnorm
+from helpers.numerics import assert_bitwise_equal
 
 CAPTURES = ("script", "trace")
 

@@ -14,13 +14,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers.quantized_reference import (
-    aten_op_counts,
-    assert_equal_outputs,
-    capture,
-    quantization_op_counts,
-    reference_pair,
-)
 from torch.ao.quantization import (
     PlaceholderObserver,
     QConfig,
@@ -33,7 +26,14 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
-from passes.finalize import finalize
+from helpers.quantized_reference import (
+    assert_equal_outputs,
+    aten_op_counts,
+    capture,
+    quantization_op_counts,
+    reference_pair,
+)
+from passes import finalize
 from qgraph.ir import as_cpp
 
 PER_CHANNEL = get_default_qconfig("fbgemm")
@@ -107,16 +107,6 @@ def test_conv_and_conv_relu(dim, tracing):
     ).run(str(ours.graph))
 
 
-@pytest.fixture
-def qnnpack_engine():
-    saved = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "qnnpack"
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = saved
-
-
 class ConvTranspose(nn.Module):
     def __init__(self, dim):
         super().__init__()
@@ -131,9 +121,7 @@ class ConvTranspose(nn.Module):
 def test_conv_transpose_under_qnnpack(qnnpack_engine, dim, tracing):
     torch.manual_seed(0)
     ours = finalize_and_compare(ConvTranspose(dim), (_image(dim, size=4),), tracing, get_default_qconfig("qnnpack"))
-    FileCheck().check(f"quantized::conv_transpose{dim}d(").check_not(f"aten::conv_transpose{dim}d").run(
-        str(ours.graph)
-    )
+    FileCheck().check(f"quantized::conv_transpose{dim}d(").check_not(f"aten::conv_transpose{dim}d").run(str(ours.graph))
 
 
 class LinearRelu(nn.Module):
@@ -352,9 +340,7 @@ class FloatAdd(nn.Module):
 def test_float_op_without_quantized_input_stays_float(tracing):
     torch.manual_seed(0)
     ours = finalize_and_compare(FloatAdd(), (torch.randn(2, 3), torch.randn(2, 3)), tracing)
-    FileCheck().check("aten::add").check_not("quantized::").check_not("aten::quantize_per_tensor").run(
-        str(ours.graph)
-    )
+    FileCheck().check("aten::add").check_not("quantized::").check_not("aten::quantize_per_tensor").run(str(ours.graph))
 
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -696,8 +682,9 @@ class SmallNet(nn.Module):
 
 @pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
 def test_whole_qgraph_path_matches_reference(tracing):
-    import qgraph
     from torch.ao.quantization import quantize_jit
+
+    import qgraph
 
     torch.manual_seed(0)
     example = (torch.randn(1, 3, 6, 6),)

@@ -16,6 +16,7 @@ CALL = 'prim::CallMethod[name="forward"]'
 
 
 def capture(model, example, tracing):
+    # The model keeps its mode: some tests fold a BatchNorm left in training mode.
     # check_trace re-runs the model twice; these models have no data-dependent control flow.
     return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
 
@@ -106,9 +107,9 @@ def test_traced_conv_without_bias_gets_a_bias_attribute_its_convolution_reads():
 
     folded = fold(model)
 
-    FileCheck().check('prim::GetAttr[name="bias"]').check("aten::_convolution(%x, %weight").check_same(
-        "%bias"
-    ).run(str(folded.conv.graph))
+    FileCheck().check('prim::GetAttr[name="bias"]').check("aten::_convolution(%x, %weight").check_same("%bias").run(
+        str(folded.conv.graph)
+    )
     torch._C._jit_pass_lint(folded.conv.graph)
     bias = folded.conv._c.getattr("bias")
     assert isinstance(bias, torch.Tensor) and bias.shape == (4,)
@@ -316,7 +317,10 @@ class SequentialBlocks(nn.Module):
         super().__init__()
         layers = []
         for _ in range(blocks):
-            layers += [CONV[dim](4, 4, 3, padding=1, bias=bias), randomize_statistics(BATCH_NORM[dim](4, affine=affine))]
+            layers += [
+                CONV[dim](4, 4, 3, padding=1, bias=bias),
+                randomize_statistics(BATCH_NORM[dim](4, affine=affine)),
+            ]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -389,7 +393,7 @@ def test_shared_class_type_folds_each_instance_with_its_own_statistics(tracing):
 def test_each_class_type_graph_is_matched_once(monkeypatch):
     # The package binds the pass function under the module's name, so the
     # module object comes from sys.modules.
-    fold_module = sys.modules["passes.fold_conv_bn"]
+    fold_module = sys.modules["passes.fold_conv_bn.fold_conv_bn"]
 
     owners = []
     original = fold_module.find_matches

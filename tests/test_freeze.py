@@ -7,14 +7,12 @@ must be equal bit for bit, before and after a save/load round trip.
 
 from __future__ import annotations
 
-import io
-
 import torch
 from torch import nn
 from torch.testing import FileCheck
 
-from passes.fold_prepacking import fold_prepacking
-from passes.freeze import freeze
+from helpers.models import reloaded
+from passes import fold_prepacking, freeze
 
 
 def _clone(module: torch.jit.ScriptModule) -> torch._C.ScriptModule:
@@ -31,17 +29,10 @@ def _frozen_by_pass(module: torch.jit.ScriptModule, preserved=()) -> torch.jit.S
     return torch.jit._recursive.wrap_cpp_module(fold_prepacking(frozen))
 
 
-def _reloaded(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
-    buffer.seek(0)
-    return torch.jit.load(buffer)
-
-
 def _assert_same_outputs(ours, reference, x) -> None:
     expected = reference(x)
     assert torch.equal(ours(x), expected)
-    assert torch.equal(_reloaded(ours)(x), expected)
+    assert torch.equal(reloaded(ours)(x), expected)
 
 
 class PackedLinears(nn.Module):
@@ -110,9 +101,7 @@ def test_only_attribute_fed_prepacks_are_done_early():
     assert names == ["_packed_params_0"]
     # The second one's scales are built by aten::full in forward: freezing folds
     # them to constants and fold_prepacking takes the prepack from there.
-    FileCheck().check_count("quantized::linear_prepack", 1, exactly=True).run(
-        str(ours._get_method("forward").graph)
-    )
+    FileCheck().check_count("quantized::linear_prepack", 1, exactly=True).run(str(ours._get_method("forward").graph))
 
 
 class MutatedBuffer(nn.Module):
@@ -203,8 +192,9 @@ def test_quantized_model_through_the_pipeline_equals_the_reference_freeze(monkey
     """convert_jit with this pass against convert_jit freezing with torch._C._freeze_module alone."""
     import sys
 
-    import qgraph
     from torch.ao.quantization import default_qconfig
+
+    import qgraph
 
     torch.manual_seed(0)
     model = torch.jit.script(ConvStack().eval())
@@ -212,8 +202,9 @@ def test_quantized_model_through_the_pipeline_equals_the_reference_freeze(monkey
     prepared = qgraph.prepare_jit(model, {"": default_qconfig})
     prepared(x)
     ours = qgraph.convert_jit(prepared)
-    # The package attribute passes.finalize is the function; the module is in sys.modules.
-    monkeypatch.setattr(sys.modules["passes.finalize"], "freeze", lambda module, preserved: torch._C._freeze_module(module, preserved))
+    monkeypatch.setattr(
+        sys.modules["passes.composite"], "freeze", lambda module, preserved: torch._C._freeze_module(module, preserved)
+    )
     reference = qgraph.convert_jit(prepared)
     # Same ops reading the same constants and attributes; value names may differ
     # (constant pooling keeps whichever equal constant it met first).

@@ -3,11 +3,8 @@ import torch
 from torch.testing import FileCheck
 
 from helpers.graph_structure import dataflow_signature
-from passes.fuse_linear import fuse_linear
-
-
-def run_graph(graph, *args):
-    return torch._C._create_function_from_graph("forward", graph)(*args)
+from helpers.models import run_graph
+from passes import fuse_linear
 
 
 def fused_and_reference(module):
@@ -79,9 +76,9 @@ def test_traced_matmul_with_transposed_weight_becomes_linear(input_shape, has_bi
     count, graph, reference = fused_and_reference(model)
 
     assert count == 1
-    FileCheck().check("aten::linear").check_not("aten::matmul").check_not("aten::add_").check_not(
-        "aten::t("
-    ).run(str(graph))
+    FileCheck().check("aten::linear").check_not("aten::matmul").check_not("aten::add_").check_not("aten::t(").run(
+        str(graph)
+    )
     linear = next(n for n in graph.nodes() if n.kind() == "aten::linear")
     assert linear.sourceRange() == matmul_range
     assert dataflow_signature(graph) == dataflow_signature(reference)
@@ -286,9 +283,7 @@ def test_rewrites_inside_if_branches():
     count, graph, reference = fused_and_reference(model)
 
     assert count == 2
-    FileCheck().check("prim::If").check("aten::linear").check("aten::linear").check_not("aten::matmul").run(
-        str(graph)
-    )
+    FileCheck().check("prim::If").check("aten::linear").check("aten::linear").check_not("aten::matmul").run(str(graph))
     assert dataflow_signature(graph) == dataflow_signature(reference)
     x = torch.randn(2, 3)
     for flag in (True, False):

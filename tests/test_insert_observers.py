@@ -18,22 +18,21 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
-from passes.insert_observers import insert_observers
+from helpers.models import capture as captured
+from helpers.observers import graph_texts, observed_values, observer_names
+from passes import insert_observers
 from qgraph.ir.graph import walk
 from qgraph.pipeline import inspect
 from qgraph.prepare import prepare
-from qgraph.qconfig import script_qconfig_dict
-from tests.helpers.observers import graph_texts, observed_values, observer_names
+from qgraph.quant.qconfig import script_qconfig_dict
 
 OBSERVER = 'Observer = prim::GetAttr[name="_observer_'
 
 
 def capture(model, example, tracing):
+    # Seeded here: the tests draw their data after capturing.
     torch.manual_seed(0)
-    model = model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.trace(model, example, check_trace=False) if tracing else torch.jit.script(model)
+    return captured(model, example, tracing)
 
 
 both = pytest.mark.parametrize("tracing", [False, True], ids=["scripted", "traced"])
@@ -54,9 +53,9 @@ def test_conv_input_output_and_weight_observed(tracing):
     prepared = prepare(model, {"": default_qconfig})
     assert len(observer_names(prepared)) == 2
     assert len(observer_names(prepared.conv)) == 1
-    FileCheck().check(OBSERVER).check('prim::GetAttr[name="conv"]').check("prim::CallMethod").check(
-        OBSERVER
-    ).run(str(prepared.graph))
+    FileCheck().check(OBSERVER).check('prim::GetAttr[name="conv"]').check("prim::CallMethod").check(OBSERVER).run(
+        str(prepared.graph)
+    )
 
 
 def test_observer_output_replaces_later_uses():
@@ -193,9 +192,9 @@ def test_linear_relu_observes_relu_output(model_class, relu_kind):
     kinds = [entry[1] for entry in observed_values(prepared)[""]]
     assert kinds == ["input1", relu_kind]
     # One observer after the linear: the relu's, none in between.
-    FileCheck().check('prim::GetAttr[name="fc"]').check("prim::CallMethod").check_count(
-        OBSERVER, 1, exactly=True
-    ).run(str(prepared.graph))
+    FileCheck().check('prim::GetAttr[name="fc"]').check("prim::CallMethod").check_count(OBSERVER, 1, exactly=True).run(
+        str(prepared.graph)
+    )
 
 
 def test_add_relu_observes_relu_output_and_add_needs_observed_inputs():
@@ -416,9 +415,9 @@ def test_inconsistent_if_branches_leave_the_if_output_unobserved():
     # observer and the `if` result gets one of its own after the `if`.
     prepared = prepare(capture(Inconsistent(), None, False), {"": default_qconfig})
     assert len(observer_names(prepared)) == 3  # x, the conv output, the `if` result
-    FileCheck().check("prim::If").check("block0").check("_observer_").check("block1").check_not(
-        "_observer_"
-    ).check("aten::exp").check("_observer_").run(str(prepared.graph))
+    FileCheck().check("prim::If").check("block0").check("_observer_").check("block1").check_not("_observer_").check(
+        "aten::exp"
+    ).check("_observer_").run(str(prepared.graph))
 
 
 class Exp(nn.Module):
@@ -444,11 +443,11 @@ def test_ops_after_inconsistent_if_branches_are_observed_per_branch():
     # each branch, so each side calibrates its own head output range.
     prepared = prepare(capture(BranchThenHead(Exp()), None, False), {"": default_qconfig})
     graph = prepared.graph
-    FileCheck().check("prim::If").check("block0").check('name="conv"').check(OBSERVER).check(
-        'name="head"'
-    ).check(OBSERVER).check("aten::add").check("block1").check('name="other"').check(OBSERVER).check(
-        'name="head"'
-    ).check(OBSERVER).check("aten::add").check("return").run(str(graph))
+    FileCheck().check("prim::If").check("block0").check('name="conv"').check(OBSERVER).check('name="head"').check(
+        OBSERVER
+    ).check("aten::add").check("block1").check('name="other"').check(OBSERVER).check('name="head"').check(
+        OBSERVER
+    ).check("aten::add").check("return").run(str(graph))
     assert next(graph.outputs()).node().kind() == "prim::If"
     # Calibrating one side leaves the other side's head observer untouched.
     prepared(torch.randn(1, 3, 4, 4), True)
@@ -615,7 +614,9 @@ def test_input_read_under_two_qconfigs_takes_first_consumer():
 def test_pass_takes_scripted_or_plain_qconfigs_and_quant_type_strings():
     model = capture(ConvOnly(), None, False)
     plain = insert_observers(model, "forward", {"": default_qconfig}, False, "static")
-    scripted = insert_observers(model._c, "forward", script_qconfig_dict({"": default_qconfig}), False, QuantType.STATIC)
+    scripted = insert_observers(
+        model._c, "forward", script_qconfig_dict({"": default_qconfig}), False, QuantType.STATIC
+    )
     assert isinstance(plain, torch.jit.ScriptModule) and isinstance(scripted, torch._C.ScriptModule)
     assert observed_values(plain) == observed_values(scripted)
     with pytest.raises(ValueError, match="quant_type"):
@@ -720,7 +721,7 @@ class ListBuilding(nn.Module):
 
 
 def test_list_mutation_folded_where_the_reference_folds_it():
-    from passes._remove_list_mutation import remove_list_mutation
+    from passes import remove_list_mutation
 
     model = capture(ListBuilding(), None, False)
     ours, reference = model.graph.copy(), model.graph.copy()
@@ -737,7 +738,7 @@ def test_list_mutation_folded_where_the_reference_folds_it():
 
 
 def test_embedding_bag_weight_only_matches_reference():
-    from torch.ao.quantization import PlaceholderObserver, PerChannelMinMaxObserver, QConfig
+    from torch.ao.quantization import PerChannelMinMaxObserver, PlaceholderObserver, QConfig
 
     class Bag(nn.Module):
         def __init__(self):

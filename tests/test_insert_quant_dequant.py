@@ -9,7 +9,6 @@ values), the inlined forward graph's node kinds, and outputs, bit for bit.
 from __future__ import annotations
 
 import warnings
-from typing import Tuple
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ from torch.ao.quantization import (
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
+import qgraph
 from helpers.quant_dequant_reference import (
     assert_same_outputs,
     assert_same_qparams,
@@ -36,8 +36,7 @@ from helpers.quant_dequant_reference import (
     reference_insert_quant_dequant,
     script_or_trace,
 )
-import qgraph
-from passes.insert_quant_dequant import insert_quant_dequant
+from passes import insert_observers, insert_quant_dequant
 
 
 def check_against_reference(model, data, qconfig_dict, *, tracing=False, dynamic=False):
@@ -154,7 +153,9 @@ class GeneralOps(nn.Module):
 @TRACING
 def test_general_ops_chain_requantizes_value_ops_with_input_qparams(tracing):
     torch.manual_seed(3)
-    ours, _ = check_against_reference(GeneralOps(), [(torch.randn(1, 3, 10, 10),)], {"": default_qconfig}, tracing=tracing)
+    ours, _ = check_against_reference(
+        GeneralOps(), [(torch.randn(1, 3, 10, 10),)], {"": default_qconfig}, tracing=tracing
+    )
     FileCheck().check("aten::max_pool2d").check("aten::avg_pool2d").check("aten::q_scale").check_next(
         "aten::q_zero_point"
     ).check_next("prim::dtype").check_next("aten::quantize_per_tensor").run(str(ours.graph))
@@ -185,9 +186,9 @@ def test_add_and_mul_with_a_scalar_are_general_ops_like_the_reference(tracing):
     with pytest.warns(UserWarning, match="scalar"):
         ours, _ = check_against_reference(ScalarAfterLinear(), data, {"": default_qconfig}, tracing=tracing)
     # Both outputs are requantized with their input's qparams.
-    FileCheck().check("aten::add").check("aten::q_scale").check("aten::quantize_per_tensor").check(
-        "aten::mul"
-    ).check("aten::q_scale").check("aten::quantize_per_tensor").run(str(ours.graph))
+    FileCheck().check("aten::add").check("aten::q_scale").check("aten::quantize_per_tensor").check("aten::mul").check(
+        "aten::q_scale"
+    ).check("aten::quantize_per_tensor").run(str(ours.graph))
 
     model = script_or_trace(ScalarAfterLinear(), data[0], tracing)
     qconfig_dict = {"": default_qconfig}
@@ -198,9 +199,9 @@ def test_add_and_mul_with_a_scalar_are_general_ops_like_the_reference(tracing):
             quantized = qgraph.quantize_jit(model, qconfig_dict, calibrate, [data], debug=debug)
         assert_same_outputs(quantized(*data[0]), reference(*data[0]))
         if not debug:
-            FileCheck().check("quantized::add_scalar").check("quantized::linear").check(
-                "quantized::mul_scalar"
-            ).run(str(quantized.graph))
+            FileCheck().check("quantized::add_scalar").check("quantized::linear").check("quantized::mul_scalar").run(
+                str(quantized.graph)
+            )
 
 
 class IntArithmeticBesideConv(nn.Module):
@@ -275,7 +276,9 @@ def test_shared_class_type_keeps_one_graph_and_per_instance_qparams():
     ours, reference = check_against_reference(TwoConvs(), data, {"": default_qconfig})
     assert ours.conv1._c._type() == ours.conv2._c._type()
     names = [n for n, _ in torch._C._jit_debug_module_iterators(ours.conv1._c)["named_attributes"] if "_scale_" in n]
-    assert names == [n for n, _ in torch._C._jit_debug_module_iterators(ours.conv2._c)["named_attributes"] if "_scale_" in n]
+    assert names == [
+        n for n, _ in torch._C._jit_debug_module_iterators(ours.conv2._c)["named_attributes"] if "_scale_" in n
+    ]
     assert ours.conv1._c.getattr(names[0]) != ours.conv2._c.getattr(names[0])
     FileCheck().check("aten::quantize_per_tensor").check_next("aten::dequantize").check(
         'prim::CallMethod[name="_conv_forward"]'
@@ -289,7 +292,7 @@ class TupleOut(nn.Module):
         self.conv1 = nn.Conv2d(3, 3, 3)
         self.conv2 = nn.Conv2d(3, 3, 3)
 
-    def forward(self, x) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
         return self.conv1(x), self.conv2(x)
 
 
@@ -426,3 +429,29 @@ def test_embedding_bag_with_padding_idx_is_an_error_like_the_reference():
         reference_insert_quant_dequant(prepared)
     with pytest.raises(RuntimeError, match="Expected aten::embedding_bag padding_idx input to be None"):
         insert_quant_dequant(prepared, "forward", False, False, QuantType.STATIC)
+
+
+class ExportedFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.relu(x)
+
+    @torch.jit.export
+    def features(self, x):
+        return self.conv(x)
+
+
+def test_method_name_names_the_method_converted():
+    # The method given is inlined and quantized; forward stays as it was.
+    torch.manual_seed(0)
+    model = torch.jit.script(ExportedFeatures().eval())
+    prepared = insert_observers(model, "features", {"": default_qconfig}, False, QuantType.STATIC)
+    prepared.features(torch.randn(1, 3, 6, 6))
+    converted = insert_quant_dequant(prepared, "features", False, False, QuantType.STATIC)
+    FileCheck().check_not("prim::CallMethod").check("aten::quantize_per_tensor").check("aten::conv2d").run(
+        str(converted.features.graph)
+    )
+    FileCheck().check("aten::relu").check_not("quantize").run(str(converted.graph))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from torch.testing import FileCheck
+
 from helpers.onednn import (
     assert_close_to_reference,
     batches,
@@ -31,7 +33,6 @@ from helpers.onednn import (
     run_reference,
     seeded,  # noqa: F401  (an autouse fixture)
 )
-from torch.testing import FileCheck
 
 pytestmark = requires_onednn
 
@@ -41,8 +42,8 @@ NO_SCALARS = "annotate(List[Optional[number]], [])"
 # Post-op arguments that are not empty are built once, before the op that reads them. The relu6 bound
 # is 6 as the reference requantizes it: the largest value the conv's observed range holds, if below.
 SCALARS = {
-    '"hardtanh", _0': "_0 = annotate(List[Optional[number]], [0., ",
-    '"leaky_relu", _0': "_0 = annotate(List[Optional[number]], [0.2",
+    '"hardtanh", _': " = annotate(List[Optional[number]], [0., ",
+    '"leaky_relu", _': " = annotate(List[Optional[number]], [0.2",
 }
 
 
@@ -71,7 +72,7 @@ class ConvActivation(nn.Module):
     ("activation", "post_op", "steps"),
     [
         (nn.ReLU(), '"relu"', 1.0),
-        (nn.ReLU6(), '"hardtanh", _0', 1.0),
+        (nn.ReLU6(), '"hardtanh", _', 1.0),
         (nn.Hardswish(), '"hardswish"', 1.5),
         (nn.SiLU(), '"swish"', 1.5),
         (nn.Identity(), '"none"', 1.0),
@@ -237,7 +238,7 @@ class LinearActivation(nn.Module):
         (nn.GELU(), f'"gelu", {NO_SCALARS}, "none"'),
         (nn.GELU(approximate="tanh"), f'"gelu", {NO_SCALARS}, "tanh"'),
         (nn.Hardswish(), '"hardswish"'),
-        (nn.LeakyReLU(0.2), '"leaky_relu", _0'),
+        (nn.LeakyReLU(0.2), '"leaky_relu", _'),
     ],
     ids=["gelu", "gelu_tanh", "hardswish", "leaky_relu"],
 )

@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.testing import FileCheck
+
 from helpers.onednn import (
     assert_close_to_reference,
     batches,
@@ -25,7 +27,6 @@ from helpers.onednn import (
     run_reference,
     seeded,  # noqa: F401  (an autouse fixture)
 )
-from torch.testing import FileCheck
 
 pytestmark = requires_onednn
 

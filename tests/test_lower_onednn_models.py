@@ -15,6 +15,10 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from torch.testing import FileCheck
+
+import qgraph
+from examples.models import EncoderBlock, MobileNetV2Like, ResNetLike, TransformerMLP, randomize_batchnorm
 from helpers.numerics import sqnr
 from helpers.onednn import (
     ONEDNN_QCONFIG,
@@ -26,10 +30,6 @@ from helpers.onednn import (
     seeded,  # noqa: F401  (an autouse fixture)
 )
 from helpers.torchvision_models import architectures, logits, reestimate_batchnorm, torchvision_installed
-from torch.testing import FileCheck
-
-import qgraph
-from examples.models import EncoderBlock, MobileNetV2Like, ResNetLike, TransformerMLP, randomize_batchnorm
 from passes.lower_onednn import OnednnUnavailableError, support
 from passes.lower_onednn.emit import Emitter
 from passes.lower_onednn.qparams import QUINT8, QParams

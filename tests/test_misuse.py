@@ -29,7 +29,8 @@ from torch.ao.quantization import prepare_jit as reference_prepare_jit
 from torch.testing import FileCheck
 
 import qgraph
-from passes._observer_state import QUANTIZABLE_RANGE
+from helpers.models import calibrate, capture
+from qgraph.quant.observer_state import QUANTIZABLE_RANGE
 
 TRACING = pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
 X86 = get_default_qconfig("x86")
@@ -58,17 +59,6 @@ class ConvLinear(nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
-def _capture(model: nn.Module, example: torch.Tensor, tracing: bool) -> torch.jit.ScriptModule:
-    model = model.eval()
-    return torch.jit.trace(model, example) if tracing else torch.jit.script(model)
-
-
-def _calibrate(model, batches):
-    with torch.no_grad():
-        for batch in batches:
-            model(batch)
-
-
 def _with_nan(batch: torch.Tensor) -> torch.Tensor:
     batch = batch.clone()
     batch[0, 0, 0, 0] = float("nan")
@@ -82,11 +72,11 @@ def _with_nan(batch: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_data_names_the_first_observed_value_that_saw_it(tracing, bad):
     torch.manual_seed(0)
-    model = _capture(ConvLinear(), torch.randn(1, 3, 6, 6), tracing)
+    model = capture(ConvLinear(), torch.randn(1, 3, 6, 6), tracing)
     prepared = qgraph.prepare_jit(model, {"": default_qconfig})
     batch = torch.randn(2, 3, 6, 6)
     batch[1, 2, 3, 3] = bad
-    _calibrate(prepared, [torch.randn(2, 3, 6, 6), batch])
+    calibrate(prepared, [torch.randn(2, 3, 6, 6), batch])
     with pytest.raises(ValueError, match=r"calibration data holds non-finite values \(NaN or inf\)") as raised:
         qgraph.convert_jit(prepared)
     message = str(raised.value)
@@ -99,9 +89,9 @@ def test_non_finite_data_names_the_first_observed_value_that_saw_it(tracing, bad
 @TRACING
 def test_non_finite_values_made_inside_the_model_name_the_op_and_its_source_line(tracing):
     torch.manual_seed(0)
-    model = _capture(ConvLogConv(), torch.randn(1, 3, 8, 8), tracing)
+    model = capture(ConvLogConv(), torch.randn(1, 3, 8, 8), tracing)
     prepared = qgraph.prepare_jit(model, {"": default_qconfig})
-    _calibrate(prepared, [torch.randn(2, 3, 8, 8)])
+    calibrate(prepared, [torch.randn(2, 3, 8, 8)])
     with pytest.raises(ValueError, match="calibration data holds non-finite values") as raised:
         qgraph.convert_jit(prepared)
     # The log's output (read by `second`) is the first observed value holding NaN.
@@ -117,7 +107,7 @@ def test_quantize_jit_turns_the_histogram_observer_failure_into_a_short_error(na
     batches = [torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)]
     batches[nan_batch] = _with_nan(batches[nan_batch])
     with pytest.raises(ValueError, match="calibration data holds non-finite values") as raised:
-        qgraph.quantize_jit(model, {"": X86}, _calibrate, [batches])
+        qgraph.quantize_jit(model, {"": X86}, calibrate, [batches])
     message = str(raised.value)
     assert "Traceback" not in message and "\n" not in message
     if nan_batch == 0:
@@ -130,7 +120,7 @@ def test_quantize_jit_turns_the_histogram_observer_failure_into_a_short_error(na
 def test_other_calibration_errors_pass_through_quantize_jit():
     model = torch.jit.script(ConvLinear().eval())
     with pytest.raises(RuntimeError, match="channels"):
-        qgraph.quantize_jit(model, {"": X86}, _calibrate, [[torch.randn(2, 5, 6, 6)]])
+        qgraph.quantize_jit(model, {"": X86}, calibrate, [[torch.randn(2, 5, 6, 6)]])
 
 
 # --- convert without prepare ---------------------------------------------------------------------
@@ -191,7 +181,7 @@ def test_a_dynamic_qconfig_to_the_static_api_names_the_dynamic_api(api, qconfig)
         if api == "prepare_jit":
             qgraph.prepare_jit(model, {"": qconfig})
         else:
-            qgraph.quantize_jit(model, {"": qconfig}, _calibrate, [[torch.randn(1, 3, 6, 6)]])
+            qgraph.quantize_jit(model, {"": qconfig}, calibrate, [[torch.randn(1, 3, 6, 6)]])
 
 
 def test_a_static_qconfig_to_the_dynamic_api_quantizes_linears_dynamically_as_the_reference_does():
@@ -221,12 +211,15 @@ def test_a_model_in_training_mode_is_refused_with_a_call_to_eval(api, tracing):
     model = ConvBn().train()
     example = torch.randn(2, 3, 6, 6)
     captured = torch.jit.trace(model, example) if tracing else torch.jit.script(model)
-    with pytest.raises(ValueError, match=r"the model is in training mode \(its BatchNorm 'bn' normalises with batch "
-                                         r"statistics\); .* call model.eval\(\) before scripting or tracing it"):
+    with pytest.raises(
+        ValueError,
+        match=r"the model is in training mode \(its BatchNorm 'bn' normalises with batch "
+        r"statistics\); .* call model.eval\(\) before scripting or tracing it",
+    ):
         if api == "prepare_jit":
             qgraph.prepare_jit(captured, {"": default_qconfig})
         elif api == "quantize_jit":
-            qgraph.quantize_jit(captured, {"": default_qconfig}, _calibrate, [[example]])
+            qgraph.quantize_jit(captured, {"": default_qconfig}, calibrate, [[example]])
         else:
             qgraph.fuse_conv_bn_jit(captured)
 
@@ -251,8 +244,8 @@ def _conversion_warnings(prepared) -> list[str]:
 @pytest.mark.parametrize("batches", [[], [torch.empty(0, 3, 6, 6)] * 2], ids=["no_calibration", "empty_batches"])
 def test_observers_that_saw_no_data_are_listed_once_by_module_path(tracing, batches):
     torch.manual_seed(0)
-    prepared = qgraph.prepare_jit(_capture(ConvLinear(), torch.randn(1, 3, 6, 6), tracing), {"": X86})
-    _calibrate(prepared, batches)
+    prepared = qgraph.prepare_jit(capture(ConvLinear(), torch.randn(1, 3, 6, 6), tracing), {"": X86})
+    calibrate(prepared, batches)
     found = _conversion_warnings(prepared)
     assert len(found) == 1
     assert found[0].startswith("3 observed value(s) saw no calibration data")
@@ -284,7 +277,7 @@ def test_weights_calibration_never_reached_are_observed_from_the_weight(qconfig)
     torch.manual_seed(0)
     model = torch.jit.script(AuxBranch().eval())
     prepared = qgraph.prepare_jit(model, {"": qconfig})
-    _calibrate(prepared, [torch.randn(2, 3, 6, 6)])
+    calibrate(prepared, [torch.randn(2, 3, 6, 6)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quantized = qgraph.convert_jit(prepared, debug=True)
@@ -307,7 +300,7 @@ def test_huge_activations_warn_and_take_the_whole_range_without_the_histogram_se
     qconfig = QConfig(activation=HistogramObserver.with_args(reduce_range=True), weight=X86.weight)
     model = torch.jit.script(ConvLinear().eval())
     prepared = qgraph.prepare_jit(model, {"": qconfig})
-    _calibrate(prepared, [torch.randn(2, 3, 6, 6) * 1e18])
+    calibrate(prepared, [torch.randn(2, 3, 6, 6) * 1e18])
     observer = next(m for name, m in prepared.named_children() if name.startswith("_observer_"))
     assert observer.max_val.item() > QUANTIZABLE_RANGE
     whole_range_scale = observer._calculate_qparams(observer.min_val, observer.max_val)[0].item()
@@ -328,10 +321,10 @@ def test_ordinary_ranges_keep_the_histogram_search_and_the_reference_bits():
     batches = [torch.randn(2, 3, 6, 6) * 1e6]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ours = qgraph.quantize_jit(model, {"": X86}, _calibrate, [batches])
+        ours = qgraph.quantize_jit(model, {"": X86}, calibrate, [batches])
     assert not [w for w in caught if "quantizable range" in str(w.message)]
     reference = reference_prepare_jit(model, {"": X86})
-    _calibrate(reference, batches)
+    calibrate(reference, batches)
     reference = reference_convert_jit(reference)
     assert torch.equal(ours(batches[0]), reference(batches[0]))
 

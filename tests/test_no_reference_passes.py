@@ -112,12 +112,12 @@ def package_files() -> list[Path]:
 
 
 def test_guard_catches_reference_passes():
-    source = '''
+    source = """
 import torch
 torch._C._jit_pass_fold_convbn(module)
 torch._C._jit_pass_custom_pattern_based_rewrite_graph(a, b, graph)
 run = getattr(torch._C, "_jit_pass_insert_observers")
-'''
+"""
     assert forbidden_uses(source) == [
         "line 3: _jit_pass_fold_convbn",
         "line 4: _jit_pass_custom_pattern_based_rewrite_graph",
@@ -126,7 +126,7 @@ run = getattr(torch._C, "_jit_pass_insert_observers")
 
 
 def test_guard_catches_the_reference_jit_api_however_it_is_reached():
-    source = '''
+    source = """
 import torch
 import torch.ao.quantization as tq
 import torch.ao.quantization.quantize_jit
@@ -135,7 +135,7 @@ from torch.quantization import quantize_dynamic_jit
 from torch.ao.quantization.quantize_jit import script_qconfig
 torch.ao.quantization.convert_jit(model)
 tq.fuse_conv_bn_jit(model)
-'''
+"""
     assert forbidden_uses(source) == [
         "line 4: import torch.ao.quantization.quantize_jit",
         "line 5: from torch.ao.quantization import prepare_jit",

@@ -2,15 +2,12 @@
 
 import pytest
 import torch
+from torch._C import parse_ir as parse
 from torch.testing import FileCheck
 
 import qgraph.pattern as pattern_module
 from qgraph.ir import insert_op
 from qgraph.pattern import Pattern, Rewrite, find_matches, match_at, rewrite, value_is, value_is_none
-
-
-def parse(text):
-    return torch._C.parse_ir(text)
 
 
 def anchor_lines(matches):

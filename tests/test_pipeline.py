@@ -108,7 +108,10 @@ def test_dump_writes_every_method_graph_after_each_stage(tmp_path):
         Pipeline("demo", stages).run(module)
 
     assert sorted(os.listdir(tmp_path)) == ["00-demo-noop.txt", "01-demo-inline.txt"]
-    assert [r.dump_path for r in report.stages] == [str(tmp_path / "00-demo-noop.txt"), str(tmp_path / "01-demo-inline.txt")]
+    assert [r.dump_path for r in report.stages] == [
+        str(tmp_path / "00-demo-noop.txt"),
+        str(tmp_path / "01-demo-inline.txt"),
+    ]
     before = (tmp_path / "00-demo-noop.txt").read_text()
     after = (tmp_path / "01-demo-inline.txt").read_text()
     FileCheck().check("pipeline 'demo', after stage 'noop'").check("=== <root> : forward ===").check(
@@ -181,7 +184,9 @@ def test_lint_names_the_stage_that_broke_the_ir():
         Stage("never-runs", ran.append),
     ]
     with inspect(lint=True):
-        with pytest.raises(PipelineError, match=r"pipeline 'p', stage 'breaks-ir' left invalid IR in <root> : forward") as info:
+        with pytest.raises(
+            PipelineError, match=r"pipeline 'p', stage 'breaks-ir' left invalid IR in <root> : forward"
+        ) as info:
             Pipeline("p", stages).run(scripted(ConvRelu))
     assert (info.value.pipeline, info.value.stage) == ("p", "breaks-ir")
     assert "INTERNAL ASSERT" not in str(info.value)

@@ -8,17 +8,16 @@ order) and, after the same calibration data, the same observer statistics.
 from __future__ import annotations
 
 import warnings
-from typing import List
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.ao.quantization import (
-    QConfig,
     HistogramObserver,
     MinMaxObserver,
     PerChannelMinMaxObserver,
+    QConfig,
     default_dynamic_qconfig,
     default_qconfig,
     float16_dynamic_qconfig,
@@ -143,7 +142,7 @@ class ListOfStages(nn.Module):
         super().__init__()
         self.stages = nn.ModuleList([Stage() for _ in range(3)])
 
-    def forward(self, x) -> List[torch.Tensor]:
+    def forward(self, x) -> list[torch.Tensor]:
         outputs = []
         for stage in self.stages:
             x = stage(x)

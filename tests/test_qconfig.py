@@ -1,4 +1,4 @@
-"""qgraph.qconfig: scripting QConfigs and resolving qconfig_dict to module paths."""
+"""qgraph.quant.qconfig: scripting QConfigs and resolving qconfig_dict to module paths."""
 
 import warnings
 
@@ -10,10 +10,12 @@ from torch.ao.quantization import (
     QConfig,
     default_dynamic_qconfig,
     default_qconfig,
+)
+from torch.ao.quantization import (
     script_qconfig as reference_script_qconfig,
 )
 
-from qgraph.qconfig import (
+from qgraph.quant.qconfig import (
     check_qconfig_dict,
     qconfig_paths_needing_own_type,
     resolve_qconfigs,

@@ -5,18 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from helpers.quantized_reference import capture, quantization_op_counts, reference_pair
 from torch.ao.quantization import default_qconfig
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
-from passes.fold_prepacking import fold_prepacking
-from passes.insert_prepack_unpack import PREPACK_UNPACK, insert_prepack_unpack
-from passes.quant_fusion import DYNAMIC_QUANT_FUSION, STATIC_QUANT_FUSION, quant_fusion
+from helpers.quantized_reference import capture, quantization_op_counts, reference_pair
+from passes import fold_prepacking, insert_prepack_unpack, quant_fusion
+from passes.lower.insert_prepack_unpack import PREPACK_UNPACK
+from passes.lower.quant_fusion import DYNAMIC_QUANT_FUSION, STATIC_QUANT_FUSION
 from qgraph.pattern import _replacement_graph, compile_pattern
 
 
-@pytest.mark.parametrize("table", [STATIC_QUANT_FUSION, DYNAMIC_QUANT_FUSION, PREPACK_UNPACK], ids=["static", "dynamic", "prepack"])
+@pytest.mark.parametrize(
+    "table", [STATIC_QUANT_FUSION, DYNAMIC_QUANT_FUSION, PREPACK_UNPACK], ids=["static", "dynamic", "prepack"]
+)
 def test_tables_parse_and_replacements_take_the_pattern_inputs(table):
     names = [entry.name for entry in table]
     assert len(names) == len(set(names))
@@ -53,9 +55,9 @@ ADD_SCALAR_RELU = """graph(%a_quant : Tensor):
 def test_add_scalar_then_relu_fuses_in_two_steps():
     graph = torch._C.parse_ir(ADD_SCALAR_RELU)
     assert quant_fusion(graph, QuantType.STATIC) == 2
-    FileCheck().check("quantized::add_scalar_relu(%a_quant").check_not("aten::add").check_not(
-        "aten::relu"
-    ).check_not("aten::dequantize").run(str(graph))
+    FileCheck().check("quantized::add_scalar_relu(%a_quant").check_not("aten::add").check_not("aten::relu").check_not(
+        "aten::dequantize"
+    ).run(str(graph))
 
 
 @pytest.mark.parametrize("alpha", ["1.", "2"])

@@ -38,16 +38,10 @@ oracle (``tests/test_quantize_rnn.py`` covers the RNN variants in depth).
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers.numerics import assert_bitwise_equal
-from helpers.observers import graph_texts
-from helpers.quant_dequant_reference import qparam_attributes
-from helpers.quantized_reference import flat_outputs
 from torch.ao.quantization import (
     PlaceholderObserver,
     QConfig,
@@ -65,16 +59,16 @@ from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
-from passes.quantize_rnn import rnn_float_reasons
+from helpers.models import capture, reloaded
+from helpers.numerics import assert_bitwise_equal
+from helpers.observers import graph_texts
+from helpers.quant_dequant_reference import qparam_attributes
+from helpers.quantized_reference import flat_outputs
+from passes.rnn import rnn_float_reasons
 from qgraph.report import float_op_report
 
 CAPTURES = ("script", "trace")
 INT8_QCONFIGS = {"per_tensor": default_dynamic_qconfig, "per_channel": per_channel_dynamic_qconfig}
-
-
-def _capture(model: nn.Module, example: tuple, how: str) -> torch.jit.ScriptModule:
-    model = model.eval()
-    return torch.jit.script(model) if how == "script" else torch.jit.trace(model, example)
 
 
 def _both(captured: torch.jit.ScriptModule, qconfig_dict: dict, debug: bool = False):
@@ -82,13 +76,6 @@ def _both(captured: torch.jit.ScriptModule, qconfig_dict: dict, debug: bool = Fa
     ours = qgraph.quantize_dynamic_jit(captured, qconfig_dict, debug=debug)
     reference = reference_quantize_dynamic_jit(captured, qconfig_dict, debug=debug)
     return ours, reference
-
-
-def _reloaded(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
-    buffer.seek(0)
-    return torch.jit.load(buffer)
 
 
 def _assert_same(actual, expected, what: str = "outputs") -> None:
@@ -153,13 +140,13 @@ def test_module_and_functional_linear_become_linear_dynamic(qconfig_name, bias, 
     qconfig = INT8_QCONFIGS[qconfig_name]
     model = LinearAndFunctional(bias).eval()
     x = torch.randn(3, 8)
-    ours, reference = _both(_capture(model, (x,), how), {"": qconfig})
+    ours, reference = _both(capture(model, (x,), how), {"": qconfig})
     _assert_final_int8(ours.graph, dynamic_linears=2)
     _assert_same(ours(x), reference(x), "qgraph vs reference")
     # Eager leaves F.linear in float; its twin holds the same weight in an nn.Linear.
     eager = quantize_dynamic(TwoLinears(model).eval(), {nn.Linear: qconfig}, dtype=torch.qint8)
     _assert_same(ours(x), eager(x), "qgraph vs eager")
-    _assert_same(_reloaded(ours)(x), ours(x), "saved and loaded")
+    _assert_same(reloaded(ours)(x), ours(x), "saved and loaded")
 
 
 class Sub(nn.Module):
@@ -187,7 +174,7 @@ def test_qconfig_on_one_submodule_path_only(how):
     model = SubThenLinear().eval()
     x = torch.randn(3, 8)
     qconfig_dict = {"sub.fc": default_dynamic_qconfig}
-    ours, reference = _both(_capture(model, (x,), how), qconfig_dict)
+    ours, reference = _both(capture(model, (x,), how), qconfig_dict)
     _assert_final_int8(ours.graph, dynamic_linears=1, float_linears=1)
     _assert_same(ours(x), reference(x), "qgraph vs reference")
     eager = quantize_dynamic(model, qconfig_dict, dtype=torch.qint8)
@@ -234,7 +221,7 @@ def test_weight_shared_by_submodule_and_functional_call(how, path, dynamic_linea
     torch.manual_seed(0)
     model = SharedWeight().eval()
     x = torch.randn(3, 8)
-    ours, reference = _both(_capture(model, (x,), how), {path: default_dynamic_qconfig})
+    ours, reference = _both(capture(model, (x,), how), {path: default_dynamic_qconfig})
     _assert_final_int8(ours.graph, dynamic_linears=dynamic_linears, float_linears=2 - dynamic_linears)
     _assert_same(ours(x), reference(x), "qgraph vs reference")
     if path == "":
@@ -293,7 +280,7 @@ def test_linear_inside_a_forked_call(how):
     torch.manual_seed(0)
     model = Forked().eval()
     x = torch.randn(3, 8)
-    ours, reference = _both(_capture(model, (x,), how), {"": default_dynamic_qconfig})
+    ours, reference = _both(capture(model, (x,), how), {"": default_dynamic_qconfig})
     _assert_final_int8(ours.graph, dynamic_linears=2)
     _assert_same(ours(x), quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)(x), "qgraph vs eager")
     if how == "script":
@@ -304,7 +291,7 @@ def test_linear_inside_a_forked_call(how):
         FileCheck().check("aten::linear(").run(str(reference.graph))
     else:
         _assert_same(ours(x), reference(x), "qgraph vs reference")
-    _assert_same(_reloaded(ours)(x), ours(x), "saved and loaded")
+    _assert_same(reloaded(ours)(x), ours(x), "saved and loaded")
 
 
 class TwoLayers(nn.Module):
@@ -323,7 +310,7 @@ def test_debug_graph_computes_the_reference_numerics(qconfig_name, how):
     torch.manual_seed(0)
     qconfig = INT8_QCONFIGS[qconfig_name]
     x = torch.randn(3, 8)
-    captured = _capture(TwoLayers(), (x,), how)
+    captured = capture(TwoLayers(), (x,), how)
     ours, reference = _both(captured, {"": qconfig}, debug=True)
     weight_quantize = "aten::quantize_per_tensor(" if qconfig_name == "per_tensor" else "aten::quantize_per_channel("
     check = FileCheck()
@@ -345,7 +332,7 @@ def test_debug_weight_qparams_are_the_weight_observers(qconfig_name, how):
     qconfig = INT8_QCONFIGS[qconfig_name]
     model = TwoLayers().eval()
     x = torch.randn(3, 8)
-    ours, reference = _both(_capture(model, (x,), how), {"": qconfig}, debug=True)
+    ours, reference = _both(capture(model, (x,), how), {"": qconfig}, debug=True)
     attributes = qparam_attributes(ours)
     # Activation attributes of unnamed values carry the value's number, which
     # depends on how each pipeline numbered the graph; weights are named.
@@ -376,7 +363,7 @@ def test_debug_weight_qparams_are_the_weight_observers(qconfig_name, how):
 def test_fp16_debug_graph_saturates_the_weight_before_a_float_linear(how):
     torch.manual_seed(0)
     x = torch.randn(3, 8)
-    ours, reference = _both(_capture(TwoLayers(), (x,), how), {"": float16_dynamic_qconfig}, debug=True)
+    ours, reference = _both(capture(TwoLayers(), (x,), how), {"": float16_dynamic_qconfig}, debug=True)
     text = _inlined(ours.graph)
     FileCheck().check("aten::_saturate_weight_to_fp16(").check("aten::linear(").check(
         "aten::_saturate_weight_to_fp16("
@@ -392,7 +379,7 @@ def test_fp16_final_graph_runs_linear_dynamic_fp16(how):
     torch.manual_seed(0)
     model = TwoLayers().eval()
     x = torch.randn(3, 8)
-    ours, reference = _both(_capture(model, (x,), how), {"": float16_dynamic_qconfig})
+    ours, reference = _both(capture(model, (x,), how), {"": float16_dynamic_qconfig})
     text = str(ours.graph)
     FileCheck().check_count("quantized::linear_dynamic_fp16(", 2, exactly=True).run(text)
     FileCheck().check_not("aten::linear").check_not("aten::quantize_per").check_not("aten::dequantize").check_not(
@@ -400,7 +387,7 @@ def test_fp16_final_graph_runs_linear_dynamic_fp16(how):
     ).run(text)
     _assert_same(ours(x), reference(x), "qgraph vs reference")
     _assert_same(ours(x), quantize_dynamic(model, {nn.Linear}, dtype=torch.float16)(x), "qgraph vs eager")
-    _assert_same(_reloaded(ours)(x), ours(x), "saved and loaded")
+    _assert_same(reloaded(ours)(x), ours(x), "saved and loaded")
 
 
 class OneLinear(nn.Module):
@@ -420,7 +407,7 @@ def test_fp16_weight_outside_the_fp16_range_saturates_like_eager(how):
         model.fc.weight[0, 0] = 1e6
         model.fc.weight[1, 1] = -1e6
     x = torch.randn(2, 4)
-    ours, reference = _both(_capture(model, (x,), how), {"": float16_dynamic_qconfig})
+    ours, reference = _both(capture(model, (x,), how), {"": float16_dynamic_qconfig})
     eager = quantize_dynamic(model, {nn.Linear}, dtype=torch.float16)
     largest = torch.finfo(torch.float16).max
     assert eager.fc.weight()[0, 0].item() == largest and eager.fc.weight()[1, 1].item() == -largest
@@ -467,7 +454,7 @@ def test_embedding_bag_weight_only_is_prepacked_and_quantized(bits, how):
     torch.manual_seed(0)
     inputs = _bag_inputs()
     model = Bag().eval()
-    captured = _capture(model, inputs, how)
+    captured = capture(model, inputs, how)
     qconfig_dict = {"bag": _embedding_bag_qconfig(EMBEDDING_BAG_OPS[bits])}
     prepared = qgraph.prepare_jit(captured, qconfig_dict)
     prepared(*inputs)
@@ -483,7 +470,7 @@ def test_embedding_bag_weight_only_is_prepacked_and_quantized(bits, how):
     assert bag.inputsAt(0).node().kind() == "prim::Constant"
     assert bag.inputsAt(0).toIValue().dtype == torch.uint8
     _assert_same(ours(*inputs), reference(*inputs), "qgraph vs reference")
-    _assert_same(_reloaded(ours)(*inputs), ours(*inputs), "saved and loaded")
+    _assert_same(reloaded(ours)(*inputs), ours(*inputs), "saved and loaded")
     eager_qconfig, eager_dtype = EAGER_EMBEDDING_BAG[bits]
     eager = quantize_dynamic(model, {nn.EmbeddingBag: eager_qconfig}, dtype=eager_dtype)
     if bits == "4bit":
@@ -501,7 +488,7 @@ def test_dynamic_api_quantizes_embedding_bag_weight_only(bits):
     # give exactly what the reference's static API gives.
     torch.manual_seed(0)
     inputs = _bag_inputs()
-    captured = _capture(Bag(), inputs, "script")
+    captured = capture(Bag(), inputs, "script")
     qconfig_dict = {"bag": _embedding_bag_qconfig(EMBEDDING_BAG_OPS[bits])}
     ours = qgraph.quantize_dynamic_jit(captured, qconfig_dict)
     reference_prepared = reference_prepare_jit(captured, qconfig_dict)
@@ -526,7 +513,7 @@ def test_dynamic_api_leaves_bag_float_under_a_linear_qconfig(how):
     # Only a qconfig asking for an embedding_bag kernel quantizes the bag.
     torch.manual_seed(0)
     inputs = _bag_inputs()
-    captured = _capture(BagThenLinear(), inputs, how)
+    captured = capture(BagThenLinear(), inputs, how)
     ours, reference = _both(captured, {"": default_dynamic_qconfig})
     FileCheck().check("aten::embedding_bag(").check("quantized::linear_dynamic(").run(_inlined(ours.graph))
     _assert_same(ours(*inputs), reference(*inputs), "qgraph vs reference")
@@ -537,7 +524,7 @@ def test_dynamic_api_leaves_bag_float_under_a_linear_qconfig(how):
 def test_dynamic_api_quantizes_bag_and_linear_each_by_its_qconfig(bits, how):
     torch.manual_seed(0)
     inputs = _bag_inputs()
-    captured = _capture(BagThenLinear(), inputs, how)
+    captured = capture(BagThenLinear(), inputs, how)
     qconfig_dict = {"": default_dynamic_qconfig, "bag": _embedding_bag_qconfig(EMBEDDING_BAG_OPS[bits])}
     ours = qgraph.quantize_dynamic_jit(captured, qconfig_dict)
     graph = _inlined(ours.graph)
@@ -546,7 +533,7 @@ def test_dynamic_api_quantizes_bag_and_linear_each_by_its_qconfig(bits, how):
         graph
     )
     # The bag's output, from the reference's static API, feeds the reference's dynamic linear.
-    reference_bag = reference_prepare_jit(_capture(Bag(), inputs, how), {"bag": qconfig_dict["bag"]})
+    reference_bag = reference_prepare_jit(capture(Bag(), inputs, how), {"bag": qconfig_dict["bag"]})
     reference_bag.bag.weight = captured.bag.weight
     reference_bag = reference_convert_jit(reference_bag)
     head = reference_quantize_dynamic_jit(torch.jit.script(captured.head), {"": default_dynamic_qconfig})
@@ -558,7 +545,7 @@ def test_dynamic_api_quantizes_bag_and_linear_each_by_its_qconfig(bits, how):
 def test_embedding_bag_with_padding_idx_is_an_error(bits, how):
     torch.manual_seed(0)
     inputs = _bag_inputs()
-    captured = _capture(Bag(padding_idx=0), inputs, how)
+    captured = capture(Bag(padding_idx=0), inputs, how)
     prepared = qgraph.prepare_jit(captured, {"bag": _embedding_bag_qconfig(EMBEDDING_BAG_OPS[bits])})
     prepared(*inputs)
     with pytest.raises(RuntimeError, match="padding_idx"):
@@ -607,14 +594,14 @@ def test_rnn_model_matches_eager_quantize_dynamic(model_name, dtype_name, how):
         model, inputs, rnn_op = LSTMLanguageModel().eval(), _language_model_inputs(), "lstm"
     else:
         model, inputs, rnn_op = GRUTagger().eval(), (torch.randn(2, 5, 6),), "gru"
-    quantized = qgraph.quantize_dynamic_jit(_capture(model, inputs, how), {"": qconfig})
+    quantized = qgraph.quantize_dynamic_jit(capture(model, inputs, how), {"": qconfig})
     linear_op = "quantized::linear_dynamic(" if dtype == torch.qint8 else "quantized::linear_dynamic_fp16("
     text = str(quantized.graph)
     FileCheck().check_count(f"aten::quantized_{rnn_op}(", 1, exactly=True).check_not(f"aten::{rnn_op}(").run(text)
     FileCheck().check_count(linear_op, 1, exactly=True).check_not("aten::linear(").run(text)
     eager = quantize_dynamic(model, {nn.LSTM, nn.GRU, nn.Linear}, dtype=dtype)
     _assert_same(quantized(*inputs), eager(*inputs), "qgraph vs eager")
-    _assert_same(_reloaded(quantized)(*inputs), quantized(*inputs), "saved and loaded")
+    _assert_same(reloaded(quantized)(*inputs), quantized(*inputs), "saved and loaded")
 
 
 PROJECTION_REASON = "proj_size"
@@ -625,7 +612,7 @@ def test_lstm_with_projection_stays_float_with_a_reason(how):
     torch.manual_seed(0)
     model = LSTMLanguageModel(proj_size=6).eval()
     inputs = _language_model_inputs(proj_size=6)
-    captured = _capture(model, inputs, how)
+    captured = capture(model, inputs, how)
     qconfig_dict = {"": default_dynamic_qconfig}
     (foreseen,) = rnn_float_reasons(captured, qconfig_dict)
     prepared = qgraph.prepare_dynamic_jit(captured, qconfig_dict)
@@ -644,7 +631,7 @@ def test_lstm_with_projection_stays_float_with_a_reason(how):
 def test_report_says_why_a_projected_lstm_stays_float():
     torch.manual_seed(0)
     inputs = _language_model_inputs(proj_size=6)
-    captured = _capture(LSTMLanguageModel(proj_size=6), inputs, "script")
+    captured = capture(LSTMLanguageModel(proj_size=6), inputs, "script")
     qconfig_dict = {"": default_dynamic_qconfig}
     quantized = qgraph.quantize_dynamic_jit(captured, qconfig_dict)
     report = float_op_report(quantized, qconfig_dict, QuantType.DYNAMIC)
@@ -660,7 +647,7 @@ def test_prepare_then_convert_equals_quantize(how):
     torch.manual_seed(0)
     model = LSTMLanguageModel().eval()
     inputs = _language_model_inputs()
-    captured = _capture(model, inputs, how)
+    captured = capture(model, inputs, how)
     qconfig_dict = {"": default_dynamic_qconfig}
     two_steps = qgraph.convert_dynamic_jit(qgraph.prepare_dynamic_jit(captured, qconfig_dict))
     one_step = qgraph.quantize_dynamic_jit(captured, qconfig_dict)
@@ -675,7 +662,7 @@ def _state(module: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
 def test_inplace_false_leaves_the_input_model_unchanged(how):
     torch.manual_seed(0)
     inputs = _language_model_inputs()
-    captured = _capture(LSTMLanguageModel(), inputs, how)
+    captured = capture(LSTMLanguageModel(), inputs, how)
     qconfig_dict = {"": default_dynamic_qconfig}
     graphs, state, output = graph_texts(captured), _state(captured), captured(*inputs)
 

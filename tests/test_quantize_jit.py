@@ -27,8 +27,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn as nn
-from examples.models import MobileNetV2Like, ResNetLike, TransformerMLP, calibrate, calibration_batches, randomize_batchnorm
-from helpers.numerics import assert_bitwise_equal, sqnr
 from torch.ao.quantization import (
     HistogramObserver,
     QConfig,
@@ -41,6 +39,15 @@ from torch.ao.quantization import quantize_jit as reference_quantize_jit
 from torch.testing import FileCheck
 
 import qgraph
+from examples.models import (
+    MobileNetV2Like,
+    ResNetLike,
+    TransformerMLP,
+    calibrate,
+    calibration_batches,
+    randomize_batchnorm,
+)
+from helpers.numerics import assert_bitwise_equal, sqnr
 
 QCONFIGS = {"per_tensor": default_qconfig, "per_channel": default_per_channel_qconfig}
 CAPTURES = ("script", "trace")
@@ -125,9 +132,9 @@ def test_traced_and_scripted_resnet_fuse_residual_add_with_relu_like_reference(q
     result = quantized("resnet18_style", capture, "per_tensor")
     expected_add_relus = str(result.reference.graph).count("quantized::add_relu")
     assert expected_add_relus == 8  # one per BasicBlock, relu called through the block's shared module
-    FileCheck().check_count("quantized::add_relu", expected_add_relus, exactly=True).check_not(
-        "aten::relu"
-    ).run(str(result.ours.graph))
+    FileCheck().check_count("quantized::add_relu", expected_add_relus, exactly=True).check_not("aten::relu").run(
+        str(result.ours.graph)
+    )
 
 
 # ---- debug=True against debug=False -------------------------------------------------------
@@ -161,7 +168,9 @@ def test_debug_and_final_match_reference_where_quantized_pooling_rounds_differen
     debug = quantized("mobilenet_v2_style", "trace", "per_tensor", debug=True)
     x = final.example
     with torch.no_grad():
-        assert not torch.equal(final.reference(x), debug.reference(x)), "the reference's debug model now agrees: fold this case into the test above"
+        assert not torch.equal(final.reference(x), debug.reference(x)), (
+            "the reference's debug model now agrees: fold this case into the test above"
+        )
         assert_bitwise_equal(debug.ours(x), debug.reference(x), "debug outputs")
         assert_bitwise_equal(final.ours(x), final.reference(x), "final outputs")
 
@@ -201,7 +210,9 @@ def test_sqnr_against_float_above_30_db(qconfig_name):
     model = randomize_batchnorm(ConvNet()).eval()
     shape = (2, 3, 16, 16)
     scripted = torch.jit.script(model)
-    quantized_model = qgraph.quantize_jit(scripted, {"": SQNR_QCONFIGS[qconfig_name]}, calibrate, [calibration_batches(shape, 4)])
+    quantized_model = qgraph.quantize_jit(
+        scripted, {"": SQNR_QCONFIGS[qconfig_name]}, calibrate, [calibration_batches(shape, 4)]
+    )
     x = calibration_batches(shape, count=1, seed=1)[0]
     with torch.no_grad():
         assert sqnr(model(x), quantized_model(x)) > 30.0
@@ -282,21 +293,7 @@ def test_inplace_true_returns_the_same_object_quantized():
 # ---- qnnpack ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def qnnpack_engine():
-    if "qnnpack" not in torch.backends.quantized.supported_engines:
-        pytest.skip("this PyTorch build has no qnnpack engine")
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "qnnpack"
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
-
-
-@pytest.mark.parametrize(
-    "model_name, capture", [("mobilenet_v2_style", "script"), ("transformer_mlp", "trace")]
-)
+@pytest.mark.parametrize("model_name, capture", [("mobilenet_v2_style", "script"), ("transformer_mlp", "trace")])
 def test_qnnpack_output_equals_reference(qnnpack_engine, model_name, capture):
     build, shape = MODELS[model_name]
     torch.manual_seed(0)

@@ -24,17 +24,17 @@ from torch.ao.quantization import (
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.testing import FileCheck
 
-from passes.quantize_rnn import is_rnn_module, quantize_rnn, rnn_float_reasons
+from helpers.models import capture
+from passes.rnn import is_rnn_module, quantize_rnn, rnn_float_reasons
 from qgraph.ir import as_python, clone_module
-from qgraph.qconfig import script_qconfig
+from qgraph.quant.qconfig import script_qconfig
 
 QCONFIGS = {"int8": (torch.qint8, default_dynamic_qconfig), "fp16": (torch.float16, float16_dynamic_qconfig)}
 RNN_TYPES = {nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell}
 
 
 def _capture(model: nn.Module, example: tuple, how: str) -> torch.jit.ScriptModule:
-    model = model.eval()
-    captured = torch.jit.script(model) if how == "script" else torch.jit.trace(model, example, check_trace=False)
+    captured = capture(model, example, how)
     # A fresh clone: the pass rewrites class types in place, and a traced
     # module's methods already ran (the trace check) with their own plans.
     return as_python(clone_module(captured._c))
@@ -436,9 +436,7 @@ def test_unsupported_rnns_stay_float_with_a_reason(how):
     uint8_weights = QConfig(
         activation=default_dynamic_qconfig.activation, weight=MinMaxObserver.with_args(dtype=torch.quint8)
     )
-    quantized = quantize_rnn(
-        _capture(model, (x,), how), {"": default_dynamic_qconfig, "uint8_weights": uint8_weights}
-    )
+    quantized = quantize_rnn(_capture(model, (x,), how), {"": default_dynamic_qconfig, "uint8_weights": uint8_weights})
     _assert_equal(quantized(x), model(x))
     reasons = dict(rnn_float_reasons(quantized))
     assert set(reasons) == {"projected", "plain_rnn", "uint8_weights"}

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.testing import FileCheck
 
+from helpers.graph_text import normalized_graph_text
 from passes.replicate_dequantize import replicate_dequantize
 from qgraph.ir import clone_module
-from helpers.graph_text import normalized_graph_text
 
 
 def quantized(shape, scale=0.25, zero_point=3):

@@ -43,9 +43,9 @@ def test_quantize_moves_into_each_branch():
     text = str(model.graph)
     FileCheck().check("prim::If").check("block0").check("aten::relu").check_next(
         "aten::quantize_per_tensor"
-    ).check_next("->").check("block1").check("aten::mul").check_next("aten::quantize_per_tensor").check_next(
-        "->"
-    ).run(text)
+    ).check_next("->").check("block1").check("aten::mul").check_next("aten::quantize_per_tensor").check_next("->").run(
+        text
+    )
     FileCheck().check_count("aten::quantize_per_tensor", 2, exactly=True).run(text)
     if_node = model.graph.findNode("prim::If")
     assert [u.user.kind() for u in if_node.output().uses()] == ["aten::dequantize"]

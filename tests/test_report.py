@@ -7,14 +7,15 @@ import io
 import pytest
 import torch
 import torch.nn as nn
-from helpers.quantized_reference import capture, reference_pair
 from torch.ao.quantization import default_dynamic_qconfig, default_qconfig, get_default_qconfig
 from torch.ao.quantization.quant_type import QuantType
 from torch.testing import FileCheck
 
 import qgraph
-from passes.finalize import finalize
-from qgraph.qconfig import qconfig_for_path, qconfig_key_for_path
+from helpers.models import calibrate
+from helpers.quantized_reference import capture, reference_pair
+from passes import finalize
+from qgraph.quant.qconfig import qconfig_for_path, qconfig_key_for_path
 from qgraph.report import (
     NO_QCONFIG,
     NOT_QUANTIZED,
@@ -144,9 +145,7 @@ def test_dynamic_report_lists_only_dynamically_quantizable_ops():
         capture(DynamicWithFloat(), (torch.randn(2, 4),), False), qconfig_dict, quant_type=QuantType.DYNAMIC
     )
     report = float_op_report(finalize(qdq, QuantType.DYNAMIC), qconfig_dict, QuantType.DYNAMIC)
-    assert [(entry.kind, entry.module_path, entry.reason) for entry in report] == [
-        ("aten::linear", "off", NO_QCONFIG)
-    ]
+    assert [(entry.kind, entry.module_path, entry.reason) for entry in report] == [("aten::linear", "off", NO_QCONFIG)]
 
 
 class ConvThenLinear(nn.Module):
@@ -218,10 +217,6 @@ def _round_trip(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     return torch.jit.load(buffer)
 
 
-def _calibrate(model, inputs):
-    model(*inputs)
-
-
 def _rows(report) -> list[tuple]:
     return [(entry.module_path, entry.kind, entry.reason, entry.detail) for entry in report]
 
@@ -245,7 +240,7 @@ def _quantize_static(model, example, tracing, qconfig_dict=None):
     torch.manual_seed(0)
     captured = capture(model, example, tracing)
     qconfig_dict = qconfig_dict or {"": get_default_qconfig("fbgemm")}
-    return qgraph.quantize_jit(captured, qconfig_dict, _calibrate, [example])
+    return qgraph.quantize_jit(captured, qconfig_dict, calibrate, [[example]])
 
 
 @pytest.mark.parametrize("tracing", [False, True], ids=["script", "trace"])
@@ -303,9 +298,7 @@ def test_records_find_their_own_nodes_also_after_load(tracing):
         # The switched-off group_norm shares the quantized one's source line; only it is float.
         (off,) = [e for e in report if e.kind == "aten::group_norm"]
         assert off.reason in (NO_QCONFIG, UNOBSERVED_INPUT)
-    assert [e.reason for e in float_op_report(quantized, qconfig_dict) if e.kind == "aten::group_norm"] == [
-        NO_QCONFIG
-    ]
+    assert [e.reason for e in float_op_report(quantized, qconfig_dict) if e.kind == "aten::group_norm"] == [NO_QCONFIG]
 
 
 class OneByOneGroupedConv(nn.Module):
@@ -452,6 +445,6 @@ class ConvLoop(nn.Module):
 def test_loop_carried_quantized_values_are_not_reported():
     torch.manual_seed(0)
     example = (torch.randn(1, 3, 5, 5), 2)
-    quantized = qgraph.quantize_jit(torch.jit.script(ConvLoop().eval()), {"": default_qconfig}, _calibrate, [example])
+    quantized = qgraph.quantize_jit(torch.jit.script(ConvLoop().eval()), {"": default_qconfig}, calibrate, [[example]])
     FileCheck().check("prim::Loop").check("quantized::conv2d_relu").run(str(quantized.graph))
     assert len(float_op_report(quantized)) == 0

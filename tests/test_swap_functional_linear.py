@@ -3,12 +3,9 @@ import torch
 from torch.testing import FileCheck
 
 from helpers.graph_structure import dataflow_signature
-from passes.swap_functional_linear import swap_functional_linear
+from helpers.models import run_graph
+from passes import swap_functional_linear
 from qgraph.ir import as_python, clone_module
-
-
-def run_graph(graph, *args):
-    return torch._C._create_function_from_graph("forward", graph)(*args)
 
 
 def swapped_and_reference(module):
@@ -38,9 +35,9 @@ def test_call_of_function_named_linear_becomes_aten_linear():
     count, graph, reference = swapped_and_reference(model)
 
     assert count == 1
-    FileCheck().check("aten::dequantize").check("aten::linear").check(
-        "aten::quantize_per_tensor"
-    ).check_not("prim::CallFunction").run(str(graph))
+    FileCheck().check("aten::dequantize").check("aten::linear").check("aten::quantize_per_tensor").check_not(
+        "prim::CallFunction"
+    ).run(str(graph))
     assert dataflow_signature(graph) == dataflow_signature(reference)
     x_q = torch.quantize_per_tensor(torch.rand(6, 5), 0.5, 1, torch.quint8)
     weight_q = torch.quantize_per_tensor(torch.rand(3, 5), 0.5, 1, torch.qint8)
@@ -122,9 +119,7 @@ def test_calls_inside_if_branches_are_swapped_in_place():
     assert "aten::linear" in [n.kind() for n in reference.nodes()]
     x, weight, bias = torch.randn(2, 4), torch.randn(4, 4), torch.randn(4)
     for enabled in (True, False):
-        assert torch.equal(
-            run_graph(graph, model._c, x, weight, bias, enabled), model(x, weight, bias, enabled)
-        )
+        assert torch.equal(run_graph(graph, model._c, x, weight, bias, enabled), model(x, weight, bias, enabled))
 
 
 class FunctionalLinearModel(torch.nn.Module):

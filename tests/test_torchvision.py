@@ -22,13 +22,13 @@ import functools
 
 import pytest
 import torch
-from helpers.numerics import assert_bitwise_equal, sqnr
-from helpers.torchvision_models import architectures, logits, reestimate_batchnorm, torchvision_installed
 from torch.ao.quantization import MinMaxObserver, QConfig, default_per_channel_weight_observer
 from torch.ao.quantization import convert_jit as reference_convert_jit
 from torch.ao.quantization import prepare_jit as reference_prepare_jit
 
 import qgraph
+from helpers.numerics import assert_bitwise_equal, sqnr
+from helpers.torchvision_models import architectures, logits, reestimate_batchnorm, torchvision_installed
 
 pytestmark = [
     pytest.mark.skipif(not torchvision_installed(), reason="torchvision is not installed (make test installs it)"),
@@ -48,9 +48,26 @@ QCONFIG_DICT = {
     "": QConfig(activation=MinMaxObserver.with_args(reduce_range=True), weight=default_per_channel_weight_observer)
 }
 NAMES = [
-    "alexnet", "vgg", "resnet", "resnext", "densenet", "squeezenet", "googlenet", "inception_v3", "mobilenet_v2",
-    "mobilenet_v3", "quantizable_mobilenet_v3", "mnasnet", "shufflenet_v2", "efficientnet_b0", "efficientnet_v2",
-    "regnet", "convnext", "vit", "swin", "maxvit",
+    "alexnet",
+    "vgg",
+    "resnet",
+    "resnext",
+    "densenet",
+    "squeezenet",
+    "googlenet",
+    "inception_v3",
+    "mobilenet_v2",
+    "mobilenet_v3",
+    "quantizable_mobilenet_v3",
+    "mnasnet",
+    "shufflenet_v2",
+    "efficientnet_b0",
+    "efficientnet_v2",
+    "regnet",
+    "convnext",
+    "vit",
+    "swin",
+    "maxvit",
 ]
 CAPTURES = ("script", "trace")
 
@@ -67,8 +84,7 @@ REFERENCE_FAILS = {
     ("efficientnet_v2", "script"): "'branches for `if` should return values that are observed consistently' "
     "(stochastic depth)",
     ("swin", "script"): "'branches for `if` should return values that are observed consistently' (stochastic depth)",
-    ("maxvit", "script"): "'branches for `if` should return values that are observed consistently' "
-    "(stochastic depth)",
+    ("maxvit", "script"): "'branches for `if` should return values that are observed consistently' (stochastic depth)",
     ("vit", "script"): "prepare_jit crashes the process (SIGSEGV)",
 }
 SQNR_ENOUGH = 20.0

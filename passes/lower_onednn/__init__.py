@@ -23,29 +23,32 @@ post-ops, literal scales and zero points, weights packed on the first call::
     %out = onednn::qconv2d_pointwise(%x_u8, 0.0316, 0, %packed, %w_scales, %w_zeros, %bias, [1, 1], [1, 1],
                                       [1, 1], 1, 1., 0, 6, "relu", [], "")
 
-The stages, in order (``lower_onednn_pipeline`` lists them for the
-pipeline runner, so each can be dumped and inspected):
+The stages, in order (``onednn_stages`` lists them; convert's pipeline
+splices them in, so ``qgraph.pipeline.inspect`` and ``qgraph opt --lowering
+onednn --pass NAME`` show each):
 
-1. ``check-onednn``: the ops exist and the CPU multiplies u8 by s8 exactly
+1. ``onednn-check``: the ops exist and the CPU multiplies u8 by s8 exactly
    (``support``); otherwise an error names what is missing;
-2. ``freeze``: the module is frozen: attributes become constants, weights
-   quantized constants, branches on attributes are gone;
-3. ``normalize``: static qparams for every quantized value, one dequantize
-   per use, only integer-exact ops reading quantized tensors (``normalize``);
-4. ``absorb-epilogues``: activations and residual adds move into the conv
-   or linear before them (``epilogues``);
-5. ``integer-ops``: pooling, relu, channel shuffle, clamps, averages, cat
-   and squeeze-excitation products on integers (``integer_ops``,
-   ``integer_islands``);
-6. ``conv-linear``: conv2d and linear islands become oneDNN ops with
+2. ``onednn-freeze``: the module is frozen: attributes become constants,
+   weights quantized constants, branches on attributes are gone;
+3. ``onednn-normalize``: static qparams for every quantized value, one
+   dequantize per use, only integer-exact ops reading quantized tensors
+   (``normalize``);
+4. ``onednn-absorb-epilogues``: activations and residual adds move into the
+   conv or linear before them (``epilogues``);
+5. ``onednn-integer-ops``: pooling, relu, channel shuffle, clamps, averages,
+   cat and squeeze-excitation products on integers (``integer_ops``,
+   ``integer_islands``, ``squeeze_excitation``);
+6. ``onednn-conv-linear``: conv2d and linear islands become oneDNN ops with
    post-ops (``conv``, ``linear``);
-7. ``boundaries``: float outputs, float ops recorded for the report, the
-   last quantize/dequantize ops become arithmetic (``boundaries``);
-8. ``cleanup``: dead code, constant pooling, and a check that no quantized
-   dtype is left.
+7. ``onednn-boundaries``: float outputs, float ops recorded for the report,
+   the last quantize/dequantize ops become arithmetic (``boundaries``);
+8. ``onednn-cleanup``: dead code, constant pooling, and a check that no
+   quantized dtype is left.
 
-``finish_module`` (``module_state``) gives the result its state methods
-for ``torch.jit.save``; convert runs it last, once the float-op records are
+``finish_module`` (``module_state``, convert's stage
+``onednn-module-state``) gives the result its state methods for
+``torch.jit.save``; convert runs it last, once the float-op records are
 stored on the module.
 """
 
@@ -63,7 +66,7 @@ from passes.lower_onednn.epilogues import absorb_epilogues
 from passes.lower_onednn.integer_islands import integer_island_rewrites
 from passes.lower_onednn.integer_ops import integer_op_rewrites
 from passes.lower_onednn.linear import linear_rewrites
-from passes.lower_onednn.module_state import LOWERING_ATTRIBUTE, finish_module, lowering_of
+from passes.lower_onednn.module_state import finish_module
 from passes.lower_onednn.normalize import metadata_reads_integers, normalize, one_dequantize_per_use
 from passes.lower_onednn.qparams import analyse
 from passes.lower_onednn.support import OnednnUnavailableError, check_onednn
@@ -73,10 +76,8 @@ from qgraph.pipeline import Pipeline, Stage
 
 __all__ = [
     "lower_onednn",
-    "lower_onednn_pipeline",
+    "onednn_stages",
     "finish_module",
-    "lowering_of",
-    "LOWERING_ATTRIBUTE",
     "OnednnUnavailableError",
     "check_onednn",
 ]
@@ -84,8 +85,8 @@ __all__ = [
 _QUANTIZED_DTYPES = (torch.quint8, torch.qint8, torch.qint32)
 
 
-def lower_onednn_pipeline(preserved_attrs: Sequence[str] = ()) -> Pipeline:
-    """The stages of the oneDNN lowering, as a ``qgraph.pipeline.Pipeline`` (see the module docstring)."""
+def onednn_stages(preserved_attrs: Sequence[str] = ()) -> list[Stage]:
+    """The stages of the oneDNN lowering, in order (see the module docstring); they share one ``Lowering``."""
     state: dict[str, Lowering] = {}
 
     def freeze(module: CppModule) -> CppModule:
@@ -127,19 +128,16 @@ def lower_onednn_pipeline(preserved_attrs: Sequence[str] = ()) -> Pipeline:
         torch._C._jit_pass_constant_pooling(graph)
         _check_no_quantized_dtype(graph)
 
-    return Pipeline(
-        "lower-onednn",
-        [
-            Stage("check-onednn", lambda module: check_onednn()),
-            Stage("freeze", freeze),
-            Stage("normalize", normalize_stage),
-            Stage("absorb-epilogues", absorb),
-            Stage("integer-ops", integer),
-            Stage("conv-linear", conv_linear),
-            Stage("boundaries", boundaries),
-            Stage("cleanup", cleanup),
-        ],
-    )
+    return [
+        Stage("onednn-check", lambda module: check_onednn()),
+        Stage("onednn-freeze", freeze),
+        Stage("onednn-normalize", normalize_stage),
+        Stage("onednn-absorb-epilogues", absorb),
+        Stage("onednn-integer-ops", integer),
+        Stage("onednn-conv-linear", conv_linear),
+        Stage("onednn-boundaries", boundaries),
+        Stage("onednn-cleanup", cleanup),
+    ]
 
 
 def _check_no_quantized_dtype(graph) -> None:
@@ -163,7 +161,7 @@ def lower_onednn(module: Any, preserved_attrs: Sequence[str] | None = None) -> A
     if not module_c._has_method("forward"):
         name = module_c._type().qualified_name()
         raise ValueError(f"lower_onednn needs a module with a forward method; {name} has none")
-    pipeline = lower_onednn_pipeline(() if preserved_attrs is None else preserved_attrs)
-    lowered = pipeline.run(module_c)
+    stages = onednn_stages(() if preserved_attrs is None else preserved_attrs)
+    lowered = Pipeline("lower-onednn", stages).run(module_c)
     finish_module(lowered)
     return like(lowered, module)

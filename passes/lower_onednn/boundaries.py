@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 
-from passes.legalize_quantized import UNOBSERVED_INPUT, UNSUPPORTED_OP, tag_float_op
 from passes.lower_onednn.context import Lowering
 from passes.lower_onednn.conv import conv_is_lowerable
 from passes.lower_onednn.emit import Emitter
@@ -33,6 +32,7 @@ from passes.lower_onednn.qparams import SHAPE_OPS
 from qgraph.ir import NodeIndex, walk
 from qgraph.ir.graph import Node, Value
 from qgraph.pattern import Match, compile_pattern, match_at
+from qgraph.quant.float_ops import UNOBSERVED_INPUT, UNSUPPORTED_OP, tag_float_op
 
 __all__ = ["lower_boundaries", "float_reason"]
 

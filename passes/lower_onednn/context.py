@@ -17,8 +17,9 @@ from passes.lower_onednn.postops import PostOp
 from passes.lower_onednn.qparams import QParams, QuantizedValues
 from qgraph.ir import CppModule, method_graph
 from qgraph.ir.graph import Graph, Node, Value
+from qgraph.pattern import Match
 
-__all__ = ["Lowering", "PACKED_PREFIX"]
+__all__ = ["Lowering", "PACKED_PREFIX", "output_params", "island_filter"]
 
 PACKED_PREFIX = "_onednn_packed_"
 
@@ -55,3 +56,22 @@ class Lowering:
         self.module._register_attribute(name, OPTIONAL_TENSOR, None)
         self.packed_names.append(name)
         return name
+
+
+def output_params(match: Match) -> QParams | None:
+    """The literal parameters of the island's output quantize, or None when they are not constants."""
+    scale, zero_point, dtype = (match.constant(n, None) for n in ("scale", "zero_point", "dtype"))
+    if not isinstance(scale, float) or not isinstance(zero_point, int) or dtype not in (12, 13):
+        return None
+    return QParams(scale, zero_point, dtype)
+
+
+def island_filter(lowering: Lowering, extra=None):
+    """A filter: the input has known parameters, the output literal ones, and ``extra`` (if given) agrees."""
+
+    def check(match: Match) -> bool:
+        if lowering.params(match["x_q"]) is None or output_params(match) is None:
+            return False
+        return extra is None or extra(match)
+
+    return check

@@ -18,8 +18,8 @@ call there::
         self._onednn_packed_0 = None
         ...
 
-It also marks the module with the string attribute ``_qgraph_lowering``
-(``"onednn"``), which the float-op report reads.
+It also marks the module as made by the ``"onednn"`` lowering
+(``qgraph.quant.lowering``), which the float-op report reads.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ import torch
 
 from passes.lower_onednn.context import PACKED_PREFIX
 from qgraph.ir import CppModule
+from qgraph.quant.lowering import mark_lowering
 
-__all__ = ["LOWERING_ATTRIBUTE", "finish_module", "lowering_of"]
-
-LOWERING_ATTRIBUTE = "_qgraph_lowering"
+__all__ = ["finish_module"]
 
 
 def _attribute_types(module: CppModule) -> list[tuple[str, str]]:
@@ -52,9 +51,9 @@ def _state_methods(kept: list[tuple[str, str]], packed: list[str]) -> str:
     )
 
 
-def finish_module(module: CppModule, lowering: str = "onednn") -> None:
+def finish_module(module: CppModule) -> None:
     """Mark ``module`` as lowered and give it state methods that leave packed weights out; in place."""
-    module._register_attribute(LOWERING_ATTRIBUTE, torch._C.StringType.get(), lowering)
+    mark_lowering(module, "onednn")
     attributes = _attribute_types(module)
     kept = [(name, type_) for name, type_ in attributes if not name.startswith(PACKED_PREFIX)]
     packed = [name for name, _ in attributes if name.startswith(PACKED_PREFIX)]
@@ -65,9 +64,3 @@ def finish_module(module: CppModule, lowering: str = "onednn") -> None:
         source,
         lambda name: torch if name == "torch" else getattr(typing, name, None),
     )
-
-
-def lowering_of(module) -> str:
-    """The lowering a converted module was made with: ``"onednn"``, or ``"reference"`` when unmarked."""
-    module_c = module._c if hasattr(module, "_c") else module
-    return module_c.getattr(LOWERING_ATTRIBUTE) if module_c.hasattr(LOWERING_ATTRIBUTE) else "reference"

@@ -43,13 +43,11 @@ def call_graph(root: CppModule, method: str = "forward") -> nx.DiGraph:
             continue
         visited.add(path)
         graph.nodes[key]["instances"].append(path)
-        calls = calls_by_key.get(key)
-        first_visit = calls is None
+        first_visit = key not in calls_by_key
         if first_visit:
             # A call on a value that is not a submodule of self has no receiver path.
-            calls = [c for c in method_calls(graph.nodes[key]["graph"]) if c[1] is not None]
-            calls_by_key[key] = calls
-        for call, receiver, callee_name in calls:
+            calls_by_key[key] = [c for c in method_calls(graph.nodes[key]["graph"]) if c[1] is not None]
+        for call, receiver, callee_name in calls_by_key[key]:
             callee = resolve_path(module, receiver)
             if not isinstance(callee, CppModule):
                 continue

@@ -11,6 +11,7 @@ of their own, so a rewrite can apply to them and not to their siblings.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 
@@ -19,12 +20,15 @@ from qgraph.ir.module import CppModule, children_of, getattr_path, method_graph,
 
 __all__ = ["clone_module", "drop_attributes", "unshare_types"]
 
+# Private bindings that torch._C's stubs leave out or type narrower than they are.
+_BINDINGS: Any = torch._C
+
 
 def _clone(module: CppModule, ignored_attributes: list[str], readded: bool = False) -> CppModule:
     # The one binding of C++ Module::clone(inplace=false), which remaps every
     # class type in the tree to a fresh one while keeping sharing intact.
     if not ignored_attributes or not readded:
-        return torch._C._hack_do_not_use_clone_module_with_class(module, [], ignored_attributes)
+        return _BINDINGS._hack_do_not_use_clone_module_with_class(module, [], ignored_attributes)
     # Module::clone refuses to drop an attribute that a method reads, and it
     # recognises such reads by the receiver being named "self". Children
     # dropped here are registered again right after, so the reads stay valid:
@@ -36,7 +40,7 @@ def _clone(module: CppModule, ignored_attributes: list[str], readded: bool = Fal
             receiver.setDebugName("self_module")
             renamed.append(receiver)
     try:
-        clone = torch._C._hack_do_not_use_clone_module_with_class(module, [], ignored_attributes)
+        clone = _BINDINGS._hack_do_not_use_clone_module_with_class(module, [], ignored_attributes)
     finally:
         for receiver in renamed:
             receiver.setDebugName("self")
@@ -67,7 +71,7 @@ def _share_values(original: CppModule, copy: CppModule, skip: Iterable[str] = ()
     """Point ``copy``'s attributes (not its submodules, not ``skip``) at ``original``'s values."""
     skipped = set(skip) | {name for name, _ in children_of(original)}
     # The debug iterators list the module's own attributes, submodules included.
-    for name, value in torch._C._jit_debug_module_iterators(original)["named_attributes"]:
+    for name, value in _BINDINGS._jit_debug_module_iterators(original)["named_attributes"]:
         if name not in skipped:
             copy.setattr(name, value)
 
@@ -116,7 +120,7 @@ def _rebuild(module: CppModule, changes: dict, whole: bool) -> CppModule:
 
 def _declared_child_types(module: CppModule) -> dict:
     """The static type each method graph gives ``self.<child>`` (interfaces stay interfaces)."""
-    found = {}
+    found: dict[str, Any] = {}
     for method in module._method_names():
         graph = method_graph(module, method)
         self_value = graph.inputs().__next__()
@@ -159,7 +163,7 @@ def drop_attributes(root: CppModule, names_by_type: dict[str, set[str]]) -> CppM
     """
     new_types: dict[str, object] = {}
     rebuilt = _drop(root, names_by_type, new_types, {})
-        # Method graphs belong to class types: retype each type's graphs once.
+    # Method graphs belong to class types: retype each type's graphs once.
     retyped: set[str] = set()
     for _, module in named_modules(rebuilt):
         type_name = module._type().qualified_name()
@@ -196,12 +200,12 @@ def _drop(
             fresh._register_attribute(name, type_, child)
         new_types[old_name] = fresh._type()
         return fresh
-    fresh = torch._C._create_module_with_type(new_type)
+    fresh = _BINDINGS._create_module_with_type(new_type)
     new_children = dict(children)
     names = attribute_names.get(old_name)
     if names is None:
         # The debug iterators list the whole subtree; read the names once per type.
-        names = [name for name, _ in torch._C._jit_debug_module_iterators(module)["named_attributes"]]
+        names = [name for name, _ in _BINDINGS._jit_debug_module_iterators(module)["named_attributes"]]
         attribute_names[old_name] = names
     for name in names:
         if name in dropped:
@@ -210,13 +214,13 @@ def _drop(
     return fresh
 
 
-def _retype_graph(graph, new_types: dict) -> None:
+def _retype_graph(graph: torch._C.Graph, new_types: dict) -> None:
     """Point every value typed with a replaced class type at its replacement."""
 
-    def retype(value):
+    def retype(value: torch._C.Value) -> None:
         ty = value.type()
         if ty.kind() == "ClassType":
-            new = new_types.get(ty.qualified_name())
+            new = new_types.get(cast(Any, ty).qualified_name())
             if new is not None and new is not ty:
                 value.setType(new)
 

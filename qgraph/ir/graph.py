@@ -1,4 +1,4 @@
-"""Walking and editing TorchScript graphs (``torch._C.Graph`` / ``Block``).
+"""Walking and reading TorchScript graphs (``torch._C.Graph`` / ``Block``); ``qgraph.ir.edit`` changes them.
 
 Everything here is about IR structure only; nothing knows about quantization.
 Node wrappers handed out by ``torch._C`` are stable for the life of the node
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import torch
 
@@ -24,24 +24,18 @@ TENSOR = torch._C.TensorType.get()
 
 __all__ = [
     "walk",
-    "blocks_of",
     "nested_blocks",
+    "ivalue",
+    "source_text",
+    "tensor_sizes",
     "inputs_of",
     "outputs_of",
     "NodeIndex",
     "uses_of",
-    "users_of",
-    "producer",
     "is_alive",
     "is_constant",
-    "constant_value",
-    "insert_op",
-    "insert_constant",
-    "replace_uses",
-    "hoist_before",
-    "erase_nodes",
-    "erase_dead",
     "nodes_before",
+    "stack_order",
     "module_path_of",
     "source_location",
 ]
@@ -53,13 +47,38 @@ __all__ = [
 # walk, so nodes that cannot have blocks are not asked for them.
 _BLOCKLESS_PRIM_KINDS = frozenset(
     {
-        "prim::Constant", "prim::GetAttr", "prim::SetAttr", "prim::CallMethod", "prim::CallFunction",
-        "prim::ListConstruct", "prim::ListUnpack", "prim::TupleConstruct", "prim::TupleUnpack",
-        "prim::TupleIndex", "prim::TupleSlice", "prim::DictConstruct", "prim::dtype", "prim::device",
-        "prim::layout", "prim::NumToTensor", "prim::RaiseException", "prim::unchecked_cast",
-        "prim::Uninitialized", "prim::isinstance", "prim::Print", "prim::max", "prim::min",
-        "prim::data", "prim::is_cuda", "prim::fork", "prim::Enter", "prim::Exit",
-        "prim::CreateObject", "prim::ListIndex", "prim::requires_grad", "prim::shape",
+        "prim::Constant",
+        "prim::GetAttr",
+        "prim::SetAttr",
+        "prim::CallMethod",
+        "prim::CallFunction",
+        "prim::ListConstruct",
+        "prim::ListUnpack",
+        "prim::TupleConstruct",
+        "prim::TupleUnpack",
+        "prim::TupleIndex",
+        "prim::TupleSlice",
+        "prim::DictConstruct",
+        "prim::dtype",
+        "prim::device",
+        "prim::layout",
+        "prim::NumToTensor",
+        "prim::RaiseException",
+        "prim::unchecked_cast",
+        "prim::Uninitialized",
+        "prim::isinstance",
+        "prim::Print",
+        "prim::max",
+        "prim::min",
+        "prim::data",
+        "prim::is_cuda",
+        "prim::fork",
+        "prim::Enter",
+        "prim::Exit",
+        "prim::CreateObject",
+        "prim::ListIndex",
+        "prim::requires_grad",
+        "prim::shape",
     }
 )
 _MAY_HAVE_BLOCKS: dict[str, bool] = {}
@@ -74,6 +93,24 @@ def _may_have_blocks(kind: str) -> bool:
         known = namespace in ("prim", "onnx") and kind not in _BLOCKLESS_PRIM_KINDS
         _MAY_HAVE_BLOCKS[kind] = known
     return known
+
+
+# torch._C's stubs miss or mistype a few bindings; these read them as they are.
+
+
+def ivalue(value: Value) -> Any:
+    """The Python value of a constant (``Value.toIValue``)."""
+    return cast(Any, value).toIValue()
+
+
+def source_text(node: Node) -> str:
+    """The source range a node carries, as text ("" when it has none)."""
+    return str(node.sourceRange() or "")
+
+
+def tensor_sizes(type_: Any) -> list[int | None] | None:
+    """The sizes a tensor type records (None where unknown), or None for a type without them."""
+    return cast(Any, type_).varyingSizes() if type_.kind() == "TensorType" else None
 
 
 def nested_blocks(node: Node) -> list[Block]:
@@ -122,12 +159,22 @@ def walk(graph_or_block: Graph | Block, *, into_blocks: bool = True) -> Iterator
                 yield from walk(block)
 
 
-def blocks_of(graph_or_block: Graph | Block) -> Iterator[Block]:
-    """The graph's top block (or the block itself), then every nested block."""
-    top = graph_or_block.block() if isinstance(graph_or_block, Graph) else graph_or_block
-    yield top
-    for node in walk(top):
-        yield from nested_blocks(node)
+def stack_order(graph_or_block: Graph | Block, kinds: Iterable[str] | None = None) -> list[Node]:
+    """Nodes in the order PyTorch's quantization passes visit them (of ``kinds``, if given).
+
+    A block's own nodes first, then the blocks nested in them, the last
+    pushed first (a stack), which decides the order names are handed out.
+    """
+    wanted = None if kinds is None else frozenset(kinds)
+    order: list[Node] = []
+    stack = [graph_or_block.block() if isinstance(graph_or_block, Graph) else graph_or_block]
+    while stack:
+        block = stack.pop()
+        for node in block.nodes():
+            if wanted is None or node.kind() in wanted:
+                order.append(node)
+            stack.extend(nested_blocks(node))
+    return order
 
 
 class NodeIndex:
@@ -175,19 +222,6 @@ def uses_of(value: Value) -> list[tuple[Node, int]]:
     return [(use.user, use.offset) for use in value.uses()]
 
 
-def users_of(value: Value) -> list[Node]:
-    """The distinct nodes that read ``value``, in use order."""
-    seen: dict[Node, None] = {}
-    for use in value.uses():
-        seen.setdefault(use.user, None)
-    return list(seen)
-
-
-def producer(value: Value) -> Node:
-    """The node that defines ``value`` (``prim::Param`` for block inputs)."""
-    return value.node()
-
-
 def is_constant(value: Value, expected: Any = ...) -> bool:
     """Whether ``value`` is a ``prim::Constant`` (equal to ``expected`` if given)."""
     node = value.node()
@@ -195,146 +229,10 @@ def is_constant(value: Value, expected: Any = ...) -> bool:
         return False
     if expected is ...:
         return True
-    actual = value.toIValue()
+    actual = ivalue(value)
     if type(expected) is bool or type(actual) is bool:
         return type(expected) is type(actual) and actual == expected
     return actual == expected
-
-
-def constant_value(value: Value) -> Any:
-    """The Python value of a constant; raises ValueError for a non-constant."""
-    if value.node().kind() != "prim::Constant":
-        raise ValueError(f"%{value.debugName()} is not a constant")
-    return value.toIValue()
-
-
-def insert_op(
-    graph: Graph,
-    kind: str,
-    inputs: Sequence[Value | Any],
-    *,
-    before: Node | None = None,
-    after: Node | None = None,
-    n_outputs: int = 1,
-    output_types: Sequence[Any] | None = None,
-    source: Node | None = None,
-) -> Node:
-    """Create a node ``kind(*inputs)`` and place it before ``before`` or after ``after``.
-
-    Non-``Value`` inputs become constants. The interpreter binds the operator
-    overload from the input types when the graph runs, so no overload is
-    chosen here. Outputs are ``Tensor`` unless ``output_types`` says otherwise.
-    ``source`` copies source range and scope from another node. Without
-    ``before``/``after`` the node goes at the graph's insert point.
-    """
-    if before is not None and after is not None:
-        raise ValueError("give one of before= and after=")
-    # Constants go before ``after`` itself: they have no inputs, so any
-    # position before the new node is valid.
-    position = before if before is not None else after
-    with _InsertBefore(graph, position):
-        resolved = [v if isinstance(v, Value) else graph.insertConstant(v) for v in inputs]
-        node = graph.create(kind, resolved, n_outputs)
-        graph.insertNode(node)
-    if after is not None:
-        node.moveAfter(after)
-    types = output_types if output_types is not None else [TENSOR] * n_outputs
-    for out, ty in zip(outputs_of(node), types):
-        out.setType(ty)
-    if source is not None:
-        node.copyMetadata(source)
-    return node
-
-
-class _InsertBefore:
-    def __init__(self, graph: Graph, node: Node | None):
-        self.graph, self.node = graph, node
-
-    def __enter__(self):
-        self.saved = self.graph.insertPoint()
-        if self.node is not None:
-            self.graph.setInsertPoint(self.node)
-        return self
-
-    def __exit__(self, *exc):
-        self.graph.setInsertPoint(self.saved)
-        return False
-
-
-def insert_constant(graph: Graph, value: Any, *, before: Node | None = None) -> Value:
-    """A ``prim::Constant`` for ``value`` placed before ``before`` (or at the insert point)."""
-    with _InsertBefore(graph, before):
-        return graph.insertConstant(value)
-
-
-def replace_uses(old: Value, new: Value, *, after: Node | None = None) -> None:
-    """Point the uses of ``old`` at ``new`` (only uses after ``after`` if given)."""
-    if after is None:
-        old.replaceAllUsesWith(new)
-    else:
-        old.replaceAllUsesAfterNodeWith(after, new)
-
-
-def hoist_before(values: Iterable[Value], before: Node) -> bool:
-    """Move what computes ``values`` up to just before ``before``, so they are defined there.
-
-    ``values`` must be visible to some node after ``before`` in its block.
-    Producers already before ``before`` (or in enclosing blocks) stay; the
-    others, with their own inputs, move there dependencies first. Returns False, and
-    moves nothing, when a value depends on ``before`` itself or on a node
-    with nested blocks. Moved nodes are not checked for side effects against
-    the nodes they move past.
-    """
-    block = before.owningBlock()
-    to_move: list[Node] = []
-    placed: set[Node] = set()
-
-    def collect(value: Value) -> bool:
-        node = value.node()
-        if node in placed or node.owningBlock() != block or node == block.paramNode():
-            return True
-        if node == before:
-            return False
-        if node.isBefore(before):
-            return True
-        if nested_blocks(node):
-            return False
-        if not all(collect(v) for v in inputs_of(node)):
-            return False
-        placed.add(node)
-        to_move.append(node)
-        return True
-
-    if not all(collect(v) for v in values):
-        return False
-    for node in to_move:
-        node.moveBefore(before)
-    return True
-
-
-def erase_nodes(nodes: Iterable[Node]) -> None:
-    """Destroy nodes, users before producers; every output must be unused."""
-    pending = [n for n in nodes if is_alive(n)]
-    # Reverse program order destroys users first for nodes in one block; nodes
-    # from several blocks are retried until their outputs have no uses.
-    for _ in range(len(pending) + 1):
-        remaining = []
-        for node in reversed(pending):
-            if any(o.uses() for o in outputs_of(node)):
-                remaining.append(node)
-            else:
-                node.destroy()
-        if not remaining:
-            return
-        if len(remaining) == len(pending):
-            names = ", ".join(n.kind() for n in remaining)
-            raise RuntimeError(f"cannot erase nodes whose outputs are still used: {names}")
-        pending = list(reversed(remaining))
-
-
-def erase_dead(graph: Graph) -> None:
-    """Remove nodes whose results are unused and that have no side effects."""
-    torch._C._jit_pass_dce(graph)
 
 
 def nodes_before(end: Node, stop: Node | None) -> list[Node]:
@@ -375,7 +273,7 @@ def module_path_of(node: Node) -> str:
     innermost = node.scopeName().rsplit("/", 1)[-1]
     if innermost == "__module" or not innermost.startswith("__module."):
         return ""
-    return innermost[len("__module."):]
+    return innermost[len("__module.") :]
 
 
 _SCRIPTED_SOURCE = re.compile(r'File "([^"]+)", line (\d+)')
@@ -384,7 +282,7 @@ _TRACED_SOURCE = re.compile(r"^(.+)\((\d+)\): ")
 
 def source_location(node: Node) -> str | None:
     """``"file.py:line"`` of the user code that made ``node`` (scripted or traced), when the graph kept it."""
-    text = node.sourceRange() or ""
+    text = source_text(node)
     found = _SCRIPTED_SOURCE.search(text) or _TRACED_SOURCE.search(text.splitlines()[0] if text else "")
     if not found:
         return None

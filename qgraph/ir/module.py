@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qgraph.ir.graph import Graph, Node, Value, walk
 
-CppModule = torch._C.ScriptModule
+if TYPE_CHECKING:
+
+    class CppModule(torch._C.ScriptModule):
+        """``torch._C.ScriptModule`` with the bindings its shipped stubs leave out."""
+
+        def hasattr(self, name: str) -> bool: ...
+        def getattr(self, name: str) -> Any: ...
+        def _has_method(self, name: str) -> bool: ...
+        def _register_attribute(self, name: str, type_: Any, value: Any) -> None: ...
+        def _reconstruct(self, module: Any) -> None: ...
+
+else:
+    CppModule = torch._C.ScriptModule
 
 __all__ = [
     "CppModule",
@@ -31,8 +43,8 @@ __all__ = [
     "method_graph",
     "method_calls",
     "module_class_name",
+    "class_name_of",
     "is_instance_of",
-    "get_attr",
     "set_attr",
     "register_attribute",
     "register_submodule",
@@ -119,7 +131,11 @@ def submodule_for_getattr(module: CppModule, value: Value) -> CppModule | None:
     path = getattr_path(value)
     if path is None:
         return None
-    target = resolve_path(module, path)
+    target: Any = module
+    for name in path:
+        if not isinstance(target, CppModule) or not target.hasattr(name):
+            return None
+        target = target.getattr(name)
     return target if isinstance(target, CppModule) else None
 
 
@@ -141,8 +157,12 @@ _MANGLE = re.compile(r"___torch_mangle_\d+\.")
 
 def module_class_name(module: CppModule) -> str:
     """The Python class a script module was made from, e.g. ``torch.nn.modules.conv.Conv2d``."""
-    name = _MANGLE.sub("", module._type().qualified_name())
-    return name.removeprefix("__torch__.")
+    return class_name_of(module._type())
+
+
+def class_name_of(class_type: Any) -> str:
+    """The Python class a TorchScript class type was compiled from, e.g. ``torch.nn.modules.conv.Conv2d``."""
+    return _MANGLE.sub("", class_type.qualified_name()).removeprefix("__torch__.")
 
 
 def is_instance_of(module: Any, *classes: type) -> bool:
@@ -153,16 +173,12 @@ def is_instance_of(module: Any, *classes: type) -> bool:
     return any(name == f"{cls.__module__}.{cls.__qualname__}" for cls in classes)
 
 
-def get_attr(module: CppModule, name: str) -> Any:
-    return module.getattr(name)
-
-
-def set_attr(module: CppModule, name: str, value: Any) -> None:
-    """Set an existing attribute, or register a new one typed from ``value``."""
+def set_attr(module: CppModule, name: str, value: Any, type_: Any = None) -> None:
+    """Set an existing attribute, or register a new one typed ``type_`` (inferred from ``value`` if not given)."""
     if module.hasattr(name):
         module.setattr(name, value)
     else:
-        register_attribute(module, name, value)
+        register_attribute(module, name, value, type_)
 
 
 def register_attribute(module: CppModule, name: str, value: Any, type_: Any = None) -> None:

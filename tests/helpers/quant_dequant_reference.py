@@ -14,14 +14,13 @@ import torch
 from torch.ao.quantization import prepare_dynamic_jit, prepare_jit
 from torch.ao.quantization.quant_type import QuantType
 
+from helpers import models
+
 QPARAM_ATTRIBUTE = re.compile(r"_(scale|zero_point|scalar_type|axis)_\d+$")
 
 
 def script_or_trace(model: torch.nn.Module, example, tracing: bool) -> torch.jit.ScriptModule:
-    model = model.eval()
-    if tracing:
-        return torch.jit.trace(model, example)
-    return torch.jit.script(model)
+    return models.capture(model, example, tracing, check_trace=True)
 
 
 def calibrated(model: torch.jit.ScriptModule, qconfig_dict, data=(), dynamic: bool = False):

@@ -17,11 +17,12 @@ from torch.ao.quantization import convert_dynamic_jit, convert_jit, prepare_dyna
 from torch.ao.quantization.quant_type import QuantType
 from torch.jit._recursive import wrap_cpp_module
 
+from helpers import models
+
 
 def capture(model: torch.nn.Module, example: Sequence[torch.Tensor], tracing: bool) -> torch.jit.ScriptModule:
-    model = model.eval()
     # strict=False: several test models return a list of outputs, which is always the same list.
-    return torch.jit.trace(model, tuple(example), strict=False) if tracing else torch.jit.script(model)
+    return models.capture(model, tuple(example), tracing, strict=False, check_trace=True)
 
 
 def reference_pair(

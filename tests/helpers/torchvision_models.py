@@ -114,8 +114,8 @@ def _mobilenet_v3(models):
 
 
 def _quantizable_mobilenet_v3(models):
-    from torchvision.models.quantization.mobilenetv3 import QuantizableMobileNetV3
     from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
+    from torchvision.models.quantization.mobilenetv3 import QuantizableMobileNetV3
 
     settings, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", width_mult=0.25)
     return QuantizableMobileNetV3(settings, last_channel, num_classes=10)
@@ -167,8 +167,14 @@ def _swin(models):
 
 def _maxvit(models):
     return models.MaxVit(
-        input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 1],
-        head_dim=8, stochastic_depth_prob=0.1, num_classes=10,
+        input_size=(32, 32),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[16, 32],
+        block_layers=[1, 1],
+        head_dim=8,
+        stochastic_depth_prob=0.1,
+        num_classes=10,
     )
 
 
