@@ -300,7 +300,7 @@ def float_op_report(
     return report
 
 
-def _recorded_report(module_c, qconfig_dict: dict | None) -> FloatOpReport:
+def _recorded_report(module_c: CppModule, qconfig_dict: dict | None) -> FloatOpReport:
     """The float ops a lowering recorded, as they are, but for ops whose qconfig is None."""
     report = FloatOpReport()
     for record in float_op_records(module_c):

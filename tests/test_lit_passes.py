@@ -29,6 +29,7 @@ def test_every_pass_has_a_lit_file():
         run = next(line for line in path.read_text().splitlines() if line.startswith("# RUN:"))
         covered.add(run.split("--pass", 1)[1].split()[0])
     stages = {s.name for s in prepare_pipeline({}, QuantType.DYNAMIC).stages}
-    stages |= {s.name for s in convert_pipeline(False, QuantType.STATIC, []).stages}
+    for lowering in ("reference", "onednn"):
+        stages |= {s.name for s in convert_pipeline(False, QuantType.STATIC, [], lowering).stages}
     stages -= {"inline", "constant-propagation", "inline-fork-wait", "cleanup"}  # PyTorch's own passes
     assert stages | {"dedup-module-uses"} <= covered, sorted(stages - covered)

@@ -155,6 +155,17 @@ def test_report_on_the_command_line_reads_a_saved_model(tmp_path, capsys):
     FileCheck().check("3 ops left in float").check("aten::exp").check("aten::sigmoid").check_same(
         "unsupported op"
     ).check("aten::softmax").run(printed)
+    assert main(["report", str(path), "--lowering", "onednn"]) == 0
+    capsys.readouterr()
+
+
+@requires_onednn
+def test_report_on_the_command_line_refuses_a_model_of_another_lowering(tmp_path, capsys):
+    _, reference = lowered_pair(Features(), batches(3, 8, 8))
+    path = tmp_path / "model.pt"
+    torch.jit.save(reference, str(path))
+    assert main(["report", str(path), "--lowering", "onednn"]) == 2
+    assert "converted with lowering 'reference', not 'onednn'" in capsys.readouterr().err
 
 
 @requires_onednn

@@ -70,7 +70,7 @@ from passes.lower_onednn.module_state import finish_module
 from passes.lower_onednn.normalize import metadata_reads_integers, normalize, one_dequantize_per_use
 from passes.lower_onednn.qparams import analyse
 from passes.lower_onednn.support import OnednnUnavailableError, check_onednn
-from qgraph.ir import CppModule, NodeIndex, as_cpp, like, method_graph, walk
+from qgraph.ir import CppModule, Graph, NodeIndex, as_cpp, like, method_graph, walk
 from qgraph.pattern import rewrite
 from qgraph.pipeline import Pipeline, Stage
 
@@ -83,6 +83,8 @@ __all__ = [
 ]
 
 _QUANTIZED_DTYPES = (torch.quint8, torch.qint8, torch.qint32)
+# torch._C bindings its stubs leave out (freezing, constant pooling).
+_BINDINGS: Any = torch._C
 
 
 def onednn_stages(preserved_attrs: Sequence[str] = ()) -> list[Stage]:
@@ -90,7 +92,7 @@ def onednn_stages(preserved_attrs: Sequence[str] = ()) -> list[Stage]:
     state: dict[str, Lowering] = {}
 
     def freeze(module: CppModule) -> CppModule:
-        frozen = torch._C._freeze_module(module, list(preserved_attrs))
+        frozen: CppModule = _BINDINGS._freeze_module(module, list(preserved_attrs))
         state["lowering"] = Lowering(frozen)
         return frozen
 
@@ -125,7 +127,7 @@ def onednn_stages(preserved_attrs: Sequence[str] = ()) -> list[Stage]:
     def cleanup(module: CppModule) -> None:
         graph = method_graph(module)
         torch._C._jit_pass_dce(graph)
-        torch._C._jit_pass_constant_pooling(graph)
+        _BINDINGS._jit_pass_constant_pooling(graph)
         _check_no_quantized_dtype(graph)
 
     return [
@@ -140,7 +142,7 @@ def onednn_stages(preserved_attrs: Sequence[str] = ()) -> list[Stage]:
     ]
 
 
-def _check_no_quantized_dtype(graph) -> None:
+def _check_no_quantized_dtype(graph: Graph) -> None:
     for node in walk(graph):
         kind = node.kind()
         if kind in ("aten::quantize_per_tensor", "aten::quantize_per_channel", "aten::dequantize"):

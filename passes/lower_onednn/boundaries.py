@@ -188,10 +188,10 @@ def _lower_dequantize(lowering: Lowering, node: Node) -> None:
     if source.kind() == "prim::Constant" and value.type().kind() == "TensorType":
         real = e.constant(source.t("value").dequantize())
     elif lowering.params(value) is not None:
-        real = e.dequantize(value, lowering.params(value))
+        real = e.dequantize(value, lowering.known(value))
     elif source.kind() in ("prim::ListConstruct", "prim::TupleConstruct"):
         # Elements that are not quantized (None for a branch eval mode skips) stay as they are.
-        reals = [v if lowering.params(v) is None else e.dequantize(v, lowering.params(v)) for v in source.inputs()]
+        reals = [v if lowering.params(v) is None else e.dequantize(v, lowering.known(v)) for v in source.inputs()]
         real = e.op(source.kind(), *reals, type_=node.output().type())
     else:
         raise RuntimeError(f"onednn lowering: cannot dequantize {value.debugName()} (made by {source.kind()})")

@@ -10,6 +10,7 @@ attribute names in one place so naming stays linear in the model size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from passes.lower_onednn.emit import OPTIONAL_TENSOR, Emitter
@@ -19,7 +20,7 @@ from qgraph.ir import CppModule, method_graph
 from qgraph.ir.graph import Graph, Node, Value
 from qgraph.pattern import Match
 
-__all__ = ["Lowering", "PACKED_PREFIX", "output_params", "island_filter"]
+__all__ = ["Lowering", "PACKED_PREFIX", "output_params", "known_output", "island_filter"]
 
 PACKED_PREFIX = "_onednn_packed_"
 
@@ -48,6 +49,13 @@ class Lowering:
     def params(self, value: Value) -> QParams | None:
         return self.values.get(value)
 
+    def known(self, value: Value) -> QParams:
+        """The parameters of ``value``, which a rewrite's filter has checked are known."""
+        params = self.values.get(value)
+        if params is None:
+            raise RuntimeError(f"onednn lowering: no quantization parameters for %{value.debugName()}")
+        return params
+
     def new_packed_attribute(self) -> str:
         """Register a fresh ``Optional[Tensor]`` attribute (None) for one packed weight; its name."""
         name = f"{PACKED_PREFIX}{len(self.packed_names)}"
@@ -66,7 +74,15 @@ def output_params(match: Match) -> QParams | None:
     return QParams(scale, zero_point, dtype)
 
 
-def island_filter(lowering: Lowering, extra=None):
+def known_output(match: Match) -> QParams:
+    """``output_params`` of a match whose filter has checked they are literal."""
+    params = output_params(match)
+    if params is None:
+        raise RuntimeError("onednn lowering: an island's output parameters are not constants")
+    return params
+
+
+def island_filter(lowering: Lowering, extra: Callable[[Match], bool] | None = None) -> Callable[[Match], bool]:
     """A filter: the input has known parameters, the output literal ones, and ``extra`` (if given) agrees."""
 
     def check(match: Match) -> bool:

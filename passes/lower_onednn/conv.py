@@ -75,8 +75,9 @@ def _is_depthwise(weight: Int8Weight, groups: int) -> bool:
 def _lower(lowering: Lowering, island: Island, graph: Graph, match: Match, before: Node) -> list[Value]:
     e = lowering.emitter(before, source=match.node("y"))
     x = match["x_q"]
-    x_params = lowering.params(x)
+    x_params = lowering.known(x)
     weight = int8_weight(match["w_q"])
+    assert isinstance(weight, Int8Weight), weight  # the filter refused other weights
     stride, padding, dilation = (match.constant(name) for name in ("stride", "padding", "dilation"))
     groups = match.constant("groups")
     bias = match.constant("b")
@@ -100,7 +101,9 @@ def _lower(lowering: Lowering, island: Island, graph: Graph, match: Match, befor
     return emit_island(lowering, e, match, island, call, output, lambda: _output_size(e, x, weight, *geometry[:3]))
 
 
-def _output_size(e: Emitter, x: Value, weight: Int8Weight, stride, padding, dilation) -> Value:
+def _output_size(
+    e: Emitter, x: Value, weight: Int8Weight, stride: list[int], padding: list[int], dilation: list[int]
+) -> Value:
     """``[N, C_out, H_out, W_out]`` of the conv for input ``x``, computed at run time."""
     sizes = [e.op("aten::size", x, 0, type_=_INT), weight.out_channels]
     for dim, kernel in zip((2, 3), weight.values.shape[2:]):

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from passes.lower_onednn.qparams import QParams
-from qgraph.ir import insert_op
+from qgraph.ir import insert_constant, insert_op
 from qgraph.ir.graph import Graph, Node, Value
 
 __all__ = ["Emitter", "CHANNELS_LAST", "OPTIONAL_TENSOR"]
@@ -77,7 +77,7 @@ class Emitter:
         saved = self.graph.insertPoint()
         self.graph.setInsertPoint(self.before)
         try:
-            return self.graph.insertConstant(value)
+            return insert_constant(self.graph, value)
         finally:
             self.graph.setInsertPoint(saved)
 

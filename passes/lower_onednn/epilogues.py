@@ -43,6 +43,9 @@ parameters from the graph, so they follow.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 from passes.lower_onednn.postops import ACTIVATIONS, Activation
 from passes.lower_onednn.qparams import QUINT8, QParams
 from qgraph.ir import NodeIndex, insert_op
@@ -72,7 +75,7 @@ def _activation_rewrite(activation: Activation, kind: str) -> Rewrite:
     )
 
 
-def _produced_by_fusing_op(activation: Activation):
+def _produced_by_fusing_op(activation: Activation) -> Callable[[Match], bool]:
     def check(match: Match) -> bool:
         producer = match["y"].node()
         if producer.kind() == "aten::add" and activation.name == "relu":
@@ -126,7 +129,7 @@ def _tightened(match: Match, activation: Activation) -> QParams | None:
     if not isinstance(scale, float) or not isinstance(zero_point, int) or dtype != QUINT8:
         return None
     observed = QParams(scale, zero_point, dtype)
-    low, high = activation.bounds(match)
+    low, high = activation.bounds(match) or (-math.inf, math.inf)
     q_low, q_high = observed.bounds
     real_low = min(max(observed.dequantize(q_low), low), 0.0)
     real_high = max(min(observed.dequantize(q_high), high), 0.0)
@@ -142,6 +145,7 @@ def _tighten_rewrite(activation: Activation, kind: str) -> Rewrite:
 
     def build(graph: Graph, match: Match, before: Node) -> list[Value]:
         params = _tightened(match, activation)
+        assert params is not None  # the filter checked it
         inputs = [match["y"], *(match[name] for name in activation.arguments)]
         clamped = insert_op(graph, kind, inputs, before=before).output()
         quantize = insert_op(

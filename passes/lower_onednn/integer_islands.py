@@ -19,12 +19,13 @@ leaves code on the integers with the same meaning:
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
-from passes.lower_onednn.context import Lowering, island_filter, output_params
+from passes.lower_onednn.context import Lowering, island_filter, known_output, output_params
 from passes.lower_onednn.emit import Emitter
-from passes.lower_onednn.postops import ACTIVATIONS
+from passes.lower_onednn.postops import ACTIVATIONS, Activation
 from passes.lower_onednn.qparams import is_unchanging_list
 from passes.lower_onednn.squeeze_excitation import squeeze_excitation_rewrites
 from qgraph.ir.graph import Graph, Node, Value
@@ -46,9 +47,9 @@ _INT_LIST = torch._C.ListType.ofInts()
 _BOOL = torch._C.BoolType.get()
 
 
-def _clamp(lowering: Lowering, activation, graph: Graph, match: Match, before: Node) -> list[Value]:
-    source, target = lowering.params(match["x_q"]), output_params(match)
-    low, high = activation.bounds(match)
+def _clamp(lowering: Lowering, activation: Activation, graph: Graph, match: Match, before: Node) -> list[Value]:
+    source, target = lowering.known(match["x_q"]), known_output(match)
+    low, high = activation.bounds(match) or (-math.inf, math.inf)
     e = lowering.emitter(before, source=match.node("y"))
     bounds = [None if abs(b) == float("inf") else source.quantize(b) for b in (low, high)]
     out = e.requantize(e.op("aten::clamp", match["x_q"], *bounds), source, target)
@@ -80,8 +81,10 @@ def _global_average(e: Emitter, x: Value, keepdim: bool) -> Value:
     return e.op("aten::unsqueeze", e.op("aten::unsqueeze", mean, -1), -1)
 
 
-def _average(lowering: Lowering, kind: str, arguments: list[str], graph: Graph, match: Match, before: Node):
-    source, target = lowering.params(match["x_q"]), output_params(match)
+def _average(
+    lowering: Lowering, kind: str, arguments: list[str], graph: Graph, match: Match, before: Node
+) -> list[Value]:
+    source, target = lowering.known(match["x_q"]), known_output(match)
     e = lowering.emitter(before, source=match.node("y"))
     values = [match[name.strip().lstrip("%")] for name in arguments]
     keepdim = _global_average_keeps_dims(kind, match)
@@ -116,17 +119,17 @@ def _cat_elements(lowering: Lowering, listed: Value) -> list[Value] | None:
 
 
 def _cat(lowering: Lowering, graph: Graph, match: Match, before: Node) -> list[Value]:
-    target = output_params(match)
+    target = known_output(match)
     e = lowering.emitter(before, source=match.node("c"))
     elements = []
-    for value in _cat_elements(lowering, match["list"]):
+    for value in _cat_elements(lowering, match["list"]) or []:
         producer = value.node()
         if producer.kind() == "aten::quantize_per_tensor" and len(value.uses()) == 1:
             # Quantized only to be concatenated: quantize straight into the output's parameters.
             for offset, field in ((1, target.scale), (2, target.zero_point), (3, target.dtype)):
                 producer.replaceInput(offset, e.constant(field))
             lowering.values.set(value, target)
-        elements.append(e.requantize(value, lowering.params(value), target))
+        elements.append(e.requantize(value, lowering.known(value), target))
     out = e.op("aten::cat", e.op("prim::ListConstruct", *elements, type_=_TENSOR_LIST), match["dim"])
     lowering.values.set(out, target)
     return [out]

@@ -28,6 +28,7 @@ requantization (nothing when the parameters agree).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from passes.lower_onednn.context import Lowering
 from passes.lower_onednn.qparams import QUINT8, QParams
@@ -49,7 +50,7 @@ _CHANNEL_SHUFFLE = """graph(%x_q, %groups, %one, %two, %memory_format):
     return (%out)"""
 
 
-def _quantized(lowering: Lowering, name: str, dtype: int | None = None):
+def _quantized(lowering: Lowering, name: str, dtype: int | None = None) -> Callable[[Match], bool]:
     def check(match: Match) -> bool:
         params = lowering.params(match[name])
         return params is not None and (dtype is None or params.dtype == dtype)
@@ -64,7 +65,7 @@ def _shuffle_dims(match: Match) -> bool:
 def _channel_shuffle(lowering: Lowering, graph: Graph, match: Match, before: Node) -> list[Value]:
     e = lowering.emitter(before, source=match.node("swapped"))
     out = e.op("aten::native_channel_shuffle", match["x_q"], match["groups"])
-    lowering.values.set(out, lowering.params(match["x_q"]))
+    lowering.values.set(out, lowering.known(match["x_q"]))
     return [out]
 
 
@@ -88,7 +89,7 @@ def _pair(values: list[int], default: list[int]) -> list[int]:
 def _max_pool(lowering: Lowering, graph: Graph, match: Match, before: Node) -> list[Value]:
     e = lowering.emitter(before, source=match.anchor)
     x = match["x_q"]
-    params = lowering.params(x)
+    params = lowering.known(x)
     if params.dtype != QUINT8 or not _pooling_is_separable(match):
         # Max pooling picks values, so pooling the dequantized tensor and quantizing back is exact.
         arguments = [match[n] for n in ("kernel", "stride", "padding", "dilation", "ceil_mode")]
@@ -107,12 +108,12 @@ def _max_pool(lowering: Lowering, graph: Graph, match: Match, before: Node) -> l
         x = views[0]
         for view in views[1:]:
             x = e.op("aten::maximum", x, view)
-    lowering.values.set(x, lowering.params(match["x_q"]))
+    lowering.values.set(x, lowering.known(match["x_q"]))
     return [x]
 
 
 def _relu(lowering: Lowering, in_place: bool, graph: Graph, match: Match, before: Node) -> list[Value]:
-    params = lowering.params(match["x_q"])
+    params = lowering.known(match["x_q"])
     if params.zero_point <= params.bounds[0]:
         return [match["x_q"]]
     e = lowering.emitter(before, source=match.anchor)
@@ -122,7 +123,7 @@ def _relu(lowering: Lowering, in_place: bool, graph: Graph, match: Match, before
 
 
 def _requantize(lowering: Lowering, graph: Graph, match: Match, before: Node) -> list[Value]:
-    source = lowering.params(match["x_q"])
+    source = lowering.known(match["x_q"])
     target = QParams(match.constant("scale"), match.constant("zero_point"), match.constant("dtype"))
     out = lowering.emitter(before, source=match.anchor).requantize(match["x_q"], source, target)
     lowering.values.set(out, target)

@@ -251,7 +251,7 @@ def lower_sum(
     The size is checked at run time; an add that broadcasts is computed
     unfused: the op's float result plus the dequantized accumulator.
     """
-    acc_params = lowering.params(match["acc_q"])
+    acc_params = lowering.known(match["acc_q"])
     acc = accumulator(lowering, e, match["acc_q"], match.node("a"), match.anchor, call.kind)
     same = e.op("aten::eq", e.op("aten::size", acc, type_=torch._C.ListType.ofInts()), expected, type_=_BOOL)
     branch = e.node("prim::If", same)

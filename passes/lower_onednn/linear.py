@@ -31,7 +31,7 @@ import torch
 from passes.lower_onednn.context import Lowering
 from passes.lower_onednn.islands import Island, OnednnCall, emit_island, island_rewrites, operands_problem
 from passes.lower_onednn.qparams import QParams
-from passes.lower_onednn.weights import folded_bias, int8_weight
+from passes.lower_onednn.weights import Int8Weight, folded_bias, int8_weight
 from qgraph.ir.graph import Graph, Node, Value
 from qgraph.pattern import Match, Rewrite
 
@@ -53,8 +53,9 @@ def linear_is_lowerable(match: Match, lowering: Lowering) -> str | None:
 def _lower(lowering: Lowering, island: Island, graph: Graph, match: Match, before: Node) -> list[Value]:
     e = lowering.emitter(before, source=match.node("y"))
     x = match["x_q"]
-    x_params = lowering.params(x)
+    x_params = lowering.known(x)
     weight = int8_weight(match["w_q"])
+    assert isinstance(weight, Int8Weight), weight  # the filter refused other weights
     output = QParams(match.constant("scale"), match.constant("zero_point"), match.constant("dtype"))
     bias = match.constant("b")
     if x_params.zero_point:

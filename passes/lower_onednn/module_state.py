@@ -25,6 +25,7 @@ It also marks the module as made by the ``"onednn"`` lowering
 from __future__ import annotations
 
 import typing
+from typing import Any, cast
 
 import torch
 
@@ -34,10 +35,12 @@ from qgraph.quant.lowering import mark_lowering
 
 __all__ = ["finish_module"]
 
+_BINDINGS: Any = torch._C
+
 
 def _attribute_types(module: CppModule) -> list[tuple[str, str]]:
-    names = [name for name, _ in torch._C._jit_debug_module_iterators(module)["named_attributes"]]
-    return [(name, type_.annotation_str) for name, type_ in zip(names, module._type().containedTypes())]
+    names = [name for name, _ in _BINDINGS._jit_debug_module_iterators(module)["named_attributes"]]
+    return [(name, type_.annotation_str) for name, type_ in zip(names, cast(Any, module._type()).containedTypes())]
 
 
 def _state_methods(kept: list[tuple[str, str]], packed: list[str]) -> str:
@@ -59,7 +62,7 @@ def finish_module(module: CppModule) -> None:
     packed = [name for name, _ in attributes if name.startswith(PACKED_PREFIX)]
     source = _state_methods(kept, packed)
     # Attribute types print as typing names (Tuple, Optional, List, Dict).
-    module._define(
+    cast(Any, module)._define(
         torch._C.ConcreteModuleType.from_jit_type(module._type()),
         source,
         lambda name: torch if name == "torch" else getattr(typing, name, None),

@@ -42,7 +42,7 @@ from passes.lower_onednn.qparams import (
     analyse,
     is_unchanging_list,
 )
-from qgraph.ir import NodeIndex, erase_nodes, insert_constant, insert_op, outputs_of, uses_of, walk
+from qgraph.ir import NodeIndex, erase_nodes, insert_constant, insert_op, ivalue, outputs_of, uses_of, walk
 from qgraph.ir.graph import Graph, Node
 
 __all__ = ["normalize", "one_dequantize_per_use", "metadata_reads_integers", "INTEGER_KINDS"]
@@ -80,7 +80,7 @@ def _drop_inference_dropouts(index: NodeIndex) -> None:
     """A dropout with ``train=False`` is its input; gone, it no longer splits a quantized island."""
     for node in index.of_kind(*_DROPOUTS):
         train = node.inputsAt(2)
-        if train.node().kind() == "prim::Constant" and train.toIValue() is False:
+        if train.node().kind() == "prim::Constant" and ivalue(train) is False:
             node.output().replaceAllUsesWith(node.inputsAt(0))
 
 
@@ -91,7 +91,7 @@ def _fold_constant_quantization(graph: Graph, index: NodeIndex) -> None:
         if source.kind() == "aten::quantize_per_tensor" and all(
             v.node().kind() == "prim::Constant" for v in source.inputs()
         ):
-            real, scale, zero_point, dtype = (v.toIValue() for v in source.inputs())
+            real, scale, zero_point, dtype = (ivalue(v) for v in source.inputs())
             quantized = torch.quantize_per_tensor(real, scale, zero_point, QUANTIZED_DTYPE[dtype])
         elif source.kind() == "prim::Constant" and node.inputsAt(0).type().kind() == "TensorType":
             if any(use.user.kind() != "aten::item" for use in node.output().uses()):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -145,7 +146,7 @@ def is_unchanging_list(value: Value) -> bool:
     return all(use.user.kind() in _LIST_READERS for use in value.uses())
 
 
-def _constant(value: Value):
+def _constant(value: Value) -> Any:
     node = value.node()
     return value.toIValue() if node.kind() == "prim::Constant" else None
 

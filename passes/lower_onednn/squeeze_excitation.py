@@ -22,13 +22,15 @@ every packed weight of the lowering (``emit.Emitter.packed_weight``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 
-from passes.lower_onednn.context import Lowering, island_filter, output_params
+from passes.lower_onednn.context import Lowering, island_filter, known_output
 from passes.lower_onednn.emit import Emitter
 from passes.lower_onednn.postops import ACTIVATIONS
 from passes.lower_onednn.qparams import QUINT8
+from qgraph.ir import ivalue
 from qgraph.ir.graph import Graph, Node, Value
 from qgraph.pattern import Match, Rewrite
 
@@ -54,7 +56,7 @@ _GATE_PATH = frozenset(
 _FEATURE_PATH = frozenset({"aten::quantize_per_tensor", "aten::dequantize"} | {k for a in ACTIVATIONS for k in a.kinds})
 
 
-def _walks_back_to(value: Value, path: frozenset[str], ends, limit: int = 32) -> bool:
+def _walks_back_to(value: Value, path: frozenset[str], ends: Callable[[Node], bool], limit: int = 32) -> bool:
     """Whether ``value`` comes from an op ``ends`` accepts through ops of ``path`` (first tensor inputs)."""
     for _ in range(limit):
         node = value.node()
@@ -69,9 +71,9 @@ def _walks_back_to(value: Value, path: frozenset[str], ends, limit: int = 32) ->
 def _pooled_map(node: Node) -> bool:
     kind = node.kind()
     if kind == "aten::adaptive_avg_pool2d":
-        return node.inputsAt(1).node().kind() == "prim::Constant" and node.inputsAt(1).toIValue() in (1, [1], [1, 1])
-    if kind == "aten::mean" and node.inputsSize() == 4 and node.inputsAt(2).toIValue() is True:
-        dims = node.inputsAt(1).toIValue()
+        return node.inputsAt(1).node().kind() == "prim::Constant" and ivalue(node.inputsAt(1)) in (1, [1], [1, 1])
+    if kind == "aten::mean" and node.inputsSize() == 4 and ivalue(node.inputsAt(2)) is True:
+        dims = ivalue(node.inputsAt(1))
         return isinstance(dims, list) and sorted(d % 4 for d in dims) == [2, 3]
     return False
 
@@ -105,7 +107,7 @@ def _gate_channels(gate: Value, limit: int = 32) -> int | None:
 
 def _scale_channels(lowering: Lowering, graph: Graph, match: Match, before: Node) -> list[Value]:
     x, gate = match["x_q"], match["gate"]
-    source, target = lowering.params(x), output_params(match)
+    source, target = lowering.known(x), known_output(match)
     e = lowering.emitter(before, source=match.node("m"))
     per_channel = e.op("prim::ListConstruct", 1, e.op("aten::size", x, 1, type_=_INT), 1, 1, type_=_INT_LIST)
     same = e.op("aten::eq", e.op("aten::size", gate, type_=_INT_LIST), per_channel, type_=_BOOL)
@@ -116,10 +118,12 @@ def _scale_channels(lowering: Lowering, graph: Graph, match: Match, before: Node
     # With the channel count known, the weight, its scales and zero points are constants of the graph.
     channels = known if known is not None else inner.op("aten::size", x, 1, type_=_INT)
 
-    def sizes(pe: Emitter, *dims) -> Value:
+    def sizes(pe: Emitter, *dims: object) -> Value:
         return pe.op("prim::ListConstruct", *dims, type_=_INT_LIST)
 
     def weights(pe: Emitter) -> list:
+        ones: torch.Tensor | Value
+        scales: torch.Tensor | Value
         if known is not None:
             ones, scales = torch.full((known, 1, 1, 1), _GATE_SCALE, dtype=torch.int8), torch.ones(known)
         else:
@@ -164,8 +168,7 @@ def _scale_channels(lowering: Lowering, graph: Graph, match: Match, before: Node
 def squeeze_excitation_rewrites(lowering: Lowering) -> list[Rewrite]:
     """The rewrites of squeeze-excitation products, for ``mul`` and ``mul_`` with the gate on either side."""
     bound = functools.partial
-    rewrites = []
-    rewrites = []
+    rewrites: list[Rewrite] = []
     for kind in ("aten::mul", "aten::mul_"):
         for operands in ("%x, %gate", "%gate, %x"):
             rewrites.append(
