@@ -10,7 +10,8 @@ list of ``qgraph.pipeline.Stage`` defined once, below:
   every module), inline fork/wait, fuse linear, canonicalize traced convs,
   fold list mutation into list constructs (the methods reachable from the
   observed one);
-- ``unshare_qconfig_types_stage``, ``insert_observers_stage``;
+- ``unshare_qconfig_types_stage`` (``unshare_op_qconfig_types_stage`` once
+  more after the clean-up), ``insert_observers_stage``;
 - ``quant_dequant_stages``: quantize / dequantize insertion, inlining,
   constant propagation, then the carrying of quantization through
   (``passes.quant_dequant.propagate``, ``replicate_quantize``,
@@ -60,6 +61,7 @@ from qgraph.quant.quant_type import QuantType, check_quant_type
 __all__ = [
     "observer_preprocessing_stages",
     "unshare_qconfig_types_stage",
+    "unshare_op_qconfig_types_stage",
     "insert_observers_stage",
     "quant_dequant_stages",
     "finalize_stages",
@@ -110,19 +112,24 @@ def observer_preprocessing_stages(method_name: str = "forward") -> list[Stage]:
     ]
 
 
-def unshare_qconfig_types_stage(qconfig_dict: dict) -> Stage:
+def unshare_qconfig_types_stage(qconfig_dict: Any, method_name: str = "forward") -> Stage:
     """Instances whose subtrees resolve to different qconfigs get class types of their own."""
-    return Stage("unshare-qconfig-types", lambda module: unshare_qconfig_types(module, qconfig_dict))
+    return Stage("unshare-qconfig-types", lambda module: unshare_qconfig_types(module, qconfig_dict, method_name))
 
 
-def insert_observers_stage(method_name: str, qconfig_dict: dict, quant_type: Any) -> Stage:
+def unshare_op_qconfig_types_stage(method_name: str, qconfig_dict: Any) -> Stage:
+    """The same again on the cleaned-up graphs, for a QConfigMapping naming ops the clean-up makes (aten::linear)."""
+    return Stage("unshare-op-qconfig-types", lambda module: unshare_qconfig_types(module, qconfig_dict, method_name))
+
+
+def insert_observers_stage(method_name: str, qconfig_dict: Any, quant_type: Any) -> Stage:
     """Observers after every value quantization needs (graphs cleaned up, types unshared already)."""
     return Stage(
         "insert-observers", lambda module: insert_observers_in_place(module, method_name, qconfig_dict, quant_type)
     )
 
 
-def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace: bool, quant_type: Any) -> Any:
+def insert_observers(module: Any, method_name: str, qconfig_dict: Any, inplace: bool, quant_type: Any) -> Any:
     """Observe every value of ``module.<method_name>`` (and what it calls) that quantization needs.
 
     Called alone, it does what PyTorch's pass of the same name does: the
@@ -145,7 +152,7 @@ def insert_observers(module: Any, method_name: str, qconfig_dict: dict, inplace:
     root = clone_module(as_cpp(module), share_values=inplace)
     stages = [
         *observer_preprocessing_stages(method_name),
-        unshare_qconfig_types_stage(qconfig_dict),
+        unshare_qconfig_types_stage(qconfig_dict, method_name),
         insert_observers_stage(method_name, qconfig_dict, quant_type),
     ]
     root = Pipeline("insert-observers", stages).run(root)

@@ -5,14 +5,16 @@ Python and can be inspected after every stage (``qgraph.pipeline.inspect``).
 
 The package is layered, each layer importing only those below it::
 
-    qgraph.api, prepare, convert, report, cli, capture   the driver
+    qgraph.api, prepare, convert, report, cli, capture   the driver, with the tools
+    (compare, sensitivity, draw, cli_tools)               built on it
     passes                                                the rewrites, one job each
     qgraph.quant                                          quantization facts and rules
     qgraph.ir, qgraph.pattern, qgraph.pipeline            TorchScript IR, patterns, stages
 
-The public functions below live in the driver and are imported on first
-use (PEP 562), so that ``import passes`` (which imports ``qgraph.ir``) pulls
-in the layers below the passes and nothing of the driver.
+The public names below live in the driver (and the calibrators and their
+merging in ``qgraph.quant``) and are imported on first use (PEP 562), so
+that ``import passes`` (which imports ``qgraph.ir``) pulls in the layers
+below the passes and nothing of the driver.
 """
 
 from __future__ import annotations
@@ -35,32 +37,53 @@ if TYPE_CHECKING:
         script_qconfig_dict,
     )
     from qgraph.capture import capture
+    from qgraph.compare import compare
+    from qgraph.draw import draw
+    from qgraph.quant.calibrators import EntropyObserver, MSEObserver, PercentileObserver
+    from qgraph.quant.merge import all_reduce_observers, merge_observers
+    from qgraph.sensitivity import sensitivity
 
-# Public name -> the driver module that defines it.
+# Public name -> the module that defines it.
 _PUBLIC = {
+    "EntropyObserver": "qgraph.quant.calibrators",
+    "MSEObserver": "qgraph.quant.calibrators",
+    "PercentileObserver": "qgraph.quant.calibrators",
+    "all_reduce_observers": "qgraph.quant.merge",
     "capture": "qgraph.capture",
+    "compare": "qgraph.compare",
     "convert_dynamic_jit": "qgraph.api",
     "convert_jit": "qgraph.api",
+    "draw": "qgraph.draw",
     "fuse_conv_bn_jit": "qgraph.api",
+    "merge_observers": "qgraph.quant.merge",
     "prepare_dynamic_jit": "qgraph.api",
     "prepare_jit": "qgraph.api",
     "quantize_dynamic_jit": "qgraph.api",
     "quantize_jit": "qgraph.api",
     "script_qconfig": "qgraph.api",
     "script_qconfig_dict": "qgraph.api",
+    "sensitivity": "qgraph.sensitivity",
 }
 
 __all__ = [
+    "EntropyObserver",
+    "MSEObserver",
+    "PercentileObserver",
+    "all_reduce_observers",
     "capture",
+    "compare",
     "convert_dynamic_jit",
     "convert_jit",
+    "draw",
     "fuse_conv_bn_jit",
+    "merge_observers",
     "prepare_dynamic_jit",
     "prepare_jit",
     "quantize_dynamic_jit",
     "quantize_jit",
     "script_qconfig",
     "script_qconfig_dict",
+    "sensitivity",
 ]
 
 
@@ -78,7 +101,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``qgraph.capture`` the function when its module ``qgraph.capture`` is first imported.
+    """Keeps ``qgraph.capture`` (``compare``, ``draw``, ...) the function when its module is first imported.
 
     The import system binds a newly loaded submodule to the attribute of
     its name on the package; a public function of the same name wins, as

@@ -18,7 +18,11 @@
                                           model made by another is an error; --qconfig gives the
                                           qconfig_dict used for prepare, so ops under a None
                                           qconfig say so: NAME is none, x86, fbgemm, qnnpack,
-                                          onednn, default, dynamic or fp16)
+                                          onednn, default, dynamic, fp16, or MODULE:ATTRIBUTE
+                                          naming a QConfig or QConfigMapping)
+    qgraph quantize | compare | sensitivity | draw ...
+                                          see ``qgraph.cli_tools``
+    qgraph --version
 
 MODEL.pt is a TorchScript archive written by ``torch.jit.save``. Bad input
 (a missing file, a file that is not TorchScript, an unknown method) gives a
@@ -28,13 +32,15 @@ one-line error on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from qgraph.cli_inputs import QCONFIG_NAMES, UsageError, load_model, parse_qconfig_entries
+from qgraph.cli_tools import add_commands
 from qgraph.ir import CppModule, method_graph
 from qgraph.opt import OptError, run_opt
 from qgraph.pipeline import Pipeline, Stage, format_module_graphs, inspect
@@ -44,13 +50,9 @@ from qgraph.quant.qconfig import script_qconfig_dict
 from qgraph.quant.quant_type import QuantType
 from qgraph.report import detected_quant_type, float_op_report
 
+__all__ = ["USAGE_ERROR", "UsageError", "main", "parse_qconfig_entries"]
+
 USAGE_ERROR = 2
-# Names ``report --qconfig`` takes: None, an engine's default qconfig, or one of torch.ao's named qconfigs.
-QCONFIG_NAMES = ("none", "x86", "fbgemm", "qnnpack", "onednn", "default", "dynamic", "fp16")
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit code 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgraph", description="Graph-mode quantization of TorchScript models.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     show = commands.add_parser("show", help="print the graphs of a saved TorchScript model")
@@ -104,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_lowering_option(report, "the lowering the model was converted with (checked against the model)", None)
     _add_qconfig_option(report, "an entry of the qconfig_dict used for prepare")
     report.set_defaults(command=_report)
+    add_commands(commands)
     return parser
 
 
@@ -113,7 +117,8 @@ def _add_qconfig_option(command: argparse.ArgumentParser, what: str) -> None:
         action="append",
         default=[],
         metavar="[PATH=]NAME",
-        help=f"{what} (repeatable; PATH defaults to the whole model): NAME is one of {', '.join(QCONFIG_NAMES)}",
+        help=f"{what} (repeatable; PATH defaults to the whole model): NAME is one of {', '.join(QCONFIG_NAMES)}, "
+        "or MODULE:ATTRIBUTE naming a QConfig or QConfigMapping",
     )
 
 
@@ -122,8 +127,16 @@ def _add_lowering_option(command: argparse.ArgumentParser, what: str, default: s
     command.add_argument("--lowering", choices=LOWERINGS, default=default, help=f"{what} ({shown})")
 
 
+def _version() -> str:
+    try:
+        version = importlib.metadata.version("qgraph")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"qgraph {version} (torch {torch.__version__})"
+
+
 def _show(args: argparse.Namespace) -> int:
-    module = _load(args.model)
+    module = load_model(args.model)
     if args.all:
         print(format_module_graphs(module), end="")
     else:
@@ -133,7 +146,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _passes(args: argparse.Namespace) -> int:
     qconfig_dict = script_qconfig_dict(parse_qconfig_entries(args.qconfig))
-    module = _load(args.model)
+    module = load_model(args.model)
     quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
     prepare = prepare_pipeline(qconfig_dict, quant_type)
     print(f"=== input ===\n{method_graph(module)}", end="")
@@ -156,7 +169,7 @@ def _opt(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     qconfig_dict = parse_qconfig_entries(args.qconfig) if args.qconfig else None
-    model = _load(args.model)
+    model = load_model(args.model)
     if args.lowering is not None and lowering_of(model) != args.lowering:
         raise UsageError(f"{args.model} was converted with lowering {lowering_of(model)!r}, not {args.lowering!r}")
     if args.dynamic or args.static:
@@ -165,36 +178,6 @@ def _report(args: argparse.Namespace) -> int:
         quant_type = detected_quant_type(model)
     print(float_op_report(model, qconfig_dict, quant_type=quant_type).format())
     return 0
-
-
-def _named_qconfig(name: str) -> Any:
-    from torch.ao.quantization import (
-        default_dynamic_qconfig,
-        default_qconfig,
-        float16_dynamic_qconfig,
-        get_default_qconfig,
-    )
-
-    if name in ("x86", "fbgemm", "qnnpack", "onednn"):
-        return get_default_qconfig(name)
-    named = {
-        "none": None,
-        "default": default_qconfig,
-        "dynamic": default_dynamic_qconfig,
-        "fp16": float16_dynamic_qconfig,
-    }
-    return named[name]
-
-
-def parse_qconfig_entries(entries: Sequence[str]) -> dict:
-    """``["x86", "head=none"]`` -> ``{"": <x86 qconfig>, "head": None}``; UsageError for an unknown name."""
-    qconfig_dict = {}
-    for entry in entries:
-        path, _, name = entry.rpartition("=")
-        if name.lower() not in QCONFIG_NAMES:
-            raise UsageError(f"--qconfig {entry}: unknown qconfig {name!r} (one of {', '.join(QCONFIG_NAMES)})")
-        qconfig_dict[path] = _named_qconfig(name.lower())
-    return qconfig_dict
 
 
 def _printing(stage: Stage) -> Stage:
@@ -206,32 +189,11 @@ def _printing(stage: Stage) -> Stage:
     return Stage(stage.name, run)
 
 
-def _load(path: str) -> CppModule:
-    try:
-        return torch.jit.load(path, map_location="cpu")._c
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (ValueError, RuntimeError, OSError) as err:
-        # torch.jit.load says "does not exist" / "is a directory" as ValueError
-        # and reports a non-TorchScript file as a RuntimeError from the zip reader.
-        reason = _first_sentence(str(err)) or type(err).__name__
-        if "does not exist" in reason:
-            raise UsageError(f"{path}: no such file") from None
-        if "is a directory" in reason:
-            raise UsageError(f"{path}: is a directory") from None
-        raise UsageError(f"{path}: not a TorchScript archive ({reason})") from None
-
-
 def _method_graph(module: CppModule, name: str) -> torch._C.Graph:
     methods = module._method_names()
     if name not in methods:
         raise UsageError(f"the model has no method {name!r} (methods: {', '.join(sorted(methods))})")
     return method_graph(module, name)
-
-
-def _first_sentence(message: str, limit: int = 120) -> str:
-    sentence = message.strip().split("\n")[0].split(". ")[0].rstrip(".")
-    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -39,11 +39,11 @@ from passes.composite import (
 from qgraph.ir import CppModule, as_python, clone_module, drop_attributes, named_modules, walk
 from qgraph.pipeline import Pipeline, method_graphs
 from qgraph.prepare import PREPARED_MARK
-from qgraph.quant.lowering import check_lowering
+from qgraph.quant.lowering import LOWERINGS, check_lowering
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 
-__all__ = ["convert", "convert_pipeline"]
+__all__ = ["LOWERINGS", "convert", "convert_pipeline"]
 
 
 def _check_model(model: Any) -> None:

@@ -14,7 +14,7 @@ Two kinds of input, told apart by the file's ending:
   through ``NAME``, and every method graph of the module tree is printed,
   observers left out. ``dedup-module-uses`` runs on the captured model.
 
-``--qconfig [PATH=]NAME`` entries give the qconfig_dict (as ``qgraph
+``--qconfig [PATH=]NAME`` entries give the qconfig_dict or QConfigMapping (as ``qgraph
 report``'s); ``--dynamic`` prepares and converts for dynamic quantization;
 ``--lowering onednn`` converts with the oneDNN lowering, whose stages
 (``onednn-*``) then are convert's.
@@ -86,7 +86,7 @@ GRAPH_PASSES: dict[str, Callable[[QuantType], Callable[[Graph], object]]] = {
 
 
 def run_opt(
-    pass_name: str, path: str | Path, qconfig_dict: dict, quant_type: QuantType, lowering: str = "reference"
+    pass_name: str, path: str | Path, qconfig_dict: Any, quant_type: QuantType, lowering: str = "reference"
 ) -> str:
     """The text ``qgraph opt`` prints for ``pass_name`` on the file at ``path``."""
     path = Path(path)
@@ -115,7 +115,7 @@ def _capture(path: Path) -> tuple[torch.jit.ScriptModule, tuple]:
     return torch.jit.script(model), example
 
 
-def _run_on_model(pass_name: str, path: Path, qconfig_dict: dict, quant_type: QuantType, lowering: str) -> CppModule:
+def _run_on_model(pass_name: str, path: Path, qconfig_dict: Any, quant_type: QuantType, lowering: str) -> CppModule:
     captured, example = _capture(path)
     module = clone_module(captured._c)
     if pass_name == "dedup-module-uses":

@@ -20,10 +20,13 @@ changing that code's signature::
 After each stage it can dump every method graph of the module and its
 submodules (``dumps/03-prepare-fuse-linear.txt``), count nodes by kind, time
 the stage, and lint the IR, failing with ``PipelineError`` naming the stage
-that broke it. Setting the environment variable ``QGRAPH_DUMP_DIR`` dumps
-every pipeline run to that directory without any code change (and is the
-default ``dump_dir`` of ``inspect``). With inspection off a pipeline only
-calls its stages: no graph is walked and nothing is timed.
+that broke it. With ``svg=True`` each dump gets a picture beside it
+(``dumps/03-prepare-fuse-linear.svg``, drawn by ``qgraph.draw``), and
+``on_stage(pipeline, stage, module)`` is called after every stage. Setting
+the environment variable ``QGRAPH_DUMP_DIR`` dumps every pipeline run to
+that directory without any code change (and is the default ``dump_dir`` of
+``inspect``). With inspection off a pipeline only calls its stages: no
+graph is walked and nothing is timed.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from qgraph.ir import CppModule, as_cpp, call_graph, like, method_graph, named_m
 
 __all__ = [
     "DUMP_DIR_VARIABLE",
+    "DUMP_PICTURES",
     "Pipeline",
     "PipelineError",
     "Report",
@@ -60,6 +64,11 @@ __all__ = [
 DUMP_DIR_VARIABLE = "QGRAPH_DUMP_DIR"
 
 StageFn = Callable[[CppModule], "CppModule | None"]
+StageHook = Callable[[str, str, CppModule], None]
+
+# Writers of a picture of a module, by file suffix, for dumps with pictures;
+# the driver registers ".svg" (qgraph.draw), so this layer knows nothing of drawing.
+DUMP_PICTURES: dict[str, Callable[[CppModule, str], None]] = {}
 
 
 class PipelineError(RuntimeError):
@@ -237,11 +246,15 @@ class _Inspection:
     count_nodes: bool
     time: bool
     lint: bool
+    svg: bool = False
+    on_stage: StageHook | None = None
     dumps_written: int = 0
 
     def after_stage(self, pipeline: str, stage: str, module: CppModule, seconds: float | None) -> None:
         if self.lint:
             _lint(module, pipeline, stage)
+        if self.on_stage is not None:
+            self.on_stage(pipeline, stage, module)
         counts = node_counts(module) if self.count_nodes else None
         dump_path = self._dump(pipeline, stage, module) if self.dump_dir else None
         self.report.stages.append(StageRecord(pipeline, stage, seconds, counts, dump_path))
@@ -255,6 +268,8 @@ class _Inspection:
         with open(path, "w", encoding="utf-8") as out:
             out.write(f"# pipeline {pipeline!r}, after stage {stage!r}\n")
             out.write(format_module_graphs(module))
+        if self.svg:
+            DUMP_PICTURES[".svg"](module, path[: -len(".txt")] + ".svg")
         return path
 
 
@@ -282,17 +297,28 @@ def inspect(
     count_nodes: bool = False,
     time: bool = False,
     lint: bool = False,
+    svg: bool = False,
+    on_stage: StageHook | None = None,
 ) -> Iterator[Report]:
     """Inspect every Pipeline run inside the ``with`` block; yields the ``Report`` it fills.
 
     ``dump_dir`` defaults to the ``QGRAPH_DUMP_DIR`` environment variable
-    (no dumps when neither is set). Every stage gets a record, even with all
-    options off. Blocks nest: the innermost one is in effect.
+    (no dumps when neither is set); ``svg`` adds a picture of ``forward``
+    beside each dump (Graphviz's ``dot`` must be installed);
+    ``on_stage(pipeline, stage, module)`` sees the module after each stage.
+    Every stage gets a record, even with all options off. Blocks nest: the
+    innermost one is in effect.
     """
+    if svg and dump_dir is None and not os.environ.get(DUMP_DIR_VARIABLE):
+        raise ValueError("inspect(svg=True) writes its pictures beside the dumps: give dump_dir")
+    if svg and ".svg" not in DUMP_PICTURES:
+        raise RuntimeError("inspect(svg=True) draws with qgraph.draw, which registers itself: import qgraph.draw first")
     if dump_dir is None:
         dump_dir = os.environ.get(DUMP_DIR_VARIABLE) or None
     report = Report()
-    inspection = _Inspection(report, os.fspath(dump_dir) if dump_dir is not None else None, count_nodes, time, lint)
+    inspection = _Inspection(
+        report, os.fspath(dump_dir) if dump_dir is not None else None, count_nodes, time, lint, svg, on_stage
+    )
     token = _ACTIVE.set(inspection)
     try:
         yield report

@@ -13,7 +13,10 @@ runs too (``qgraph.pipeline.inspect`` can dump the graphs after each stage):
    (``passes.composite.observer_preprocessing_stages``):
    ``swap-functional-linear``, ``inline-fork-wait``, ``fuse-linear``,
    ``canonicalize-conv``, ``remove-list-mutation``;
-5. ``insert-observers``.
+5. a ``QConfigMapping`` whose entries name ops only,
+   ``unshare-op-qconfig-types``: the same unsharing again, for the ops as
+   the clean-up left them (``aten::linear`` from a matmul and an add);
+6. ``insert-observers``.
 
 ``dedup_module_uses`` is not a stage, as in PyTorch's prepare_jit: an
 instance called twice is observed at each call site, in the caller's graph,
@@ -28,7 +31,12 @@ from typing import Any
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes.composite import insert_observers_stage, observer_preprocessing_stages, unshare_qconfig_types_stage
+from passes.composite import (
+    insert_observers_stage,
+    observer_preprocessing_stages,
+    unshare_op_qconfig_types_stage,
+    unshare_qconfig_types_stage,
+)
 from passes.fold_conv_bn import BN_TRAINING, fold_conv_bn_in_place
 from passes.rnn import quantize_rnn
 from qgraph.ir import (
@@ -45,6 +53,7 @@ from qgraph.ir import (
 )
 from qgraph.pipeline import Pipeline, Stage
 from qgraph.quant.qconfig import check_qconfig_dict, script_qconfig_dict
+from qgraph.quant.qconfig_mapping import is_qconfig_mapping, mapping_entries, reads_graphs
 from qgraph.quant.quant_type import parse_quant_type
 
 # A bool attribute on the root of every prepared model; convert removes it.
@@ -107,7 +116,7 @@ def check_eval_mode(model: Any) -> None:
             )
 
 
-def check_qconfig_kind(scripted_qconfig_dict: dict, quant_type: QuantType) -> None:
+def check_qconfig_kind(scripted_qconfig_dict: Any, quant_type: QuantType) -> None:
     """ValueError when a dynamic qconfig (activations quantized at run time) goes to the static API.
 
     Its activation observer is a ``PlaceholderObserver(is_dynamic=True)``,
@@ -118,11 +127,15 @@ def check_qconfig_kind(scripted_qconfig_dict: dict, quant_type: QuantType) -> No
     """
     if quant_type != QuantType.STATIC:
         return
-    for key, qconfig in scripted_qconfig_dict.items():
+    if is_qconfig_mapping(scripted_qconfig_dict):
+        entries = [(f"QConfigMapping {where}", q) for where, q in mapping_entries(scripted_qconfig_dict)]
+    else:
+        entries = [(f"qconfig_dict[{key!r}]", q) for key, q in scripted_qconfig_dict.items()]
+    for where, qconfig in entries:
         activation = None if qconfig is None else qconfig.activation
         if activation is not None and activation.hasattr("is_dynamic") and activation.getattr("is_dynamic"):
             raise ValueError(
-                f"qconfig_dict[{key!r}] is a dynamic qconfig (its activation observer quantizes at run time); "
+                f"{where} is a dynamic qconfig (its activation observer quantizes at run time); "
                 "use quantize_dynamic_jit or prepare_dynamic_jit / convert_dynamic_jit for it, or a static qconfig "
                 "such as get_default_qconfig('x86') with quantize_jit / prepare_jit"
             )
@@ -133,7 +146,11 @@ def _fold_conv_bn(module: CppModule) -> CppModule:
     return as_cpp(fold_conv_bn_in_place(module))
 
 
-def prepare_pipeline(qconfig_dict: dict, quant_type: QuantType) -> Pipeline:
+def _names_ops(qconfig_dict: Any) -> bool:
+    return is_qconfig_mapping(qconfig_dict) and reads_graphs(qconfig_dict)
+
+
+def prepare_pipeline(qconfig_dict: Any, quant_type: QuantType) -> Pipeline:
     """The stages of ``prepare`` for an already scripted ``qconfig_dict``.
 
     Dynamic quantization quantizes LSTM/GRU and their cells before
@@ -153,6 +170,7 @@ def prepare_pipeline(qconfig_dict: dict, quant_type: QuantType) -> Pipeline:
             unshare_qconfig_types_stage(qconfig_dict),
             *([Stage("quantize-rnn", rnn)] if quant_type == QuantType.DYNAMIC else []),
             *observer_preprocessing_stages("forward"),
+            *([unshare_op_qconfig_types_stage("forward", qconfig_dict)] if _names_ops(qconfig_dict) else []),
             insert_observers_stage("forward", qconfig_dict, quant_type),
         ],
     )
@@ -166,7 +184,8 @@ def prepare(
 ) -> torch.jit.ScriptModule:
     """Preprocess ``model`` and insert observers; calibrate the result, then convert it.
 
-    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.quant.qconfig``).
+    ``qconfig_dict`` maps module paths to QConfigs (see ``qgraph.quant.qconfig``),
+    or is a ``QConfigMapping`` (see ``qgraph.quant.qconfig_mapping``).
     With ``inplace=False`` the caller's model is left exactly as it was;
     with ``inplace=True`` the same Python object is returned, now prepared
     (its tensors are copies: the rewrites never touch the class types the

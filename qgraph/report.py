@@ -83,6 +83,7 @@ from qgraph.quant.lowering import lowering_of
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.ops import KEEPS_QUANTIZATION_ATEN
 from qgraph.quant.qconfig import check_qconfig_dict, qconfig_key_for_path
+from qgraph.quant.qconfig_mapping import explain_op_qconfig, is_qconfig_mapping
 from qgraph.quant.quant_type import check_quant_type
 from qgraph.quant.quantized_values import quantized_values
 
@@ -249,14 +250,13 @@ def _float_inputs(node: Node, quantized: set[Value]) -> list[Value]:
     ]
 
 
-def float_op_report(
-    model: Any, qconfig_dict: dict | None = None, quant_type: QuantType = QuantType.STATIC
-) -> FloatOpReport:
+def float_op_report(model: Any, qconfig_dict: Any = None, quant_type: QuantType = QuantType.STATIC) -> FloatOpReport:
     """The ops ``model`` (a converted ScriptModule or its ``._c``) runs in float, with reasons.
 
     Every method of the model is analysed (nested blocks included); pass the
-    ``qconfig_dict`` used for prepare to tell ops switched off by a ``None``
-    qconfig (or covered by no entry) apart from the others.
+    ``qconfig_dict`` (or ``QConfigMapping``) used for prepare to tell ops
+    switched off by a ``None`` qconfig (or covered by no entry) apart from
+    the others.
     """
     check_quant_type(quant_type)
     if qconfig_dict is not None:
@@ -328,9 +328,14 @@ def _recorded(node: Node, record: FloatOpRecord, method: str) -> FloatOp:
     return FloatOp(path, node.kind(), source_location(node), record.category, record.reason, method)
 
 
-def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -> tuple[str, str]:
+def _classify(node: Node, path: str, qconfig_dict: Any, dynamic: bool) -> tuple[str, str]:
     kind = node.kind()
-    if qconfig_dict is not None:
+    if is_qconfig_mapping(qconfig_dict):
+        qconfig, entry = explain_op_qconfig(qconfig_dict, path, _module_class(node), kind)
+        if qconfig is None:
+            where = f"module {path!r}" if path else "the model"
+            return NO_QCONFIG, f"the qconfig of {kind} in {where} is None (QConfigMapping {entry})"
+    elif qconfig_dict is not None:
         key = qconfig_key_for_path(qconfig_dict, path)
         if key is None or qconfig_dict[key] is None:
             return _classify_no_qconfig(path, qconfig_dict, key)
@@ -342,6 +347,12 @@ def _classify(node: Node, path: str, qconfig_dict: dict | None, dynamic: bool) -
     if kind not in quantizable:
         return UNSUPPORTED_OP, f"no quantized kernel for {kind}"
     return UNOBSERVED_INPUT, "its input is a float tensor (not observed, or produced by a float op)"
+
+
+def _module_class(node: Node) -> str | None:
+    """The class name (unqualified) of the module whose code made ``node``, when the graph kept it."""
+    entries = [e for e in re.findall(r"([^.()]+)\(([^()]*)\)", node.getModuleHierarchy()) if e[0] != "SELF"]
+    return entries[-1][1] or None if entries else None
 
 
 def _node_kinds(module_c: CppModule) -> set[str]:

@@ -21,6 +21,25 @@ SIGNATURES = {
     "script_qconfig": ["qconfig"],
     "script_qconfig_dict": ["qconfig_dict"],
     "capture": ["model", "example_inputs", "method"],
+    "PercentileObserver": ["percentile", "mantissa_bits", "kwargs"],
+    "EntropyObserver": ["bins", "mantissa_bits", "kwargs"],
+    "MSEObserver": [
+        "mantissa_bits",
+        "dtype",
+        "qscheme",
+        "reduce_range",
+        "quant_min",
+        "quant_max",
+        "factory_kwargs",
+        "eps",
+        "is_dynamic",
+        "kwargs",
+    ],
+    "merge_observers": ["a", "b", "inplace"],
+    "all_reduce_observers": ["model", "group"],
+    "compare": ["float_model", "quantized_model", "inputs"],
+    "sensitivity": ["model", "qconfig_dict", "calibration", "inputs", "k", "dynamic"],
+    "draw": ["model", "path", "method"],
 }
 
 

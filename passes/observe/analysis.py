@@ -53,9 +53,18 @@ __all__ = ["ObserverAnalysis"]
 class ObserverAnalysis:
     """The facts of one module tree that observer placement reads; see the module docstring."""
 
-    def __init__(self, root: CppModule, qconfigs: dict[str, QConfig | None], quant_type: QuantType, method: str):
+    def __init__(
+        self,
+        root: CppModule,
+        qconfigs: dict[str, QConfig | None],
+        quant_type: QuantType,
+        method: str,
+        op_qconfigs: dict[Node, QConfig | None] | None = None,
+    ):
         self.root = root
         self.qconfigs = qconfigs
+        # Ops whose qconfig is not their module's (QConfigMapping op object types and order entries).
+        self.op_qconfigs = {} if op_qconfigs is None else op_qconfigs
         self.quant_type = quant_type
         self.delayed: dict[Value, Value] = {}
         self.observer_for_value: dict[Value, CppModule] = {}
@@ -72,7 +81,7 @@ class ObserverAnalysis:
             self._keep.append(graph)
             self.delayed.update(delayed_observations(graph))
             qconfig = self.qconfigs.get(data["instances"][0]) if data["instances"] else None
-            if qconfig is not None:
+            if qconfig is not None or self.op_qconfigs:
                 self._fill_observers(graph, qconfig)
             self._fill_pass_through(graph, analysed_functions)
         for _, module, name in self._instance_methods(method):
@@ -138,40 +147,75 @@ class ObserverAnalysis:
                     sub_path = ".".join(p for p in [path, *(getattr_path(node.inputsAt(0)) or [])] if p)
                     stack.append((sub_path, target, node.s("name")))
 
-    def _fill_observers(self, graph: Graph, qconfig: QConfig) -> None:
+    def _fill_observers(self, graph: Graph, qconfig: QConfig | None) -> None:
         for value in inputs_of(graph):
-            if self._needs_observer(value, qconfig):
-                self.observer_for_value[value] = self._observer_module(value, qconfig)
+            observer = self._observer_needed(value, qconfig)
+            if observer is not None:
+                self.observer_for_value[value] = observer
         for node in walk(graph):
             values = outputs_of(node)
             if node.kind() == "prim::Loop":
                 values += rules.loop_carried_params(node)
             for value in values:
-                if self._needs_observer(value, qconfig):
-                    self.observer_for_value[value] = self._observer_module(value, qconfig)
+                observer = self._observer_needed(value, qconfig)
+                if observer is not None:
+                    self.observer_for_value[value] = observer
+
+    def _qconfig_of(self, node: Node, module_qconfig: QConfig | None) -> QConfig | None:
+        """The qconfig of one op: its own (a QConfigMapping op entry), else its module's."""
+        return self.op_qconfigs.get(node, module_qconfig) if self.op_qconfigs else module_qconfig
 
     @staticmethod
     def _observer_module(value: Value, qconfig: QConfig) -> CppModule:
         return qconfig.weight if rules.is_weight(value) else qconfig.activation
 
-    def _needs_observer(self, value: Value, qconfig: QConfig) -> bool:
+    def _observer_needed(self, value: Value, module_qconfig: QConfig | None) -> CppModule | None:
+        """The observer ``value`` needs in its graph, or None.
+
+        The qconfig that observes it is its producer's when the producer asks
+        for an observer, else that of its first reader that does; an op's
+        qconfig is its module's unless a QConfigMapping names the op.
+        """
         if rules.is_bias(value) or not rules.is_tensor_or_tensor_list(value) or rules.is_embedding_bag_float_arg(value):
-            return False
+            return None
         node = value.node()
-        if self.quant_type == QuantType.STATIC:
-            if not rules.is_weight_only(node) and (
-                rules.is_quantizable(node, QuantType.STATIC) or rules.is_propagating(node)
-            ):
-                return True
-        else:
-            # fp16 dynamic quantization converts weights only.
-            if observer_dtype(self._observer_module(value, qconfig)) == torch.float16 and not rules.is_weight(value):
-                return False
+        producer_qconfig = self._qconfig_of(node, module_qconfig)
+        if (
+            self.quant_type == QuantType.STATIC
+            and producer_qconfig is not None
+            and not rules.is_weight_only(node)
+            and (rules.is_quantizable(node, QuantType.STATIC) or rules.is_propagating(node))
+        ):
+            return self._observer_module(value, producer_qconfig)
+        readers = [self._qconfig_of(use.user, module_qconfig) for use in value.uses()]
+        qconfig = next(
+            (
+                reader_qconfig
+                for use, reader_qconfig in zip(value.uses(), readers)
+                if reader_qconfig is not None and rules.is_quantizable_use(use.user, use.offset, self.quant_type)
+            ),
+            None,
+        )
+        if self.quant_type == QuantType.DYNAMIC:
+            weight_only_qconfig = next(
+                (q for use, q in zip(value.uses(), readers) if q is not None and rules.is_weight_only(use.user)), None
+            )
             # Weight-only quantization needs no calibration, so the dynamic API
             # gives an embedding_bag what the static API gives when its qconfig asks for it.
-            if rules.is_weight_only_weight(value) and is_embedding_bag_placeholder(qconfig.weight):
-                return True
-        return any(rules.is_quantizable_use(u.user, u.offset, self.quant_type) for u in value.uses())
+            if (
+                weight_only_qconfig is not None
+                and rules.is_weight_only_weight(value)
+                and is_embedding_bag_placeholder(weight_only_qconfig.weight)
+            ):
+                return weight_only_qconfig.weight
+            # fp16 dynamic quantization converts weights only.
+            if (
+                qconfig is not None
+                and not rules.is_weight(value)
+                and observer_dtype(self._observer_module(value, qconfig)) == torch.float16
+            ):
+                return None
+        return None if qconfig is None else self._observer_module(value, qconfig)
 
     def _fill_pass_through(self, graph: Graph, analysed_functions: set) -> None:
         pending = [graph]

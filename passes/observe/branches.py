@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 from torch.ao.quantization import QConfig
 
@@ -70,7 +71,7 @@ def _renamed(env: dict[Value, Value], value: Value) -> Value:
     return env.get(value, value)
 
 
-def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
+def _move_continuation_into_branches(graph: Graph, if_node: Node, op_qconfigs: dict[Node, Any]) -> int:
     """Move the nodes after ``if_node`` in its block into every branch; returns the nodes added.
 
     Each branch gets its own copy of the rest of the block, reading that
@@ -81,6 +82,8 @@ def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
           block1(): -> (%b)            block1(): %r.1 = f(%b) -> (%r.1)
         %r = f(%y)                   -> (%r)
         -> (%r)
+
+    Copies of an op with a qconfig of its own (``op_qconfigs``) get it too.
     """
     block = if_node.owningBlock()
     nodes = list(block.nodes())
@@ -94,6 +97,9 @@ def _move_continuation_into_branches(graph: Graph, if_node: Node) -> int:
         for node in rest:
             clone = clone_node(graph, node, functools.partial(_renamed, env))
             clone.insertBefore(branch_return)
+            for old_node, new_node in zip([node, *_nested_nodes(node)], [clone, *_nested_nodes(clone)]):
+                if old_node in op_qconfigs:
+                    op_qconfigs[new_node] = op_qconfigs[old_node]
             for old, new in zip(outputs_of(node), outputs_of(clone)):
                 new.copyMetadata(old)
                 env[old] = new
@@ -138,26 +144,39 @@ def _move_continuations(placement: ObserverPlacement, budget: dict[Graph, int]) 
         cost = _node_count(rest) * (len(nested_blocks(if_node)) - 1)
         if cost > budget[owner]:
             continue
-        budget[owner] -= _move_continuation_into_branches(owner, if_node)
+        budget[owner] -= _move_continuation_into_branches(owner, if_node, placement.analysis.op_qconfigs)
         moved = True
     return moved
 
 
+def _placement(
+    root: CppModule, qconfigs: dict, quant_type: QuantType, method_name: str, op_qconfigs: dict
+) -> ObserverPlacement:
+    return ObserverPlacement(ObserverAnalysis(root, qconfigs, quant_type, method_name, op_qconfigs), method_name)
+
+
 def place_observers(
-    root: CppModule, qconfigs: dict[str, QConfig | None], quant_type: QuantType, method_name: str
+    root: CppModule,
+    qconfigs: dict[str, QConfig | None],
+    quant_type: QuantType,
+    method_name: str,
+    op_qconfigs: dict[Node, QConfig | None] | None = None,
 ) -> ObserverPlacement:
     """Where the observers of ``root.<method_name>`` go, after moving the continuations of inconsistent ifs.
 
     Each round decides a placement on the graphs as they are; when it moved
     continuations, the graphs changed and the next round decides again. The
     placement returned was decided on the graphs as they are left.
+    ``op_qconfigs`` gives single ops a qconfig other than their module's
+    (``ObserverAnalysis``); moved continuations add their copies to it.
     """
-    placement = ObserverPlacement(ObserverAnalysis(root, qconfigs, quant_type, method_name), method_name)
+    op_qconfigs = {} if op_qconfigs is None else op_qconfigs
+    placement = _placement(root, qconfigs, quant_type, method_name, op_qconfigs)
     if not _has_if_with_tensor_result(root, method_name):
         return placement
     budget: dict[Graph, int] = {}
     for _ in range(_MAX_CONTINUATION_ROUNDS):
         if not _move_continuations(placement, budget):
             return placement
-        placement = ObserverPlacement(ObserverAnalysis(root, qconfigs, quant_type, method_name), method_name)
+        placement = _placement(root, qconfigs, quant_type, method_name, op_qconfigs)
     return placement

@@ -121,31 +121,41 @@ from typing import Any
 from passes.observe.branches import place_observers
 from passes.observe.insertion import insert_placed_observers
 from qgraph.ir import CppModule, as_cpp
+from qgraph.quant.mapping_resolver import MappingResolver
 from qgraph.quant.qconfig import is_scripted_qconfig, resolve_qconfigs, script_qconfig
+from qgraph.quant.qconfig_mapping import is_qconfig_mapping, map_qconfigs
 from qgraph.quant.quant_type import parse_quant_type
 
 __all__ = ["insert_observers_in_place"]
 
 
-def _scripted(qconfig_dict: dict) -> dict:
-    return {
-        key: qconfig if qconfig is None or is_scripted_qconfig(qconfig) else script_qconfig(qconfig)
-        for key, qconfig in qconfig_dict.items()
-    }
+def _scripted_one(qconfig: Any) -> Any:
+    return qconfig if qconfig is None or is_scripted_qconfig(qconfig) else script_qconfig(qconfig)
 
 
-def insert_observers_in_place(module: Any, method_name: str, qconfig_dict: dict, quant_type: Any) -> CppModule:
+def _scripted(qconfig_dict: Any) -> Any:
+    if is_qconfig_mapping(qconfig_dict):
+        return map_qconfigs(qconfig_dict, _scripted_one)
+    return {key: _scripted_one(qconfig) for key, qconfig in qconfig_dict.items()}
+
+
+def insert_observers_in_place(module: Any, method_name: str, qconfig_dict: Any, quant_type: Any) -> CppModule:
     """Observers into ``module`` itself, whose graphs are cleaned up and whose types are unshared already.
 
     The insert-observers step of ``passes.composite``, after the observer
     preprocessing steps and ``unshare_qconfig_types``. ``qconfig_dict`` may
-    hold QConfigs or scripted QConfigs; ``quant_type`` is a ``QuantType`` or
-    ``"static"`` / ``"dynamic"``. Returns ``module``.
+    hold QConfigs or scripted QConfigs, or be a ``QConfigMapping``, whose
+    op entries give single ops a qconfig of their own; ``quant_type`` is a
+    ``QuantType`` or ``"static"`` / ``"dynamic"``. Returns ``module``.
     """
     root = as_cpp(module)
     if not root._has_method(method_name):
         raise ValueError(f"module {root._type().qualified_name()} has no method {method_name!r}")
     kind = parse_quant_type(quant_type)
-    qconfigs = resolve_qconfigs(root, _scripted(qconfig_dict))
-    insert_placed_observers(place_observers(root, qconfigs, kind, method_name))
+    scripted = _scripted(qconfig_dict)
+    qconfigs = resolve_qconfigs(root, scripted)
+    op_qconfigs = (
+        MappingResolver(root, scripted, method_name).op_qconfigs_by_node() if is_qconfig_mapping(scripted) else {}
+    )
+    insert_placed_observers(place_observers(root, qconfigs, kind, method_name, op_qconfigs))
     return root

@@ -38,6 +38,7 @@ __all__ = [
     "stack_order",
     "module_path_of",
     "source_location",
+    "strip_serialized",
 ]
 
 
@@ -280,9 +281,15 @@ _SCRIPTED_SOURCE = re.compile(r'File "([^"]+)", line (\d+)')
 _TRACED_SOURCE = re.compile(r"^(.+)\((\d+)\): ")
 
 
+def strip_serialized(source_range: str) -> str:
+    """A node's source range without the location in the saved model's code that loading appends."""
+    original, _, _ = source_range.partition("\nSerialized")
+    return original if original else source_range
+
+
 def source_location(node: Node) -> str | None:
     """``"file.py:line"`` of the user code that made ``node`` (scripted or traced), when the graph kept it."""
-    text = source_text(node)
+    text = strip_serialized(source_text(node))
     found = _SCRIPTED_SOURCE.search(text) or _TRACED_SOURCE.search(text.splitlines()[0] if text else "")
     if not found:
         return None

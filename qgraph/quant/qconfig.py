@@ -7,6 +7,10 @@ quantization off below that path::
 
     {"": qconfig, "features.3": None, "head": other_qconfig}
 
+A ``torch.ao.quantization.QConfigMapping`` is accepted wherever a
+``qconfig_dict`` is, with the precedence of PyTorch's FX mode
+(``qgraph.quant.qconfig_mapping``).
+
 Observers are TorchScript modules: ``script_qconfig`` instantiates the
 QConfig's activation and weight constructors (plain classes or ``with_args``
 partials) and scripts them; observer insertion then copies those scripted
@@ -22,6 +26,8 @@ import torch
 from torch.ao.quantization import QConfig
 
 from qgraph.ir import CppModule, as_cpp, children_of, named_modules
+from qgraph.quant.mapping_resolver import MappingResolver
+from qgraph.quant.qconfig_mapping import check_qconfig_mapping, is_qconfig_mapping, map_qconfigs
 
 __all__ = [
     "script_qconfig",
@@ -69,16 +75,24 @@ def script_qconfig(qconfig: QConfig) -> QConfig:
     )
 
 
-def script_qconfig_dict(qconfig_dict: dict) -> dict:
-    """``script_qconfig`` applied to every value; None values stay None."""
+def script_qconfig_dict(qconfig_dict: Any) -> Any:
+    """``script_qconfig`` applied to every value; None values stay None (a QConfigMapping gives one back)."""
     check_qconfig_dict(qconfig_dict)
+    if is_qconfig_mapping(qconfig_dict):
+        return map_qconfigs(qconfig_dict, script_qconfig)
     return {key: None if qconfig is None else script_qconfig(qconfig) for key, qconfig in qconfig_dict.items()}
 
 
 def check_qconfig_dict(qconfig_dict: Any) -> None:
-    """Raise ValueError/TypeError when ``qconfig_dict`` is not a dict of str -> QConfig | None."""
+    """Raise ValueError/TypeError when ``qconfig_dict`` is not a dict of str -> QConfig | None.
+
+    A QConfigMapping is checked for entries graph mode cannot apply (``qgraph.quant.qconfig_mapping``).
+    """
+    if is_qconfig_mapping(qconfig_dict):
+        check_qconfig_mapping(qconfig_dict)
+        return
     if not isinstance(qconfig_dict, dict):
-        raise TypeError(f"qconfig_dict must be a dict, got {type(qconfig_dict).__name__}")
+        raise TypeError(f"qconfig_dict must be a dict or a QConfigMapping, got {type(qconfig_dict).__name__}")
     for key, qconfig in qconfig_dict.items():
         if not isinstance(key, str):
             raise ValueError(
@@ -91,7 +105,7 @@ def check_qconfig_dict(qconfig_dict: Any) -> None:
             )
 
 
-def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | None]:
+def resolve_qconfigs(module: Any, qconfig_dict: Any) -> dict[str, QConfig | None]:
     """The effective qconfig of every submodule instance, by dotted path (``""`` = root).
 
     A module takes the entry for its own path if there is one, else its
@@ -106,7 +120,8 @@ def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | Non
     names the key and the key has no effect.
     """
     resolved = qconfigs_by_path(module, qconfig_dict)
-    for key in qconfig_dict:
+    keys = qconfig_dict.module_name_qconfigs if is_qconfig_mapping(qconfig_dict) else qconfig_dict
+    for key in keys:
         if key not in resolved:
             warnings.warn(
                 f"qconfig_dict key {key!r} names no submodule of the model; it is ignored",
@@ -116,10 +131,12 @@ def resolve_qconfigs(module: Any, qconfig_dict: dict) -> dict[str, QConfig | Non
     return resolved
 
 
-def qconfigs_by_path(module: Any, qconfig_dict: dict) -> dict[str, QConfig | None]:
+def qconfigs_by_path(module: Any, qconfig_dict: Any) -> dict[str, QConfig | None]:
     """``resolve_qconfigs`` without the warning for keys that name no submodule."""
     check_qconfig_dict(qconfig_dict)
     root = as_cpp(module)
+    if is_qconfig_mapping(qconfig_dict):
+        return MappingResolver(root, qconfig_dict).module_qconfigs
     return {path: qconfig_for_path(qconfig_dict, path) for path, _ in named_modules(root)}
 
 
@@ -150,7 +167,9 @@ def qconfig_for_path(qconfig_dict: dict, path: str) -> QConfig | None:
     return None if key is None else qconfig_dict[key]
 
 
-def qconfig_paths_needing_own_type(module: Any, resolved: dict[str, QConfig | None]) -> list[str]:
+def qconfig_paths_needing_own_type(
+    module: Any, resolved: dict[str, QConfig | None], op_qconfigs: dict[str, dict] | None = None
+) -> list[str]:
     """Instances that must get a class type of their own before observers go in.
 
     Methods live on class types, so instances of one type must agree on the
@@ -158,16 +177,20 @@ def qconfig_paths_needing_own_type(module: Any, resolved: dict[str, QConfig | No
     observers one of them needs would be inserted into the others' graphs.
     For each class type, the instances that agree with its first instance
     (in module order) keep the type; every other instance is listed.
+    ``op_qconfigs`` (``MappingResolver.op_qconfigs``) adds the qconfigs of
+    single ops of an instance's graphs to what must agree.
     """
+    op_qconfigs = op_qconfigs or {}
     root = as_cpp(module)
     signatures: dict[str, tuple] = {}
     types: dict[str, str] = {}
 
     def visit(path: str, instance: CppModule) -> tuple:
-        parts = [("", id(resolved.get(path)))]
+        ops = tuple(sorted((position, id(q)) for position, q in op_qconfigs.get(path, {}).items()))
+        parts: list[tuple] = [("", id(resolved.get(path)), ops)]
         for name, child in children_of(instance):
             child_path = f"{path}.{name}" if path else name
-            parts.extend((f"{name}.{rel}" if rel else name, q) for rel, q in visit(child_path, child))
+            parts.extend((f"{name}.{rel}" if rel else name, *q) for rel, *q in visit(child_path, child))
         signature = tuple(parts)
         signatures[path] = signature
         types[path] = instance._type().qualified_name()

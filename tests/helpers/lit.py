@@ -28,7 +28,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of the command line run in-process."""
     try:
         code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse exits for --help and usage errors
+    except SystemExit as exit_:  # argparse exits for --help, --version and usage errors
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
