@@ -63,8 +63,8 @@ def model():
     return torch.jit.script(eager)
 
 
-# Additions after the reference's parameters, keyword-only so that positional calls keep their meaning.
-KEYWORD_ONLY = {"convert_jit": {"lowering"}, "quantize_jit": {"lowering"}}
+# Keyword-only parameters: lowering comes after the reference's parameters, so positional calls keep their meaning.
+KEYWORD_ONLY = {"convert_jit": {"lowering"}, "quantize_jit": {"lowering"}, "sensitivity": {"k", "dynamic"}}
 
 
 def test_public_names_and_signatures_are_the_contract():
