@@ -37,7 +37,10 @@ test: $(VENV)/.installed
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
+# ONNX Runtime is the yardstick of bench_onednn.py: the bench extra. Without it
+# (no network) that benchmark prints its other columns and says what it skipped.
 bench: $(VENV)/.installed
+	-$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -140,6 +140,36 @@ class TransformerMLP(nn.Module):
         return self.head(self.norm(self.blocks(self.embed(x))))
 
 
+class EncoderBlock(nn.Module):
+    """A pre-norm transformer encoder block, ViT-B/16's by default: 12 heads of 64, an MLP 4x wide, GELU.
+
+    Attention is written out (one linear for queries, keys and values, two
+    matmuls, a softmax), so the block scripts, traces and exports to ONNX
+    the same way on every PyTorch version.
+    """
+
+    def __init__(self, dim: int = 768, heads: int = 12, mlp_ratio: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x):
+        n, tokens, dim = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(n, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attention = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
+        mixed = torch.matmul(attention, v).transpose(1, 2).reshape(n, tokens, dim)
+        x = x + self.proj(mixed)
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
 class DeepConvStack(nn.Module):
     """``depth`` conv-relu layers in a row: a model whose size makes pass costs visible."""
 
@@ -195,6 +225,7 @@ __all__ = [
     "ResNetLike",
     "MobileNetV2Like",
     "TransformerMLP",
+    "EncoderBlock",
     "DeepConvStack",
     "LSTMLanguageModel",
     "calibration_batches",

@@ -14,6 +14,7 @@ from passes.fold_conv_bn import fold_conv_bn
 from passes.legalize import legalize_quantized
 from passes.linear import fuse_linear, swap_functional_linear
 from passes.lower import fold_prepacking, freeze, insert_prepack_unpack, keep_unsafe_convs_in_float, quant_fusion
+from passes.lower_onednn import lower_onednn
 from passes.qat import fold_trained_conv_bn, settle_weight_fake_quants, swap_conv_bn_for_qat
 from passes.remove_list_mutation import remove_list_mutation
 from passes.replicate_dequantize import replicate_dequantize
@@ -35,6 +36,7 @@ __all__ = [
     "insert_quant_dequant",
     "keep_unsafe_convs_in_float",
     "legalize_quantized",
+    "lower_onednn",
     "quant_fusion",
     "quantize_rnn",
     "remove_list_mutation",

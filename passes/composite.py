@@ -17,14 +17,16 @@ list of ``qgraph.pipeline.Stage`` defined once, below:
   (``passes.quant_dequant.propagate``, ``replicate_quantize``,
   ``replicate_dequantize``);
 - ``finalize_stages``: prepack / unpack, unsafe convs kept float, quant
-  fusion, freeze, prepacking folded, clean-up.
+  fusion, freeze, prepacking folded, clean-up;
+- ``onednn_lowering_stages``, the second lowering beside ``finalize_stages``:
+  oneDNN's int8 ops on plain integer tensors (``passes.lower_onednn``), and
+  ``onednn_module_state_stage``, which convert runs after legalization.
 
 The driver's pipelines (``qgraph.prepare``, ``qgraph.convert``) splice these
 lists, so ``qgraph.pipeline.inspect`` shows every step and each runs once.
 The standalone functions (``insert_observers``, ``insert_quant_dequant``,
 ``finalize``, exported by ``passes``) run the same lists on their own, as
-PyTorch's passes of the same names do. A second lowering would be a second
-list beside ``finalize_stages``.
+PyTorch's passes of the same names do.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from passes.canonicalize_conv import canonicalize_conv
 from passes.legalize import legalize_quantized
 from passes.linear import fuse_linear, swap_functional_linear
 from passes.lower import fold_prepacking, freeze, insert_prepack_unpack, keep_unsafe_convs_in_float, quant_fusion
+from passes.lower_onednn import finish_module, onednn_stages
 from passes.observe import insert_observers_in_place
 from passes.quant_dequant import (
     insert_quant_dequant_in_place,
@@ -62,6 +65,8 @@ __all__ = [
     "insert_observers_stage",
     "quant_dequant_stages",
     "finalize_stages",
+    "onednn_lowering_stages",
+    "onednn_module_state_stage",
     "cleanup_stage",
     "legalize_stage",
     "insert_observers",
@@ -273,6 +278,19 @@ def finalize(
         raise ValueError(f"finalize needs a module with a forward method; {module_c._type().qualified_name()} has none")
     stages = finalize_stages(quant_type, () if preserved_attrs is None else preserved_attrs)
     return like(Pipeline("finalize", stages).run(module_c), module)
+
+
+def onednn_lowering_stages(preserved_attrs: Sequence[str] = ()) -> list[Stage]:
+    """The lowering of a quantize / dequantize model to oneDNN's int8 ops on plain integer tensors, frozen.
+
+    ``forward`` must be inlined already (``quant_dequant_stages`` leaves it so).
+    """
+    return onednn_stages(_check_preserved_attrs(preserved_attrs))
+
+
+def onednn_module_state_stage() -> Stage:
+    """The oneDNN-lowered module marked as such and given state methods that leave packed weights out."""
+    return Stage("onednn-module-state", finish_module)
 
 
 def legalize_stage() -> Stage:

@@ -19,6 +19,7 @@ from qgraph import ir
 from qgraph.convert import convert
 from qgraph.prepare import check_eval_mode, check_script_module, prepare
 from qgraph.prepare_qat import prepare_qat
+from qgraph.quant.lowering import check_lowering
 from qgraph.quant.qconfig import script_qconfig, script_qconfig_dict
 
 __all__ = [
@@ -90,9 +91,18 @@ def convert_jit(
     inplace: bool = False,
     debug: bool = False,
     preserved_attrs: Sequence[str] | None = None,
+    *,
+    lowering: str = "reference",
 ) -> torch.jit.ScriptModule:
-    """Turn a calibrated model into a quantized one (``debug=True``: quantize/dequantize around float ops)."""
-    return convert(model, inplace, debug, preserved_attrs, QuantType.STATIC)
+    """Turn a calibrated model into a quantized one (``debug=True``: quantize/dequantize around float ops).
+
+    ``lowering="reference"`` runs PyTorch's quantized ops, bit for bit as
+    ``torch.ao.quantization.convert_jit``; ``lowering="onednn"`` runs
+    oneDNN's int8 ops on plain uint8/int8 tensors with fused epilogues (no
+    quantized dtype in the model; ``OnednnUnavailableError`` where the ops
+    cannot run exactly).
+    """
+    return convert(model, inplace, debug, preserved_attrs, QuantType.STATIC, lowering)
 
 
 def convert_dynamic_jit(
@@ -112,12 +122,15 @@ def quantize_jit(
     run_args: Sequence[Any],
     inplace: bool = False,
     debug: bool = False,
+    *,
+    lowering: str = "reference",
 ) -> torch.jit.ScriptModule:
-    """Prepare, calibrate with ``run_fn(model, *run_args)``, and convert."""
+    """Prepare, calibrate with ``run_fn(model, *run_args)``, and convert (with ``lowering``, see ``convert_jit``)."""
     if not callable(run_fn):
         raise ValueError("quantize_jit needs a calibration function run_fn(model, *run_args)")
     if not run_args:
         raise ValueError("quantize_jit needs calibration data: run_args is empty")
+    check_lowering(lowering)
     prepared = prepare_jit(model, qconfig_dict, inplace)
     try:
         run_fn(prepared, *run_args)
@@ -125,7 +138,7 @@ def quantize_jit(
         _explain_non_finite_calibration(prepared, err)
         raise
     # prepare already copied the model when inplace is False.
-    return convert_jit(prepared, True, debug)
+    return convert_jit(prepared, True, debug, lowering=lowering)
 
 
 # What PyTorch's observers say when the data they get holds NaN or inf

@@ -7,18 +7,19 @@
                                           run what prepare_jit runs (its pipeline, stage by
                                           stage), printing forward after each; observers go
                                           where the --qconfig entries say (none without them)
-    qgraph opt --pass NAME FILE [--dynamic] [--qconfig [PATH=]NAME ...]
+    qgraph opt --pass NAME FILE [--dynamic] [--lowering L] [--qconfig [PATH=]NAME ...]
                                           one pass on a graph in IR text (FILE.ir) or on a model
-                                          in Python source (FILE.py), the result printed; see
-                                          qgraph.opt
-    qgraph report MODEL.pt [--dynamic | --static] [--qconfig [PATH=]NAME ...]
+                                          in Python source (FILE.py), the result printed; convert
+                                          lowers with L (reference or onednn); see qgraph.opt
+    qgraph report MODEL.pt [--dynamic | --static] [--lowering L] [--qconfig [PATH=]NAME ...]
                                           the ops a quantized model still runs in float, and why
                                           (static or dynamic as the model shows, unless told;
-                                          --qconfig gives the qconfig_dict used for prepare, so
-                                          ops under a None qconfig say so: NAME is none, x86,
-                                          fbgemm, qnnpack, onednn, default, dynamic, fp16, qat,
-                                          qat-default, or MODULE:ATTRIBUTE naming a QConfig or
-                                          QConfigMapping)
+                                          --lowering says which lowering made the model, and a
+                                          model made by another is an error; --qconfig gives the
+                                          qconfig_dict used for prepare, so ops under a None
+                                          qconfig say so: NAME is none, x86, fbgemm, qnnpack,
+                                          onednn, default, dynamic, fp16, qat, qat-default, or
+                                          MODULE:ATTRIBUTE naming a QConfig or QConfigMapping)
     qgraph quantize | compare | sensitivity | draw ...
                                           see ``qgraph.cli_tools``
     qgraph --version
@@ -44,6 +45,7 @@ from qgraph.ir import CppModule, method_graph
 from qgraph.opt import OptError, run_opt
 from qgraph.pipeline import Pipeline, Stage, format_module_graphs, inspect
 from qgraph.prepare import prepare_pipeline
+from qgraph.quant.lowering import LOWERINGS, lowering_of
 from qgraph.quant.qconfig import script_qconfig_dict
 from qgraph.quant.quant_type import QuantType
 from qgraph.report import detected_quant_type, float_op_report
@@ -89,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--pass", dest="pass_name", required=True, metavar="NAME", help="the pass (a stage name)")
     opt.add_argument("file", metavar="FILE", help="IR text (.ir) or Python source defining Model (.py)")
     opt.add_argument("--dynamic", action="store_true", help="dynamic quantization (prepare_dynamic_jit)")
+    _add_lowering_option(opt, "the lowering convert's stages are those of")
     _add_qconfig_option(opt, "an entry of the qconfig_dict to prepare with")
     opt.set_defaults(command=_opt)
 
@@ -101,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dynamic", action="store_true", help="the model was quantized dynamically (activations stay float by design)"
     )
     kind.add_argument("--static", action="store_true", help="the model was quantized statically")
+    _add_lowering_option(report, "the lowering the model was converted with (checked against the model)", None)
     _add_qconfig_option(report, "an entry of the qconfig_dict used for prepare")
     report.set_defaults(command=_report)
     add_commands(commands)
@@ -116,6 +120,11 @@ def _add_qconfig_option(command: argparse.ArgumentParser, what: str) -> None:
         help=f"{what} (repeatable; PATH defaults to the whole model): NAME is one of {', '.join(QCONFIG_NAMES)}, "
         "or MODULE:ATTRIBUTE naming a QConfig or QConfigMapping",
     )
+
+
+def _add_lowering_option(command: argparse.ArgumentParser, what: str, default: str | None = "reference") -> None:
+    shown = f"default: {default}" if default else "default: as the model says"
+    command.add_argument("--lowering", choices=LOWERINGS, default=default, help=f"{what} ({shown})")
 
 
 def _version() -> str:
@@ -152,7 +161,7 @@ def _opt(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise UsageError(f"{args.file}: no such file")
     try:
-        print(run_opt(args.pass_name, args.file, qconfig_dict, quant_type), end="")
+        print(run_opt(args.pass_name, args.file, qconfig_dict, quant_type, args.lowering), end="")
     except OptError as err:
         raise UsageError(str(err)) from None
     return 0
@@ -161,6 +170,8 @@ def _opt(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     qconfig_dict = parse_qconfig_entries(args.qconfig) if args.qconfig else None
     model = load_model(args.model)
+    if args.lowering is not None and lowering_of(model) != args.lowering:
+        raise UsageError(f"{args.model} was converted with lowering {lowering_of(model)!r}, not {args.lowering!r}")
     if args.dynamic or args.static:
         quant_type = QuantType.DYNAMIC if args.dynamic else QuantType.STATIC
     else:

@@ -1,19 +1,19 @@
 """The ``qgraph`` commands that quantize, compare and draw (the parser and the rest live in ``qgraph.cli``).
 
     qgraph quantize MODEL.pt --calibration DATA.pt [--qconfig [PATH=]NAME ...] [--per-tensor]
-                    [--dynamic [--dtype qint8|float16]] [--lowering reference] -o OUT.pt
+                    [--dynamic [--dtype qint8|float16]] [--lowering reference|onednn] -o OUT.pt
     qgraph compare FLOAT.pt QUANTIZED.pt --inputs DATA.pt [--top N]
     qgraph sensitivity MODEL.pt --calibration DATA.pt [--qconfig ...] [--dynamic] [-k K]
     qgraph draw MODEL.pt -o GRAPH.svg [--stage STAGE [--qconfig ...] [--calibration DATA.pt] [--dynamic]]
 
 What they read (DATA.pt files, the ``--qconfig`` options) is read by
-``qgraph.cli_inputs``; ``--lowering`` offers ``qgraph.convert.LOWERINGS``.
+``qgraph.cli_inputs``; ``--lowering`` offers ``qgraph.quant.lowering.LOWERINGS``
+(``onednn`` for static quantization only).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import warnings
@@ -31,7 +31,7 @@ from qgraph.cli_inputs import (
     qconfig_from_options,
     quantized_engine,
 )
-from qgraph.convert import LOWERINGS
+from qgraph.quant.lowering import LOWERINGS
 
 __all__ = ["add_commands"]
 
@@ -92,14 +92,6 @@ def _add_data(parser: argparse.ArgumentParser, flag: str, required: bool, what: 
     parser.add_argument(flag, required=required, metavar="DATA.pt", help=f"{what}: a torch.save'd list of inputs")
 
 
-def _convert_keywords(lowering: str) -> dict[str, Any]:
-    import qgraph
-
-    if "lowering" in inspect.signature(qgraph.convert_jit).parameters:
-        return {"lowering": lowering}
-    return {}
-
-
 def _model_error(action: str, err: Exception) -> UsageError:
     message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
     return UsageError(f"{action}: {message}")
@@ -116,8 +108,10 @@ def _quantized(
     import qgraph
 
     if dynamic:
+        if lowering != "reference":
+            raise UsageError(f"--lowering {lowering} lowers static quantization; --dynamic has the reference lowering")
         prepared = qgraph.prepare_dynamic_jit(model, qconfig_dict)
-        return qgraph.convert_dynamic_jit(prepared, **_convert_keywords(lowering))
+        return qgraph.convert_dynamic_jit(prepared)
     if calibration is None:
         raise UsageError("static quantization needs --calibration DATA.pt (or use --dynamic)")
     prepared = qgraph.prepare_jit(model, qconfig_dict)
@@ -126,7 +120,7 @@ def _quantized(
     with torch.no_grad():
         for arguments in tqdm(calibration, desc="calibrating", unit="batch", disable=not progress, file=sys.stderr):
             prepared(*arguments)
-    return qgraph.convert_jit(prepared, **_convert_keywords(lowering))
+    return qgraph.convert_jit(prepared, lowering=lowering)
 
 
 def _float_model(path: str) -> torch.jit.ScriptModule:

@@ -13,10 +13,16 @@ every step:
    ``forward`` is inlined and quantization carried through the ops that need
    no observer. With ``debug=True`` the model stops here (then ``cleanup``
    of ``forward``) and computes the quantized numerics with float ops;
-2. otherwise ``finalize_stages``: prepack / unpack, unsafe convs kept float,
-   quant fusion, freeze, prepacking folded, clean-up of every method;
+2. otherwise a lowering. ``lowering="reference"``: ``finalize_stages``,
+   prepack / unpack, unsafe convs kept float, quant fusion, freeze,
+   prepacking folded, clean-up of every method (PyTorch's quantized ops,
+   bit for bit the reference's model). ``lowering="onednn"``:
+   ``onednn_lowering_stages``, oneDNN's int8 ops on plain integer tensors
+   with fused epilogues (``passes.lower_onednn``), static quantization only;
 3. ``legalize-quantized``: graphs PyTorch's kernels or loader would reject
-   are made to run, and the ops left float on purpose are recorded.
+   are made to run, and the ops left float on purpose are recorded; after
+   the oneDNN lowering, ``onednn-module-state`` then gives the module the
+   state methods that save it (the records included).
 """
 
 from __future__ import annotations
@@ -28,20 +34,24 @@ from typing import Any, cast
 import torch
 from torch.ao.quantization.quant_type import QuantType
 
-from passes.composite import cleanup_stage, finalize_stages, legalize_stage, quant_dequant_stages
+from passes.composite import (
+    cleanup_stage,
+    finalize_stages,
+    legalize_stage,
+    onednn_lowering_stages,
+    onednn_module_state_stage,
+    quant_dequant_stages,
+)
 from passes.qat import fold_trained_conv_bn, settle_weight_fake_quants
 from qgraph.ir import CppModule, as_python, clone_module, drop_attributes, named_modules, walk
 from qgraph.pipeline import Pipeline, Stage, method_graphs
 from qgraph.prepare import PREPARED_MARK
+from qgraph.quant.lowering import LOWERINGS, check_lowering
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.qat_modules import is_conv_bn_module, is_fake_quant
 from qgraph.quant.quant_type import check_quant_type, parse_quant_type
 
 __all__ = ["LOWERINGS", "convert", "convert_pipeline", "qat_convert_stages"]
-
-# The lowerings convert offers, by name (the command line's --lowering choices):
-# "reference" is PyTorch's (quant fusion to fbgemm / qnnpack kernels, finalize_stages).
-LOWERINGS = ("reference",)
 
 
 def _check_model(model: Any) -> None:
@@ -87,13 +97,35 @@ def qat_convert_stages() -> list[Stage]:
     return [Stage("fold-trained-conv-bn", fold), Stage("settle-weight-fake-quants", settle)]
 
 
-def convert_pipeline(debug: bool, quant_type: QuantType, preserved_attrs: list[str]) -> Pipeline:
+def convert_pipeline(
+    debug: bool, quant_type: QuantType, preserved_attrs: list[str], lowering: str = "reference"
+) -> Pipeline:
     """The stages of ``convert``; see the module docstring."""
-    lowering = [cleanup_stage(["forward"])] if debug else finalize_stages(quant_type, preserved_attrs)
-    return Pipeline(
-        "convert",
-        [*qat_convert_stages(), *quant_dequant_stages("forward", debug, quant_type), *lowering, legalize_stage()],
-    )
+    _check_lowering_for(check_lowering(lowering), quant_type)
+    after: list = []
+    if debug:
+        lowered = [cleanup_stage(["forward"])]
+    elif lowering == "onednn":
+        lowered = onednn_lowering_stages(preserved_attrs)
+        # Last, once the float-op records are on the module: the state methods save them too.
+        after = [onednn_module_state_stage()]
+    else:
+        lowered = finalize_stages(quant_type, preserved_attrs)
+    stages = [
+        *qat_convert_stages(),
+        *quant_dequant_stages("forward", debug, quant_type),
+        *lowered,
+        legalize_stage(),
+        *after,
+    ]
+    return Pipeline("convert", stages)
+
+
+def _check_lowering_for(lowering: str, quant_type: QuantType) -> None:
+    if lowering == "onednn" and quant_type != QuantType.STATIC:
+        raise ValueError(
+            "lowering='onednn' lowers static quantization; dynamic quantization has the reference lowering only"
+        )
 
 
 def _warn_if_training(module_c: CppModule) -> None:
@@ -128,17 +160,22 @@ def convert(
     debug: bool = False,
     preserved_attrs: Sequence[str] | None = None,
     quant_type: Any = QuantType.STATIC,
+    lowering: str = "reference",
 ) -> torch.jit.ScriptModule:
     """Quantize a model prepared with observers and calibrated.
 
     ``debug=True`` returns the reference model (float ops between
-    ``aten::quantize_per_tensor`` / ``aten::dequantize``); otherwise the
-    frozen model running quantized kernels. ``preserved_attrs`` names
-    attributes freezing must keep. ``inplace=True`` rewrites ``model`` itself
-    and returns it; otherwise ``model`` is left unchanged.
+    ``aten::quantize_per_tensor`` / ``aten::dequantize``), whatever the
+    lowering; otherwise the frozen model running quantized kernels: PyTorch's
+    quantized ops (``lowering="reference"``) or oneDNN's int8 ops on plain
+    integer tensors (``lowering="onednn"``, static quantization only).
+    ``preserved_attrs`` names attributes freezing must keep. ``inplace=True``
+    rewrites ``model`` itself and returns it; otherwise ``model`` is left
+    unchanged.
     """
     _check_model(model)
     quant_type = check_quant_type(parse_quant_type(quant_type))
+    _check_lowering_for(check_lowering(lowering), quant_type)
     if preserved_attrs is None:
         preserved_attrs = []
     _check_prepared(model._c, quant_type)
@@ -152,7 +189,7 @@ def convert(
     if not debug and not _on_cpu(module_c):
         # Quantized kernels run on CPU.
         as_python(module_c).cpu()
-    result = convert_pipeline(debug, quant_type, list(preserved_attrs)).run(module_c)
+    result = convert_pipeline(debug, quant_type, list(preserved_attrs), lowering).run(module_c)
     if inplace:
         model._reconstruct(result)
         return model

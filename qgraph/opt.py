@@ -17,7 +17,9 @@ Two kinds of input, told apart by the file's ending:
   observers left out. ``dedup-module-uses`` runs on the captured model.
 
 ``--qconfig [PATH=]NAME`` entries give the qconfig_dict or QConfigMapping (as ``qgraph
-report``'s); ``--dynamic`` prepares and converts for dynamic quantization.
+report``'s); ``--dynamic`` prepares and converts for dynamic quantization;
+``--lowering onednn`` converts with the oneDNN lowering, whose stages
+(``onednn-*``) then are convert's.
 The random state is seeded, so weights and qparams are the same each run.
 """
 
@@ -86,7 +88,9 @@ GRAPH_PASSES: dict[str, Callable[[QuantType], Callable[[Graph], object]]] = {
 }
 
 
-def run_opt(pass_name: str, path: str | Path, qconfig_dict: Any, quant_type: QuantType) -> str:
+def run_opt(
+    pass_name: str, path: str | Path, qconfig_dict: Any, quant_type: QuantType, lowering: str = "reference"
+) -> str:
     """The text ``qgraph opt`` prints for ``pass_name`` on the file at ``path``."""
     path = Path(path)
     torch.manual_seed(0)
@@ -97,7 +101,7 @@ def run_opt(pass_name: str, path: str | Path, qconfig_dict: Any, quant_type: Qua
         GRAPH_PASSES[pass_name](quant_type)(graph)
         return str(graph)
     if path.suffix == ".py":
-        return _module_graphs(_run_on_model(pass_name, path, qconfig_dict, quant_type))
+        return _module_graphs(_run_on_model(pass_name, path, qconfig_dict, quant_type, lowering))
     raise OptError(f"{path}: expected IR text (.ir) or a model's Python source (.py)")
 
 
@@ -115,7 +119,7 @@ def _capture(path: Path) -> tuple[torch.jit.ScriptModule, tuple]:
     return torch.jit.script(model), example
 
 
-def _run_on_model(pass_name: str, path: Path, qconfig_dict: Any, quant_type: QuantType) -> CppModule:
+def _run_on_model(pass_name: str, path: Path, qconfig_dict: Any, quant_type: QuantType, lowering: str) -> CppModule:
     captured, example = _capture(path)
     module = clone_module(captured._c)
     if pass_name == "dedup-module-uses":
@@ -133,7 +137,10 @@ def _run_on_model(pass_name: str, path: Path, qconfig_dict: Any, quant_type: Qua
             as_python(module)(*example)
         if qat:
             as_python(module).eval()
-    convert = convert_pipeline(False, quant_type, [])
+    try:
+        convert = convert_pipeline(False, quant_type, [], lowering)
+    except ValueError as err:
+        raise OptError(str(err)) from None
     if _has_stage(convert, pass_name):
         return _run_through(convert, pass_name, module)
     names = [stage.name for stage in (*prepare.stages, *convert.stages)]

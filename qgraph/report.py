@@ -22,8 +22,12 @@ reasons:
 
 Convert records the ops it leaves in float on purpose (the safety rules, and
 RNNs that dynamic quantization cannot handle) in the model, with their
-reason and module (``qgraph.quant.float_ops``); those ops
-are reported from their records, every other op from the graph.
+reason and module (``qgraph.quant.float_ops``); those ops are reported from
+their records, every other op from the graph. A model made with
+``lowering="onednn"`` holds no quantized dtype to tell integer code from
+float code by, so that lowering records every op it leaves in float, and the
+report lists exactly those records (with ``no qconfig`` where the
+``qconfig_dict`` switched the op's module off).
 
 The report is computed on demand from the model, so convert keeps returning
 just the model (as the reference does) and a model loaded back with
@@ -66,7 +70,16 @@ from passes.lower.quant_fusion import STATIC_QUANT_FUSION
 from qgraph.ir import CppModule, Node, Value, as_cpp, method_graph, module_path_of, named_modules, source_location, walk
 from qgraph.pattern import compile_pattern
 from qgraph.pipeline import method_graphs
-from qgraph.quant.float_ops import NO_QCONFIG, SAFETY_RULE, UNSUPPORTED_OP, FloatOpRecord, float_op_record_nodes
+from qgraph.quant.float_ops import (
+    NO_QCONFIG,
+    SAFETY_RULE,
+    UNOBSERVED_INPUT,
+    UNSUPPORTED_OP,
+    FloatOpRecord,
+    float_op_record_nodes,
+    float_op_records,
+)
+from qgraph.quant.lowering import lowering_of
 from qgraph.quant.observers import is_observer_path
 from qgraph.quant.ops import KEEPS_QUANTIZATION_ATEN
 from qgraph.quant.qconfig import check_qconfig_dict, qconfig_key_for_path
@@ -90,8 +103,6 @@ __all__ = [
     "STATIC_QUANTIZABLE",
     "DYNAMIC_QUANTIZABLE",
 ]
-
-UNOBSERVED_INPUT = "unobserved input"
 
 
 def _fused_kinds() -> frozenset[str]:
@@ -255,6 +266,8 @@ def float_op_report(model: Any, qconfig_dict: Any = None, quant_type: QuantType 
     state = quantization_state(module_c)
     if state != QUANTIZED:
         return FloatOpReport(state=state)
+    if lowering_of(module_c) != "reference":
+        return _recorded_report(module_c, qconfig_dict)
     report = FloatOpReport()
     for method in module_c._method_names():
         graph = method_graph(module_c, method)
@@ -287,6 +300,28 @@ def float_op_report(model: Any, qconfig_dict: Any = None, quant_type: QuantType 
     return report
 
 
+def _recorded_report(module_c: CppModule, qconfig_dict: dict | None) -> FloatOpReport:
+    """The float ops a lowering recorded, as they are, but for ops whose qconfig is None."""
+    report = FloatOpReport()
+    for record in float_op_records(module_c):
+        kind = record.float_op or record.op
+        category, detail = record.category, record.reason
+        if qconfig_dict is not None:
+            key = qconfig_key_for_path(qconfig_dict, record.module)
+            if key is None or qconfig_dict[key] is None:
+                category, detail = _classify_no_qconfig(record.module, qconfig_dict, key)
+        report.entries.append(FloatOp(record.module, kind, record.source or None, category, detail, record.method))
+    return report
+
+
+def _classify_no_qconfig(path: str, qconfig_dict: dict, key: str | None) -> tuple[str, str]:
+    where = f"module {path!r}" if path else "the model"
+    if key is None:
+        return NO_QCONFIG, f"no qconfig_dict entry covers {where}"
+    inherited = f" (from the entry {key!r})" if key != path else ""
+    return NO_QCONFIG, f"the qconfig of {where} is None{inherited}"
+
+
 def _recorded(node: Node, record: FloatOpRecord, method: str) -> FloatOp:
     # The record knows the module also where the graph forgot it (a loaded model).
     path = record.module or module_path_of(node)
@@ -302,12 +337,8 @@ def _classify(node: Node, path: str, qconfig_dict: Any, dynamic: bool) -> tuple[
             return NO_QCONFIG, f"the qconfig of {kind} in {where} is None (QConfigMapping {entry})"
     elif qconfig_dict is not None:
         key = qconfig_key_for_path(qconfig_dict, path)
-        where = f"module {path!r}" if path else "the model"
-        if key is None:
-            return NO_QCONFIG, f"no qconfig_dict entry covers {where}"
-        if qconfig_dict[key] is None:
-            inherited = f" (from the entry {key!r})" if key != path else ""
-            return NO_QCONFIG, f"the qconfig of {where} is None{inherited}"
+        if key is None or qconfig_dict[key] is None:
+            return _classify_no_qconfig(path, qconfig_dict, key)
     if dynamic and kind in _DYNAMIC_UNSUPPORTED:
         return UNSUPPORTED_OP, f"no dynamic quantized kernel for {kind}"
     if dynamic and kind in _STATIC_ONLY_WEIGHTED:
@@ -333,6 +364,8 @@ def quantization_state(model: Any) -> str:
     module_c = as_cpp(model)
     if any(is_observer_path(path) for path, _ in named_modules(module_c)):
         return PREPARED
+    if lowering_of(module_c) != "reference":
+        return QUANTIZED
     kinds = _node_kinds(module_c)
     quantized_kinds = _QUANTIZE_KINDS | _DYNAMIC_MARKERS
     if any(kind.startswith(("quantized::", "aten::quantized_")) or kind in quantized_kinds for kind in kinds):

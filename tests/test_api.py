@@ -14,8 +14,8 @@ SIGNATURES = {
     "fuse_conv_bn_jit": ["model", "inplace"],
     "prepare_jit": ["model", "qconfig_dict", "inplace"],
     "prepare_qat_jit": ["model", "qconfig_dict", "inplace"],
-    "convert_jit": ["model", "inplace", "debug", "preserved_attrs"],
-    "quantize_jit": ["model", "qconfig_dict", "run_fn", "run_args", "inplace", "debug"],
+    "convert_jit": ["model", "inplace", "debug", "preserved_attrs", "lowering"],
+    "quantize_jit": ["model", "qconfig_dict", "run_fn", "run_args", "inplace", "debug", "lowering"],
     "prepare_dynamic_jit": ["model", "qconfig_dict", "inplace"],
     "convert_dynamic_jit": ["model", "inplace", "debug", "preserved_attrs"],
     "quantize_dynamic_jit": ["model", "qconfig_dict", "inplace", "debug"],
@@ -75,15 +75,27 @@ def model():
     return torch.jit.script(eager)
 
 
+# Keyword-only parameters: lowering comes after the reference's parameters, so positional calls keep their meaning.
+KEYWORD_ONLY = {"convert_jit": {"lowering"}, "quantize_jit": {"lowering"}, "sensitivity": {"k", "dynamic"}}
+
+
 def test_public_names_and_signatures_are_the_contract():
     assert sorted(qgraph.__all__) == sorted([*SIGNATURES, *MODULES])
     for name, parameters in SIGNATURES.items():
-        assert list(inspect.signature(getattr(qgraph, name)).parameters) == parameters, name
+        signature = inspect.signature(getattr(qgraph, name))
+        assert list(signature.parameters) == parameters, name
+        keyword_only = {p.name for p in signature.parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY}
+        assert keyword_only == KEYWORD_ONLY.get(name, set()), name
     for name, functions in MODULES.items():
         module = getattr(qgraph, name)
         assert sorted(module.__all__) == sorted(functions), name
         for function in functions:
             assert list(inspect.signature(getattr(module, function)).parameters) == ["model"], function
+
+
+@pytest.mark.parametrize("call", [qgraph.convert_jit, qgraph.quantize_jit])
+def test_the_default_lowering_is_the_reference(call):
+    assert inspect.signature(call).parameters["lowering"].default == "reference"
 
 
 @pytest.mark.parametrize(

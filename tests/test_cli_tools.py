@@ -14,7 +14,8 @@ from torch.ao.quantization import get_default_qconfig
 
 import qgraph
 from helpers.lit import directives, filecheck, run_cli
-from qgraph import cli_tools
+from helpers.onednn import requires_onednn
+from qgraph.ir import walk
 
 LIT_DIR = Path(__file__).parent / "lit" / "tools"
 
@@ -82,14 +83,28 @@ def test_quantize_writes_a_model_that_loads_and_runs(capsys, files, tmp_path):
     assert loaded(batch).shape == (2, 4)
 
 
-def test_the_lowering_goes_to_convert_jit_when_it_takes_one(monkeypatch):
-    assert cli_tools._convert_keywords("reference") == {}
+@requires_onednn
+def test_quantize_with_the_onednn_lowering_writes_a_model_without_quantized_ops(capsys, files, tmp_path):
+    output = tmp_path / "onednn.pt"
+    code, out, err = run_cli(
+        capsys,
+        *("quantize", files["model"], "--calibration", files["data"], "--no-progress", "-o", output),
+        *("--qconfig", "onednn", "--lowering", "onednn"),
+    )
+    assert code == 0, err
+    assert "onednn lowering" in out
+    loaded = torch.jit.load(str(output))
+    kinds = {node.kind() for node in walk(loaded.graph)}
+    assert "onednn::qconv2d_pointwise" in kinds
+    assert not any(kind.startswith("quantized::") or kind == "aten::quantize_per_tensor" for kind in kinds)
+    assert loaded(torch.load(files["data"])[0]).shape == (2, 4)
 
-    def convert_jit(model, inplace=False, debug=False, preserved_attrs=None, *, lowering="reference"):
-        return model
 
-    monkeypatch.setattr(qgraph, "convert_jit", convert_jit)
-    assert cli_tools._convert_keywords("reference") == {"lowering": "reference"}
+def test_quantize_keeps_dynamic_quantization_to_the_reference_lowering(capsys, files, tmp_path):
+    arguments = ("quantize", files["model"], "--dynamic", "--lowering", "onednn", "-o", tmp_path / "out.pt")
+    code, out, err = run_cli(capsys, *arguments)
+    assert (code, out) == (2, "")
+    assert "--dynamic has the reference lowering" in err
 
 
 def test_without_dot_drawing_says_how_to_get_it(capsys, files, tmp_path, monkeypatch):

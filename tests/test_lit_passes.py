@@ -31,6 +31,7 @@ def test_every_pass_has_a_lit_file():
         covered.add(run.split("--pass", 1)[1].split()[0])
     stages = {s.name for s in prepare_pipeline({}, QuantType.DYNAMIC).stages}
     stages |= {s.name for s in prepare_qat_pipeline({}).stages}
-    stages |= {s.name for s in convert_pipeline(False, QuantType.STATIC, []).stages}
+    for lowering in ("reference", "onednn"):
+        stages |= {s.name for s in convert_pipeline(False, QuantType.STATIC, [], lowering).stages}
     stages -= {"inline", "constant-propagation", "inline-fork-wait", "cleanup"}  # PyTorch's own passes
     assert stages | {"dedup-module-uses"} <= covered, sorted(stages - covered)

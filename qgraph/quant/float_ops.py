@@ -44,6 +44,7 @@ __all__ = [
     "SAFETY_RULE",
     "NO_QCONFIG",
     "UNSUPPORTED_OP",
+    "UNOBSERVED_INPUT",
     "FloatOpRecord",
     "tag_float_op",
     "is_tagged",
@@ -62,7 +63,9 @@ _STANDS_FOR_TAG = "qgraph_float_stands_for"
 SAFETY_RULE = "kept in float by a safety rule"
 NO_QCONFIG = "no qconfig"
 UNSUPPORTED_OP = "unsupported op"
-_CATEGORIES = (SAFETY_RULE, NO_QCONFIG, UNSUPPORTED_OP)
+# A float op whose input no observer saw (a model input, a float op's result).
+UNOBSERVED_INPUT = "unobserved input"
+_CATEGORIES = (SAFETY_RULE, NO_QCONFIG, UNSUPPORTED_OP, UNOBSERVED_INPUT)
 
 
 class FloatOpRecord(NamedTuple):
@@ -72,7 +75,7 @@ class FloatOpRecord(NamedTuple):
     source: str  # "file:line" of the model code, or "" when the graph has none
     scope: str  # the traced module scope ("__module.block.conv"), or ""
     reason: str  # the detail, in a sentence
-    category: str = SAFETY_RULE  # SAFETY_RULE, UNSUPPORTED_OP or NO_QCONFIG
+    category: str = SAFETY_RULE  # SAFETY_RULE, UNSUPPORTED_OP, NO_QCONFIG or UNOBSERVED_INPUT
     float_op: str = ""  # the kind of the float node, e.g. "aten::conv2d"
     module: str = ""  # dotted path of the module the op came from ("" = the model)
     method: str = "forward"
@@ -86,7 +89,8 @@ _Placed = tuple[FloatOpRecord, Node]
 def tag_float_op(node: Node, category: str, reason: str, stands_for: str | None = None) -> None:
     """Mark ``node`` as left in float on purpose; the end of convert turns the mark into a record.
 
-    ``category`` is ``UNSUPPORTED_OP``, ``NO_QCONFIG`` or ``SAFETY_RULE``;
+    ``category`` is ``UNSUPPORTED_OP``, ``NO_QCONFIG``, ``SAFETY_RULE`` or
+    ``UNOBSERVED_INPUT``;
     ``reason`` says why in a sentence; ``stands_for`` is the quantized op
     the node would have become (``"quantized::conv2d_relu"``), when it is
     not the node's own kind.
