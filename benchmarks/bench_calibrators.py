@@ -8,7 +8,8 @@ qconfig's) and each activation observer: min-max, PyTorch's
 HistogramObserver (with them, the x86 default qconfig), and qgraph's
 PercentileObserver, EntropyObserver and MSEObserver; all with reduce_range
 (7-bit activations) as the x86 default has it, then MobileNetV2 also with
-full 8-bit activations beside ONNX Runtime's quantize_static (QDQ, per-channel
+full 8-bit activations, under both lowerings (the oneDNN one where the CPU
+has its ops), beside ONNX Runtime's quantize_static (QDQ, per-channel
 int8 weights, each CalibrationMethod), which quantizes to 8 bits (qgraph's
 8-bit models run on PyTorch's onednn engine, see ``quantize_with``).
 
@@ -46,6 +47,7 @@ from torch.ao.quantization import (
 import qgraph
 from examples.models import MobileNetV2Like, ResNetLike, TransformerMLP
 from tests.helpers.numerics import sqnr
+from tests.helpers.onednn import onednn_available
 
 warnings.filterwarnings("ignore")
 
@@ -128,7 +130,7 @@ def batched(data: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(data.split(size))
 
 
-def quantize_with(scripted, observer, reduce_range: bool, calibration, evaluation):
+def quantize_with(scripted, observer, reduce_range: bool, calibration, evaluation, lowering: str = "reference"):
     """(outputs, calibration s, convert s); full 8-bit activations run on the onednn engine.
 
     fbgemm's x86 kernels can saturate on 8-bit activations (what reduce_range is for in the x86
@@ -146,7 +148,7 @@ def quantize_with(scripted, observer, reduce_range: bool, calibration, evaluatio
             for batch in calibration:
                 prepared(batch)
         calibrated = time.perf_counter()
-        quantized = qgraph.convert_jit(prepared)
+        quantized = qgraph.convert_jit(prepared, lowering=lowering)
         converted = time.perf_counter()
         with torch.no_grad():
             outputs = torch.cat([quantized(batch) for batch in evaluation])
@@ -229,6 +231,9 @@ def main() -> None:
     if not args.no_ort and importlib.util.find_spec("onnxruntime") is None:
         print("onnxruntime is not installed (pip install -e '.[bench]'): ONNX Runtime is left out")
         args.no_ort = True
+    # The oneDNN lowering fuses relu6 into the conv before it, whose output is then quantized once, over the
+    # clamped range. Its ops need VNNI or AMX: without them it is left out.
+    eight_bit_lowerings = ["reference"] + (["onednn"] if onednn_available() else [])
     models = zoo(args.size)
     names = args.models or list(models)
     sqnr_rows, time_rows = [], []
@@ -242,23 +247,25 @@ def main() -> None:
         with torch.no_grad():
             reference = torch.cat([model(batch) for batch in evaluation])
         scripted = torch.jit.script(model)
-        variants = [(observer, True) for observer in OBSERVERS]
+        variants = [(observer, True, "reference") for observer in OBSERVERS]
         if name == "mobilenet_v2":
-            variants += [(observer, False) for observer in OBSERVERS]
-        results: dict[tuple[str, bool], tuple[float, list[float], list[float]]] = {}
+            variants += [(observer, False, lowering) for lowering in eight_bit_lowerings for observer in OBSERVERS]
+        results: dict[tuple[str, bool, str], tuple[float, list[float], list[float]]] = {}
         for _ in range(args.repeats):
-            for observer, reduce_range in variants:
+            for observer, reduce_range, lowering in variants:
                 outputs, calibrate_s, convert_s = quantize_with(
-                    scripted, OBSERVERS[observer], reduce_range, calibration, evaluation
+                    scripted, OBSERVERS[observer], reduce_range, calibration, evaluation, lowering
                 )
-                entry = results.setdefault((observer, reduce_range), (sqnr(reference, outputs), [], []))
+                entry = results.setdefault((observer, reduce_range, lowering), (sqnr(reference, outputs), [], []))
                 entry[1].append(calibrate_s)
                 entry[2].append(convert_s)
-        row = [name] + [f"{results[(o, True)][0]:.2f}" for o in OBSERVERS]
+        row = [name] + [f"{results[(o, True, 'reference')][0]:.2f}" for o in OBSERVERS]
         sqnr_rows.append(tuple(row))
-        base = median(results[("histogram", True)][1]) + median(results[("histogram", True)][2])
+        base = median(results[("histogram", True, "reference")][1]) + median(
+            results[("histogram", True, "reference")][2]
+        )
         for observer in OBSERVERS:
-            _, calibrate_s, convert_s = results[(observer, True)]
+            _, calibrate_s, convert_s = results[(observer, True, "reference")]
             total = median(calibrate_s) + median(convert_s)
             time_rows.append(
                 (
@@ -272,7 +279,11 @@ def main() -> None:
             )
         print(table(sqnr_rows[-1:], ("model (SQNR dB, 7-bit activations)", *OBSERVERS)), flush=True)
         if name == "mobilenet_v2":
-            eight_bit = [(f"qgraph {o}", f"{results[(o, False)][0]:.2f}", "") for o in OBSERVERS]
+            eight_bit = [
+                (f"qgraph {o}, {lowering} lowering", f"{results[(o, False, lowering)][0]:.2f}", "")
+                for lowering in eight_bit_lowerings
+                for o in OBSERVERS
+            ]
             if not args.no_ort:
                 import tempfile
                 from pathlib import Path

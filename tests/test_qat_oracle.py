@@ -20,6 +20,8 @@ from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, QCo
 from torch.testing import FileCheck
 
 import qgraph
+from helpers.numerics import sqnr
+from helpers.onednn import assert_close_to_reference, on_onednn_engine, requires_onednn
 from helpers.qat_models import INPUT, Net, eager_qat, fake_quant_scales, float_state, graph_qat, train_step
 
 # Weights on -127..127: eager clamps the quantized weight to it, the JIT quantize ops do not.
@@ -145,3 +147,27 @@ def test_debug_convert_gives_the_same_outputs():
     graph.eval()
     with torch.no_grad():
         assert torch.equal(qgraph.convert_jit(graph, debug=True)(x), qgraph.convert_jit(graph)(x))
+
+
+@requires_onednn
+def test_a_trained_model_lowers_to_onednn_as_close_as_the_reference_lowering():
+    # QAT with 8-bit activations (the onednn engine's qconfig), then either lowering of the same trained model:
+    # the oneDNN one fuses BatchNorm-folded convs with their relu and the residual add, and holds no fake-quant.
+    state = float_state()
+    graph = graph_qat(state, tq.get_default_qat_qconfig("onednn"))
+    optimizer = torch.optim.SGD(graph.parameters(), lr=0.05, momentum=0.9)
+    x, y = _data()
+    for step in range(4):
+        train_step(graph, optimizer, x[8 * step : 8 * step + 8], y[8 * step : 8 * step + 8])
+    graph.eval()
+    with on_onednn_engine():
+        lowered, reference = qgraph.convert_jit(graph, lowering="onednn"), qgraph.convert_jit(graph)
+    FileCheck().check("onednn::qconv2d_pointwise").check("onednn::qlinear_pointwise").run(lowered.graph)
+    for absent in ("fake_quant", "batch_norm", "quantize_per_tensor", "quantized::"):
+        FileCheck().check_not(absent).run(lowered.graph)
+    with torch.no_grad():
+        trained = graph(x)
+    # Both round the same int32 accumulators, with different requantization arithmetic: a step apart at most.
+    assert_close_to_reference(lowered, reference, x, steps=1)
+    with torch.no_grad():
+        assert sqnr(trained, lowered(x)) >= 25.0
