@@ -73,15 +73,12 @@ from passes.fold_conv_bn.edits import (
     remove_batch_norm_call,
     remove_dead_pair,
 )
-from qgraph.ir import CppModule, Graph, NodeIndex, as_cpp, clone_module, like, method_graph, walk
-from qgraph.pattern import Match, compile_pattern, find_matches
+from qgraph.ir import CppModule, Graph, as_cpp, clone_module, like, method_graph, walk
+from qgraph.pattern import Match
 from qgraph.quant.conv_bn import (
-    CONV_BN_CALLS,
+    conv_bn_calls,
     is_conv_bn_pair,
-    methods_of,
-    module_use_counts,
     pair_submodules,
-    receivers_are_submodules,
 )
 
 __all__ = ["fold_conv_bn", "fold_conv_bn_in_place"]
@@ -126,29 +123,23 @@ def fold_conv_bn_in_place(module: Any) -> Any:
     clone).
     """
     _check_module(module)
-    root = as_cpp(module)
-    methods, order = methods_of(root)
-    module_uses = module_use_counts(methods)
-    pattern = compile_pattern(CONV_BN_CALLS)
+    calls = conv_bn_calls(as_cpp(module))
+    methods = calls.methods
 
     folds: list[_Fold] = []
     to_fold: list[Match] = []
     to_drop: list[Match] = []
-    for key in order:
-        method = methods[key]
-        for match in find_matches(method.graph, pattern, NodeIndex(method.graph)):
-            if not receivers_are_submodules(match):
-                continue
-            pairs = [pair_submodules(match, instance) for instance in method.instances.values()]
-            if not all(is_conv_bn_pair(conv, bn) for conv, bn in pairs):
-                continue
-            if _is_dead_pair(match, pairs):
-                to_drop.append(match)
-                continue
-            planned = [_plan_fold(conv, bn, module_uses) for conv, bn in pairs]
-            if all(p is not None for p in planned):
-                folds.extend(p for p in planned if p is not None)
-                to_fold.append(match)
+    for method, match in calls.matches:
+        pairs = [pair_submodules(match, instance) for instance in method.instances.values()]
+        if not all(is_conv_bn_pair(conv, bn) for conv, bn in pairs):
+            continue
+        if _is_dead_pair(match, pairs):
+            to_drop.append(match)
+            continue
+        planned = [_plan_fold(conv, bn, calls.module_uses) for conv, bn in pairs]
+        if all(p is not None for p in planned):
+            folds.extend(p for p in planned if p is not None)
+            to_fold.append(match)
 
     # All new weights are computed before any is written: a BatchNorm or conv
     # read by one fold must not see another fold's result.

@@ -40,7 +40,6 @@ from typing import Any
 from qgraph.ir import (
     CppModule,
     Graph,
-    NodeIndex,
     Value,
     as_cpp,
     as_python,
@@ -53,14 +52,11 @@ from qgraph.ir import (
     replace_uses,
     walk,
 )
-from qgraph.pattern import Match, compile_pattern, find_matches
+from qgraph.pattern import Match
 from qgraph.quant.conv_bn import (
-    CONV_BN_CALLS,
+    conv_bn_calls,
     is_conv_bn_pair,
-    methods_of,
-    module_use_counts,
     pair_submodules,
-    receivers_are_submodules,
 )
 from qgraph.quant.qat_modules import build_conv_bn
 
@@ -88,20 +84,16 @@ def swap_conv_bn_for_qat(module: Any, qconfigs: dict) -> CppModule:
     (``qgraph.quant.qconfig.resolve_qconfigs``).
     """
     root = as_cpp(module)
-    methods, order = methods_of(root)
-    uses = module_use_counts(methods)
-    pattern = compile_pattern(CONV_BN_CALLS)
+    calls = conv_bn_calls(root)
     swaps: list[_Swap] = []
     matches: list[Match] = []
-    for key in order:
-        method = methods[key]
-        for match in find_matches(method.graph, pattern, NodeIndex(method.graph)):
-            if not receivers_are_submodules(match):
-                continue
-            planned = [_plan(match, path, instance, uses, qconfigs) for path, instance in method.instances.items()]
-            if planned and all(p is not None for p in planned):
-                swaps.extend(p for p in planned if p is not None)
-                matches.append(match)
+    for method, match in calls.matches:
+        planned = [
+            _plan(match, path, instance, calls.module_uses, qconfigs) for path, instance in method.instances.items()
+        ]
+        if planned and all(p is not None for p in planned):
+            swaps.extend(p for p in planned if p is not None)
+            matches.append(match)
     if not swaps:
         return root
     for match in matches:

@@ -24,10 +24,12 @@ from qgraph.ir import (
     is_instance_of,
     resolve_path,
 )
-from qgraph.pattern import Match
+from qgraph.pattern import Match, compile_pattern, find_matches
 
 __all__ = [
     "CONV_BN_CALLS",
+    "ConvBnCalls",
+    "conv_bn_calls",
     "FOLDABLE_PAIRS",
     "MethodInstances",
     "is_conv_bn_pair",
@@ -109,3 +111,25 @@ def module_use_counts(methods: dict[tuple[str, str], MethodInstances]) -> dict[C
                 if isinstance(target, CppModule):
                     counts[target] = counts.get(target, 0) + uses
     return counts
+
+
+@dataclass
+class ConvBnCalls:
+    """The Conv -> BatchNorm call pairs of a module tree, each match with the graph holding it, callees first."""
+
+    methods: dict[tuple[str, str], MethodInstances]
+    module_uses: dict[CppModule, int]
+    matches: list[tuple[MethodInstances, Match]]
+
+
+def conv_bn_calls(root: CppModule) -> ConvBnCalls:
+    """Every call of a submodule conv whose output only a submodule BatchNorm call reads, in every method."""
+    methods, order = methods_of(root)
+    pattern = compile_pattern(CONV_BN_CALLS)
+    matches = []
+    for key in order:
+        method = methods[key]
+        for match in find_matches(method.graph, pattern, NodeIndex(method.graph)):
+            if receivers_are_submodules(match):
+                matches.append((method, match))
+    return ConvBnCalls(methods, module_use_counts(methods), matches)
