@@ -97,7 +97,7 @@ def convert_jit(
     """Turn a calibrated model into a quantized one (``debug=True``: quantize/dequantize around float ops).
 
     ``lowering="reference"`` runs PyTorch's quantized ops, bit for bit as
-    ``torch.ao.quantization.convert_jit``; ``lowering="onednn"`` runs
+    PyTorch's own graph-mode convert; ``lowering="onednn"`` runs
     oneDNN's int8 ops on plain uint8/int8 tensors with fused epilogues (no
     quantized dtype in the model; ``OnednnUnavailableError`` where the ops
     cannot run exactly).
