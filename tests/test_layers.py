@@ -27,8 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE, DOMAIN, PASSES, DRIVER = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", DOMAIN: "domain", PASSES: "passes", DRIVER: "driver"}
 _CORE_MODULES = ("qgraph.ir", "qgraph.pattern", "qgraph.pattern_match", "qgraph.pipeline", "qgraph.pipeline_inspection")
-# The one module of passes/ that strings passes together (PyTorch's composite passes).
-_COMPOSITION = {"passes", "passes.composite"}
+# The one package of passes/ that strings passes together (PyTorch's composite passes), by module.
+_COMPOSITION = {
+    "passes",
+    "passes.composite",
+    "passes.composite.lowering",
+    "passes.composite.observers",
+    "passes.composite.quant_dequant",
+}
 
 
 def _module_name(path: Path) -> str:
