@@ -203,7 +203,9 @@ def test_quantized_model_through_the_pipeline_equals_the_reference_freeze(monkey
     prepared(x)
     ours = qgraph.convert_jit(prepared)
     monkeypatch.setattr(
-        sys.modules["passes.composite"], "freeze", lambda module, preserved: torch._C._freeze_module(module, preserved)
+        sys.modules["passes.composite.lowering"],
+        "freeze",
+        lambda module, preserved: torch._C._freeze_module(module, preserved),
     )
     reference = qgraph.convert_jit(prepared)
     # Same ops reading the same constants and attributes; value names may differ

@@ -3,7 +3,8 @@
     driver   qgraph (the package face), qgraph.api, prepare, convert, report, cli, capture
     passes   passes: each pass imports core and domain, never another pass
     domain   qgraph.quant: quantization facts and rules
-    core     qgraph.ir, qgraph.pattern, qgraph.pipeline: TorchScript IR, patterns, stages
+    core     qgraph.ir, qgraph.pattern, qgraph.pattern_match, qgraph.pipeline,
+             qgraph.pipeline_inspection: TorchScript IR, patterns, stages
 
 Two checks: every import statement of the code (at any depth: inside
 functions and ``TYPE_CHECKING`` blocks too) and every ``import_module``
@@ -25,9 +26,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE, DOMAIN, PASSES, DRIVER = 0, 1, 2, 3
 LAYER_NAMES = {CORE: "core", DOMAIN: "domain", PASSES: "passes", DRIVER: "driver"}
-_CORE_MODULES = ("qgraph.ir", "qgraph.pattern", "qgraph.pipeline")
-# The one module of passes/ that strings passes together (PyTorch's composite passes).
-_COMPOSITION = {"passes", "passes.composite"}
+_CORE_MODULES = ("qgraph.ir", "qgraph.pattern", "qgraph.pattern_match", "qgraph.pipeline", "qgraph.pipeline_inspection")
+# The one package of passes/ that strings passes together (PyTorch's composite passes), by module.
+_COMPOSITION = {
+    "passes",
+    "passes.composite",
+    "passes.composite.lowering",
+    "passes.composite.observers",
+    "passes.composite.quant_dequant",
+}
 
 
 def _module_name(path: Path) -> str:

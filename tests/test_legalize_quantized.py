@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.ao.quantization import get_default_qconfig, quantize_jit
 from torch.testing import FileCheck
 
-import passes.composite
+import passes.composite.lowering
 import qgraph
 from helpers.models import calibrate, capture
 from helpers.numerics import sqnr
@@ -48,7 +48,7 @@ def quantize_both(model: nn.Module, example: tuple, how: str, batches=None, debu
         return counts[-1]
 
     # convert runs the pass as its last stage; count what it rewrote there.
-    with mock.patch.object(passes.composite, "legalize_quantized", counting):
+    with mock.patch.object(passes.composite.lowering, "legalize_quantized", counting):
         ours = qgraph.quantize_jit(captured, QCONFIG, calibrate, [batches], debug=debug)
     assert len(counts) == 1
     assert legalize_quantized(ours) == 0  # already legal: a second run changes nothing

@@ -5,6 +5,7 @@ import torch
 from torch.testing import FileCheck
 
 import qgraph.pipeline as pipeline_module
+import qgraph.pipeline_inspection as inspection_module
 from qgraph.ir import clone_module, method_graph, register_attribute
 from qgraph.pipeline import Pipeline, PipelineError, Report, Stage, StageRecord, graph_stage, inspect
 
@@ -211,7 +212,9 @@ class Spy:
 def spies(monkeypatch):
     walk = Spy(pipeline_module.method_graphs)
     clock = Spy(pipeline_module.perf_counter)
-    monkeypatch.setattr(pipeline_module, "method_graphs", walk)
+    # Stages walk the module tree from qgraph.pipeline, inspection from qgraph.pipeline_inspection.
+    for module in (pipeline_module, inspection_module):
+        monkeypatch.setattr(module, "method_graphs", walk)
     monkeypatch.setattr(pipeline_module, "perf_counter", clock)
     return walk, clock
 
