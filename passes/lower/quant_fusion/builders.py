@@ -27,6 +27,22 @@ __all__ = [
 ]
 
 
+def _then_relu(op: str, call: str, relu: str | None) -> tuple[str, str]:
+    """The float body ``%r = call`` (or ``call`` then ``relu``, as ``%op_out``), and the rewrite's name."""
+    if relu is None:
+        return (
+            f"""
+            %r = {call}""",
+            op,
+        )
+    return (
+        f"""
+            %op_out = {call}
+            %r = aten::{relu}(%op_out)""",
+        f"{op}_{relu}",
+    )
+
+
 def alpha_is_int_one(match: Match) -> bool:
     """``%alpha`` is the int constant 1 (the quantized add kernels have no alpha; 1.0 does not count)."""
     value = match["alpha"]
@@ -59,15 +75,7 @@ def weighted(op: str, quantized_op: str, args: list[str], relu: str | None) -> R
     """conv / conv_transpose / linear with a packed weight, optionally followed by ``relu``."""
     extra = args_text(args)
     header = f"graph(%a_quant, %packed_params, %r_scale, %r_zero_point, %r_dtype{extra}):"
-    if relu is None:
-        body = f"""
-            %r = aten::{op}(%a_dequant, %w_dequant, %b{extra})"""
-        name = op
-    else:
-        body = f"""
-            %op_out = aten::{op}(%a_dequant, %w_dequant, %b{extra})
-            %r = aten::{relu}(%op_out)"""
-        name = f"{op}_{relu}"
+    body, name = _then_relu(op, f"aten::{op}(%a_dequant, %w_dequant, %b{extra})", relu)
     return Rewrite(
         name=name,
         pattern=f"""{header}
@@ -89,15 +97,7 @@ def binary(op: str, relu: str | None, quantized_op: str, with_alpha: bool) -> Re
     """Tensor-tensor add / mul of two quantized inputs, optionally followed by ``relu``."""
     alpha = ", %alpha" if with_alpha else ""
     header = f"graph(%a_quant, %b_quant{alpha}, %scale, %zero_point, %dtype):"
-    if relu is None:
-        body = f"""
-            %r = aten::{op}(%a_dequant, %b_dequant{alpha})"""
-        name = op
-    else:
-        body = f"""
-            %op_out = aten::{op}(%a_dequant, %b_dequant{alpha})
-            %r = aten::{relu}(%op_out)"""
-        name = f"{op}_{relu}"
+    body, name = _then_relu(op, f"aten::{op}(%a_dequant, %b_dequant{alpha})", relu)
     return Rewrite(
         name=name,
         pattern=f"""{header}
@@ -247,15 +247,8 @@ def fixed_qparams(op: str) -> Rewrite:
 def batch_norm(relu: str | None) -> Rewrite:
     args = "%weight, %bias, %mean, %var, %training, %momentum, %eps, %cudnn_enabled"
     header = f"graph(%a_quant, {args}, %scale, %zero_point, %dtype):"
-    if relu is None:
-        body = f"""
-            %r = aten::batch_norm(%a_dequant, {args})"""
-        quantized_op, name = "batch_norm", "batch_norm"
-    else:
-        body = f"""
-            %op_out = aten::batch_norm(%a_dequant, {args})
-            %r = aten::{relu}(%op_out)"""
-        quantized_op, name = "batch_norm_relu", f"batch_norm_{relu}"
+    body, name = _then_relu("batch_norm", f"aten::batch_norm(%a_dequant, {args})", relu)
+    quantized_op = "batch_norm" if relu is None else "batch_norm_relu"
     return Rewrite(
         name=name,
         pattern=f"""{header}
